@@ -1,0 +1,46 @@
+"""`python -m gateway --config PATH [--host H] [--port P]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+
+from gateway.app import build_app
+from gateway.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
+    parser.add_argument(
+        "--config", default=None, help="YAML file (default: $GATEWAY_CONFIG or config.yaml)"
+    )
+    parser.add_argument(
+        "--host", default=None, help="bind address (default: the config's, 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=None, help="port (default: the config's, 8000)")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+        app = build_app(config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        app,
+        host=args.host or config.host,
+        port=args.port or config.port,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=config.shutdown_grace + 5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

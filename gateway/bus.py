@@ -1,0 +1,254 @@
+"""The in-memory message bus: one bounded anyio stream and one receive loop per consumer.
+
+Publishing hands a message to one consumer of its type (round robin). Consumers block on their
+stream; nothing polls. A full stream makes `publish` wait up to a bound and then raise `BusFull`,
+which the HTTP layer answers with 503 + Retry-After.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from gateway.messages import QueueMessage, new_id
+
+logger = logging.getLogger("gateway.bus")
+
+Handler = Callable[[QueueMessage], Awaitable[Any]]
+ErrorHook = Callable[[QueueMessage, BaseException], Awaitable[None]]
+
+
+class BusError(Exception):
+    """Base class of bus failures the HTTP layer knows how to answer."""
+
+
+class NoConsumer(BusError):
+    def __init__(self, message_type: str) -> None:
+        super().__init__(f"no consumer is registered for message type {message_type!r}")
+        self.message_type = message_type
+
+
+class BusFull(BusError):
+    def __init__(self, message_type: str, retry_after: float) -> None:
+        super().__init__(f"the queue of {message_type!r} is full; retry later")
+        self.message_type = message_type
+        self.retry_after = retry_after
+
+
+@dataclass
+class Consumer:
+    """Something that handles messages of one type. `handler` must not block the loop for long."""
+
+    message_type: str
+    handler: Handler
+    id_: str = field(default_factory=new_id)
+
+    async def deliver(self, message: QueueMessage) -> None:
+        await self.handler(message)
+
+
+@dataclass
+class RemoteConsumer(Consumer):
+    """A service in another process: messages are POSTed to its `/process_message` URL."""
+
+    url: str = ""
+    client: httpx.AsyncClient | None = None
+
+    @classmethod
+    def for_url(cls, message_type: str, url: str) -> RemoteConsumer:
+        consumer = cls(message_type=message_type, handler=_unused_handler, url=url)
+        consumer.handler = consumer._post
+        return consumer
+
+    async def _post(self, message: QueueMessage) -> None:
+        client = self.client or httpx.AsyncClient(timeout=30)
+        try:
+            response = await client.post(self.url, content=message.model_dump_json())
+            response.raise_for_status()
+        finally:
+            if self.client is None:
+                await client.aclose()
+
+
+async def _unused_handler(message: QueueMessage) -> None:  # pragma: no cover - replaced at once
+    raise RuntimeError("remote consumer without URL")
+
+
+@dataclass
+class _Registration:
+    consumer: Consumer
+    send: MemoryObjectSendStream[QueueMessage]
+    receive: MemoryObjectReceiveStream[QueueMessage]
+    delivered: int = 0
+    failed: int = 0
+    restarts: int = 0
+
+
+class MessageBus:
+    """Routes messages by `type` to registered consumers inside the owner's task group."""
+
+    def __init__(
+        self,
+        buffer_size: int = 1024,
+        publish_timeout: float = 1.0,
+        on_handler_error: ErrorHook | None = None,
+    ) -> None:
+        self.buffer_size = buffer_size
+        self.publish_timeout = publish_timeout
+        self.on_handler_error = on_handler_error
+        self._by_type: dict[str, list[_Registration]] = {}
+        self._by_id: dict[str, _Registration] = {}
+        self._next: dict[str, int] = {}
+        self._task_group: TaskGroup | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, task_group: TaskGroup) -> None:
+        """Bind to the owner's task group and start the loops of consumers registered so far."""
+        self._task_group = task_group
+        for registration in self._by_id.values():
+            task_group.start_soon(self._supervise, registration, name=_loop_name(registration))
+
+    async def aclose(self) -> None:
+        for registration in list(self._by_id.values()):
+            registration.send.close()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # -- registration ----------------------------------------------------------------------
+    def register_consumer(self, consumer: Consumer) -> Consumer:
+        if consumer.id_ in self._by_id:
+            raise ValueError(f"consumer {consumer.id_!r} is already registered")
+        if isinstance(consumer, RemoteConsumer) and consumer.client is None:
+            if self._http is None:
+                self._http = httpx.AsyncClient(timeout=30)
+            consumer.client = self._http
+        send, receive = anyio.create_memory_object_stream[QueueMessage](self.buffer_size)
+        registration = _Registration(consumer, send, receive)
+        self._by_id[consumer.id_] = registration
+        self._by_type.setdefault(consumer.message_type, []).append(registration)
+        if self._task_group is not None:
+            self._task_group.start_soon(
+                self._supervise, registration, name=_loop_name(registration)
+            )
+        return consumer
+
+    def deregister_consumer(self, consumer_id: str) -> None:
+        registration = self._by_id.pop(consumer_id, None)
+        if registration is None:
+            return
+        peers = self._by_type.get(registration.consumer.message_type, [])
+        if registration in peers:
+            peers.remove(registration)
+        if not peers:
+            self._by_type.pop(registration.consumer.message_type, None)
+        registration.send.close()
+
+    def deregister_type(self, message_type: str) -> None:
+        for registration in list(self._by_type.get(message_type, [])):
+            self.deregister_consumer(registration.consumer.id_)
+
+    def has_consumer(self, message_type: str) -> bool:
+        return bool(self._by_type.get(message_type))
+
+    # -- publishing ------------------------------------------------------------------------
+    async def publish(self, message: QueueMessage, timeout: float | None = -1.0) -> None:
+        """Deliver to one consumer of `message.type`.
+
+        `timeout` bounds the wait for room in a full buffer: -1 means the bus default, None
+        means wait as long as it takes (used for results, which must never be dropped).
+        """
+        peers = self._by_type.get(message.type)
+        if not peers:
+            raise NoConsumer(message.type)
+        index = self._next.get(message.type, 0)
+        registration = peers[index % len(peers)]
+        self._next[message.type] = index + 1
+        message.stats.publish_time = time.time()
+        try:
+            registration.send.send_nowait(message)
+            return
+        except anyio.WouldBlock:
+            pass
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise NoConsumer(message.type) from None
+        wait = self.publish_timeout if timeout == -1.0 else timeout
+        try:
+            with anyio.fail_after(math.inf if wait is None else wait):
+                await registration.send.send(message)
+        except TimeoutError:
+            raise BusFull(message.type, retry_after=max(1.0, self.publish_timeout)) from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise NoConsumer(message.type) from None
+
+    # -- observability ---------------------------------------------------------------------
+    def queue_depths(self) -> dict[str, int]:
+        return {
+            f"{r.consumer.message_type}/{r.consumer.id_}": r.send.statistics().current_buffer_used
+            for r in self._by_id.values()
+        }
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "consumer_id": r.consumer.id_,
+                "message_type": r.consumer.message_type,
+                "queued": r.send.statistics().current_buffer_used,
+                "delivered": r.delivered,
+                "failed": r.failed,
+                "restarts": r.restarts,
+            }
+            for r in self._by_id.values()
+        ]
+
+    # -- receive loops ---------------------------------------------------------------------
+    async def _supervise(self, registration: _Registration) -> None:
+        """Run the receive loop; if it ever dies of something unexpected, start it again."""
+        while registration.consumer.id_ in self._by_id:
+            try:
+                await self._receive_loop(registration)
+                return
+            except Exception:
+                registration.restarts += 1
+                logger.exception(
+                    "receive loop of %s crashed; restarting", registration.consumer.id_
+                )
+
+    async def _receive_loop(self, registration: _Registration) -> None:
+        async for message in registration.receive:
+            await self._handle(registration, message)
+
+    async def _handle(self, registration: _Registration, message: QueueMessage) -> None:
+        message.stats.process_start_time = time.time()
+        try:
+            await registration.consumer.deliver(message)
+            registration.delivered += 1
+        except Exception as exc:
+            registration.failed += 1
+            logger.exception(
+                "consumer %s failed on message %s (%s)",
+                registration.consumer.id_,
+                message.id_,
+                message.action,
+            )
+            if self.on_handler_error is not None:
+                try:
+                    await self.on_handler_error(message, exc)
+                except Exception:
+                    logger.exception("error hook failed for message %s", message.id_)
+        finally:
+            message.stats.process_end_time = time.time()
+
+
+def _loop_name(registration: _Registration) -> str:
+    return f"bus-consumer:{registration.consumer.message_type}:{registration.consumer.id_}"

@@ -1,0 +1,343 @@
+"""The deployment file: YAML -> validated `GatewayConfig` -> service objects.
+
+Every problem (unknown key, wrong type, missing file, import failure, unknown default_service,
+duplicate prefix, a service refusing its settings) raises `ConfigError` with one message that
+names the file, the service and what is wrong, so start-up stops with something readable.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_ENV = "GATEWAY_CONFIG"
+DEFAULT_CONFIG = "config.yaml"
+
+
+class ConfigError(Exception):
+    """Start-up stops with this message."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# -- service entries ------------------------------------------------------------------------------
+class ServiceEntry(_Strict):
+    """Settings every service type accepts."""
+
+    source: str | None = Field(
+        default=None, description="module:attr of the object (or zero-argument factory) served"
+    )
+    prefix: str | None = Field(default=None, pattern=r"^/[A-Za-z0-9_./\-]*[A-Za-z0-9_\-]$")
+    description: str | None = None
+    running: bool | None = None
+    max_concurrent_tasks: int | None = Field(default=None, ge=1)
+    max_queued_tasks: int | None = Field(default=None, ge=1)
+    timeout: float | None = Field(default=None, gt=0)
+    raise_exceptions: bool | None = None
+    step_interval: float | None = Field(default=None, ge=0)
+
+
+class WorkflowEntry(ServiceEntry):
+    type: Literal["workflow"]
+    source: str
+    human_service: str | None = None
+    internal_host: str | None = None
+    internal_port: int | None = None
+
+
+class AgentEntry(ServiceEntry):
+    type: Literal["agent"]
+    source: str
+    tools: list[str] = Field(default_factory=list)
+    tool_timeout: float | None = Field(default=None, gt=0)
+
+
+class ToolEntry(ServiceEntry):
+    type: Literal["tool"]
+    source: str
+    max_concurrent_calls: int | None = Field(default=None, ge=1)
+
+
+class HumanEntry(ServiceEntry):
+    type: Literal["human"]
+    human_input_prompt: str | None = None
+
+
+class ComponentEntry(ServiceEntry):
+    type: Literal["component"]
+    source: str
+
+
+class CustomEntry(ServiceEntry):
+    """Your own BaseService subclass (or a factory returning an instance)."""
+
+    type: Literal["custom"]
+    source: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+AnyEntry = Annotated[
+    WorkflowEntry | AgentEntry | ToolEntry | HumanEntry | ComponentEntry | CustomEntry,
+    Field(discriminator="type"),
+]
+
+
+class ServiceKind(NamedTuple):
+    """Where a type's class lives and which field receives the imported `source` object.
+
+    `source_is_callable`: the source is itself the callable served (a component function, a
+    human input function), so it is never called as a factory at start-up.
+    """
+
+    class_path: str
+    source_field: str
+    source_is_callable: bool = False
+
+
+SERVICE_CLASSES: dict[str, ServiceKind] = {
+    "workflow": ServiceKind("services.workflow:WorkflowService", "workflow"),
+    "agent": ServiceKind("services.agent:AgentService", "agent"),
+    "tool": ServiceKind("services.tool:ToolService", "tools"),
+    "human": ServiceKind("services.human:HumanService", "fn_input", True),
+    "component": ServiceKind("services.component:ComponentService", "component", True),
+}
+
+
+ENTRY_TAGS = frozenset(SERVICE_CLASSES) | {"custom"}
+
+
+# -- gateway sections -----------------------------------------------------------------------------
+class BusSettings(_Strict):
+    buffer_size: int = Field(default=1024, ge=1)
+    publish_timeout: float = Field(default=1.0, ge=0)
+
+
+class StoreSettings(_Strict):
+    kind: Literal["memory", "sqlite"] = "memory"
+    path: str = "gateway.db"
+
+
+class EventSettings(_Strict):
+    replay_size: int = Field(default=256, ge=0)
+    subscriber_buffer: int = Field(default=256, ge=1)
+
+
+class AuthSettings(_Strict):
+    tokens_env: str = Field(description="env variable holding comma-separated bearer tokens")
+
+
+class CorsSettings(_Strict):
+    allow_origins: list[str] = Field(default_factory=list)
+
+
+class GatewayConfig(_Strict):
+    name: str = "agent-gateway"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    default_service: str | None = None
+    shutdown_grace: float = Field(default=10.0, ge=0)
+    retain_finished_tasks: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    bus: BusSettings = Field(default_factory=BusSettings)
+    events: EventSettings = Field(default_factory=EventSettings)
+    auth: AuthSettings | None = None
+    cors: CorsSettings = Field(default_factory=CorsSettings)
+    services: dict[str, AnyEntry] = Field(default_factory=dict)
+    source_path: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _store_shorthand(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("store"), str):
+            data = {**data, "store": {"kind": data["store"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> GatewayConfig:
+        import re
+
+        for name in self.services:
+            if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,128}", name) or name == "control_plane":
+                raise ValueError(
+                    f"service name {name!r} must be 1-128 of A-Z a-z 0-9 _ . - "
+                    "and not 'control_plane'"
+                )
+        if self.default_service and self.default_service not in self.services:
+            raise ValueError(
+                f"default_service {self.default_service!r} is not one of the services "
+                f"({', '.join(self.services) or 'none configured'})"
+            )
+        prefixes: dict[str, str] = {}
+        for name, entry in self.services.items():
+            prefix = entry.prefix or f"/services/{name}"
+            if prefix in prefixes:
+                raise ValueError(
+                    f"service {name!r}: prefix {prefix!r} is already used by {prefixes[prefix]!r}"
+                )
+            if prefix == "/control_plane" or prefix.startswith("/control_plane/"):
+                raise ValueError(f"service {name!r}: prefix {prefix!r} is the control plane's")
+            prefixes[prefix] = name
+        for name, entry in self.services.items():
+            refs: list[str] = []
+            if isinstance(entry, AgentEntry):
+                refs = entry.tools
+            elif isinstance(entry, WorkflowEntry) and entry.human_service:
+                refs = [entry.human_service]
+            for ref in refs:
+                if ref not in self.services:
+                    raise ValueError(f"service {name!r}: refers to unknown service {ref!r}")
+        return self
+
+
+# -- loading --------------------------------------------------------------------------------------
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err.get("loc", ())]
+        where = ""
+        if len(loc) >= 2 and loc[0] == "services":
+            where = f"service {loc[1]!r}: "
+            loc = loc[3:] if len(loc) > 2 and loc[2] in ENTRY_TAGS else loc[2:]
+        field = ".".join(loc)
+        msg = err.get("msg", "")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{where}{field + ': ' if field else ''}{msg}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    try:
+        config = GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+    config.source_path = source
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
+    """Read a YAML file (default: $GATEWAY_CONFIG or ./config.yaml)."""
+    path = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def import_object(spec: str, call_factories: bool = True) -> Any:
+    """`module:attr` (attr may be dotted) -> the object; a zero-argument factory is called."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"source {spec!r} must look like 'package.module:attribute'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if call_factories and _is_factory(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise ValueError(f"factory {spec!r} raised {type(exc).__name__}: {exc}") from None
+    return obj
+
+
+def _is_factory(obj: Any) -> bool:
+    """A plain function or class taking no required arguments is called to build the object."""
+    if not (inspect.isfunction(obj) or inspect.isclass(obj)) or inspect.iscoroutinefunction(obj):
+        return False
+    try:
+        signature = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return False
+    return not any(
+        p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        for p in signature.parameters.values()
+    )
+
+
+def build_services(config: GatewayConfig) -> list[Any]:
+    """Import every source and construct the service objects, in config order."""
+    from services.base import BaseService
+
+    where = config.source_path or "<config>"
+    _add_import_root(
+        Path(config.source_path).resolve().parent if config.source_path else Path.cwd()
+    )
+    services: list[Any] = []
+    for name, entry in config.services.items():
+        try:
+            services.append(_build_one(name, entry, BaseService))
+        except ConfigError:
+            raise
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: service {name!r}: {_describe_plain(exc)}") from None
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: service {name!r}: {exc}") from None
+    return services
+
+
+def _add_import_root(folder: Path) -> None:
+    """`source` modules resolve from the config file's folder (as uvicorn does with its app dir)."""
+    root = str(folder)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def _describe_plain(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'value'}: {e.get('msg', '')}"
+        for e in exc.errors(include_url=False)
+    )
+
+
+def _build_one(name: str, entry: Any, base: type) -> Any:
+    settings = entry.model_dump(exclude={"type", "source", "options"}, exclude_none=True)
+    if isinstance(entry, CustomEntry):
+        target = import_object(entry.source, call_factories=False)
+        if inspect.isfunction(target):
+            target = target()
+        if inspect.isclass(target) and issubclass(target, base):
+            return target(service_name=name, **settings, **entry.options)
+        if isinstance(target, base):
+            return target.model_copy(update={"service_name": name, **settings})
+        raise ValueError(f"source {entry.source!r} is not a BaseService subclass or instance")
+    kind = SERVICE_CLASSES[entry.type]
+    module_name, _, class_name = kind.class_path.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if entry.type == "workflow":
+        from services.workflow import workflow_env_defaults
+
+        settings = {**workflow_env_defaults(), **settings}
+    if entry.source:
+        settings[kind.source_field] = import_object(
+            entry.source, call_factories=not kind.source_is_callable
+        )
+    return cls(service_name=name, **settings)

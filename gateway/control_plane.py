@@ -1,0 +1,343 @@
+"""Orchestration: accept tasks, route them to services over the bus, record how they end.
+
+The control plane is itself a bus consumer (`type == "control_plane"`): services answer with
+COMPLETED_TASK and report progress with TASK_STREAM. Tasks of one session run in submission
+order per service (a lane); other tasks go straight to their service.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from gateway.bus import BusFull, Consumer, MessageBus, NoConsumer, RemoteConsumer
+from gateway.events import TaskEventHub
+from gateway.http import ApiError
+from gateway.messages import (
+    CONTROL_PLANE_NAME,
+    ActionTypes,
+    NewTask,
+    QueueMessage,
+    ServiceDefinition,
+    TaskDefinition,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+)
+from gateway.registry import RegisteredService, ServiceRegistry
+from gateway.sessions import SessionRecord, SessionTable
+from gateway.store import MemoryStore, Store
+from gateway.tasks import TaskRecord, TaskTable
+
+logger = logging.getLogger("gateway.control_plane")
+
+LaneKey = tuple[str, str]
+
+
+class ControlPlane:
+    publisher_id = CONTROL_PLANE_NAME
+
+    def __init__(
+        self,
+        bus: MessageBus,
+        registry: ServiceRegistry | None = None,
+        *,
+        default_service: str | None = None,
+        store: Store | None = None,
+        events: TaskEventHub | None = None,
+        retain_finished: int = 10_000,
+    ) -> None:
+        self.bus = bus
+        self.registry = registry or ServiceRegistry()
+        self.default_service = default_service
+        self.store: Store = store or MemoryStore()
+        self.events = events or TaskEventHub()
+        self.tasks = TaskTable(retain_finished=retain_finished)
+        self.sessions = SessionTable()
+        self.accepting = True
+        self._lanes: dict[LaneKey, deque[str]] = {}
+        self._lane_busy: set[LaneKey] = set()
+        self._task_group: TaskGroup | None = None
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def consumer(self) -> Consumer:
+        return Consumer(message_type=CONTROL_PLANE_NAME, handler=self.process_message, id_="cp")
+
+    def start(self, task_group: TaskGroup) -> None:
+        self._task_group = task_group
+
+    async def recover(self) -> None:
+        """After a restart: tasks the store left unfinished are re-run or marked failed."""
+        for record in self.store.unfinished_tasks():
+            self.tasks.add(record)
+            if record.status is TaskStatus.PENDING and record.service in self.registry:
+                task = TaskDefinition(
+                    task_id=record.task_id,
+                    input=record.input,
+                    session_id=record.session_id,
+                    agent_id=record.service,
+                )
+                assert self._task_group is not None
+                self._task_group.start_soon(self._dispatch_queued, task)
+            else:
+                await self._end(record.task_id, TaskStatus.FAILED, error="interrupted by restart")
+
+    def stop_accepting(self) -> None:
+        self.accepting = False
+
+    async def drain(self, grace: float) -> list[str]:
+        """Let in-flight tasks end within `grace` seconds, then cancel the rest."""
+        self.stop_accepting()
+        with anyio.move_on_after(grace):
+            while self.tasks.active_count():
+                self._idle = anyio.Event()
+                if not self.tasks.active_count():
+                    break
+                await self._idle.wait()
+        leftover = [r.task_id for r in self.tasks.active()]
+        for task_id in leftover:
+            await self._end(task_id, TaskStatus.CANCELLED, error="cancelled at shutdown")
+        return leftover
+
+    # -- services ----------------------------------------------------------------------------
+    def register_local(self, definition: ServiceDefinition, service: Any, max_queued: int) -> None:
+        self.registry.add(RegisteredService(definition, service, max_queued_tasks=max_queued))
+
+    def register_remote(self, definition: ServiceDefinition) -> RegisteredService:
+        name = definition.service_name
+        if name == CONTROL_PLANE_NAME:
+            raise ApiError(422, f"{name!r} is reserved for the control plane")
+        existing = self.registry.get(name)
+        if existing is not None and not existing.is_remote:
+            raise ApiError(409, f"{name!r} is a service of this gateway and cannot be replaced")
+        if not definition.host:
+            raise ApiError(422, "a remote service needs `host` (and usually `port`)")
+        if existing is not None:
+            self.deregister_remote(name)
+        port = f":{definition.port}" if definition.port else ""
+        url = f"http://{definition.host}{port}{definition.prefix or ''}/process_message"
+        consumer = self.bus.register_consumer(RemoteConsumer.for_url(name, url))
+        definition = definition.model_copy(update={"remote": True})
+        entry = RegisteredService(definition, None, consumer_id=consumer.id_)
+        self.registry.add(entry)
+        return entry
+
+    def deregister_remote(self, name: str) -> None:
+        entry = self.registry.get(name)
+        if entry is None:
+            raise ApiError(404, f"no service named {name!r}")
+        if not entry.is_remote:
+            raise ApiError(409, f"{name!r} is a service of this gateway and cannot be deregistered")
+        self.registry.remove(name)
+        if entry.consumer_id:
+            self.bus.deregister_consumer(entry.consumer_id)
+
+    # -- sessions ----------------------------------------------------------------------------
+    def create_session(self) -> SessionRecord:
+        record = self.sessions.create()
+        self.store.save_session(record)
+        return record
+
+    def session(self, session_id: str) -> SessionRecord:
+        record = self.sessions.get(session_id)
+        if record is None:
+            raise ApiError(404, f"no session {session_id!r}")
+        return record
+
+    def delete_session(self, session_id: str) -> SessionRecord:
+        record = self.session(session_id)
+        self.sessions.delete(session_id)
+        self.store.delete_session(session_id)
+        return record
+
+    def merge_session_state(self, session_id: str, patch: dict[str, Any]) -> SessionRecord:
+        record = self.session(session_id)
+        record.state.update(patch)
+        self.store.save_session(record)
+        return record
+
+    # -- tasks -------------------------------------------------------------------------------
+    def resolve_service(self, name: str | None) -> str:
+        target = name or self.default_service
+        if not target:
+            raise ApiError(422, "no service named and no default_service configured")
+        if target not in self.registry:
+            raise ApiError(404, f"no service named {target!r}")
+        return target
+
+    def task(self, task_id: str) -> TaskRecord:
+        record = self.tasks.get(task_id) or self.store.load_task(task_id)
+        if record is None:
+            raise ApiError(404, f"no task {task_id!r}")
+        return record
+
+    async def submit(
+        self, task: TaskDefinition, service: str | None = None, state: dict | None = None
+    ) -> TaskRecord:
+        """Accept a task (202) or refuse it (4xx/503); an accepted task always ends."""
+        if not self.accepting:
+            raise ApiError(503, "the gateway is shutting down", headers={"Retry-After": "5"})
+        target = self.resolve_service(service or task.agent_id)
+        entry = self.registry.get(target)
+        assert entry is not None
+        session = self.session(task.session_id) if task.session_id else None
+        if task.task_id in self.tasks:
+            raise ApiError(409, f"a task with id {task.task_id!r} already exists")
+        if self.tasks.active_count(target) >= entry.max_queued_tasks:
+            raise ApiError(
+                503,
+                f"service {target!r} has {entry.max_queued_tasks} tasks queued; retry later",
+                headers={"Retry-After": "1"},
+            )
+        task = task.model_copy(update={"agent_id": target})
+        record = self.tasks.add(
+            TaskRecord(
+                task_id=task.task_id, service=target, session_id=task.session_id, input=task.input
+            )
+        )
+        self._idle = anyio.Event()
+        lane = (task.session_id, target) if task.session_id else None
+        if lane is not None and lane in self._lane_busy:
+            self._lanes.setdefault(lane, deque()).append(task.task_id)
+        else:
+            try:
+                await self._dispatch(task, state)
+            except (BusFull, NoConsumer):
+                self.tasks.discard(task.task_id)
+                self._set_idle_if_quiet()
+                raise
+            if lane is not None:
+                self._lane_busy.add(lane)
+        if session is not None:
+            session.task_ids.append(task.task_id)
+            self.store.save_session(session)
+        self.store.save_task(record)
+        self.events.publish(
+            TaskEvent(task_id=task.task_id, kind="status", status=TaskStatus.PENDING)
+        )
+        return record
+
+    async def _dispatch(
+        self, task: TaskDefinition, state: dict | None = None, wait: bool = False
+    ) -> None:
+        message = QueueMessage(
+            publisher_id=self.publisher_id,
+            type=task.agent_id or "",
+            action=ActionTypes.NEW_TASK,
+            data=NewTask(task=task, state=state or {}).model_dump(mode="json"),
+        )
+        await self.bus.publish(message, timeout=None if wait else -1.0)
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        record = self.task(task_id)
+        if record.is_terminal:
+            raise ApiError(409, f"task {task_id!r} already ended as {record.status.value}")
+        await self._end(task_id, TaskStatus.CANCELLED, error="cancelled by request")
+        with anyio.move_on_after(1):
+            try:
+                await self.bus.publish(
+                    QueueMessage(
+                        publisher_id=self.publisher_id,
+                        type=record.service,
+                        action=ActionTypes.CANCEL_TASK,
+                        data={"task_id": task_id},
+                    )
+                )
+            except (BusFull, NoConsumer):
+                logger.warning("could not tell %s to stop task %s", record.service, task_id)
+        return record
+
+    async def wait(self, task_id: str, timeout: float | None) -> TaskRecord:
+        self.task(task_id)
+        record = await self.tasks.wait(task_id, timeout)
+        return record or self.task(task_id)
+
+    async def run(self, task: TaskDefinition, service: str, timeout: float | None) -> TaskRecord:
+        """Submit and wait: the synchronous `/run` endpoints of services use this."""
+        record = await self.submit(task, service)
+        return await self.wait(record.task_id, timeout)
+
+    # -- messages from services -------------------------------------------------------------
+    async def process_message(self, message: QueueMessage) -> None:
+        if message.action == ActionTypes.COMPLETED_TASK:
+            result = TaskResult.model_validate(message.data)
+            await self._end(result.task_id, result.status, result=result, error=result.error)
+        elif message.action == ActionTypes.TASK_STREAM:
+            event = TaskEvent.model_validate(message.data)
+            if event.kind == "status" and event.status is not None:
+                record = self.tasks.set_status(event.task_id, event.status)
+                if record is None:
+                    return
+                self.store.save_task(record)
+            elif event.task_id not in self.tasks:
+                return
+            self.events.publish(event)
+        else:
+            raise ValueError(f"the control plane does not handle {message.action!r}")
+
+    async def fail_message(self, message: QueueMessage, exc: BaseException) -> None:
+        """Bus hook: a handler raised on a task's message, so that task fails with the error."""
+        if message.action != ActionTypes.NEW_TASK:
+            return
+        task_id = (message.data.get("task") or {}).get("task_id")
+        if task_id:
+            await self._end(task_id, TaskStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+    async def _end(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        result: TaskResult | None = None,
+        error: str | None = None,
+    ) -> None:
+        record = self.tasks.finish(task_id, status, result, error)
+        if record is None:
+            return
+        self.store.save_task(record)
+        self.events.publish(
+            TaskEvent(
+                task_id=task_id,
+                kind="result",
+                status=status,
+                data=record.model_dump(mode="json", include={"result", "error", "status"}),
+            )
+        )
+        self.events.close(task_id)
+        if record.session_id:
+            self._advance_lane((record.session_id, record.service))
+        self._set_idle_if_quiet()
+
+    def _set_idle_if_quiet(self) -> None:
+        if not self.tasks.active_count():
+            self._idle.set()
+
+    def _advance_lane(self, lane: LaneKey) -> None:
+        queue = self._lanes.get(lane)
+        while queue:
+            next_id = queue.popleft()
+            record = self.tasks.get(next_id)
+            if record is None or record.is_terminal:
+                continue
+            task = TaskDefinition(
+                task_id=record.task_id,
+                input=record.input,
+                session_id=record.session_id,
+                agent_id=record.service,
+            )
+            assert self._task_group is not None, "control plane not started"
+            self._task_group.start_soon(self._dispatch_queued, task)
+            return
+        self._lanes.pop(lane, None)
+        self._lane_busy.discard(lane)
+
+    async def _dispatch_queued(self, task: TaskDefinition) -> None:
+        try:
+            await self._dispatch(task, wait=True)
+        except NoConsumer as exc:
+            await self._end(task.task_id, TaskStatus.FAILED, error=str(exc))

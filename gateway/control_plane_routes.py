@@ -1,0 +1,396 @@
+"""Every `/control_plane/...` endpoint, each handler next to its route.
+
+Our API plus the reference system's paths and shapes (see DESIGN.md, "Compatibility"), so a
+client of that system works with `<gateway>/control_plane` as its base URL.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute
+
+from gateway.control_plane import ControlPlane
+from gateway.http import ApiError, api_route
+from gateway.messages import (
+    QueueMessage,
+    ServiceDefinition,
+    SessionDefinition,
+    TaskDefinition,
+    TaskResult,
+    TaskStatus,
+)
+from gateway.tasks import TaskRecord
+
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+
+
+# -- request / response models -------------------------------------------------------------------
+class TaskCreate(BaseModel):
+    """`input` is the task text; for workflows a JSON object (or its JSON string) of run kwargs."""
+
+    input: str | dict[str, Any] = ""
+    service: str | None = Field(default=None, max_length=128)
+    agent_id: str | None = Field(default=None, max_length=128, description="alias of `service`")
+    session_id: str | None = Field(default=None, max_length=128)
+    task_id: str | None = Field(default=None, pattern=ID_PATTERN)
+
+    def definition(self) -> TaskDefinition:
+        text = self.input if isinstance(self.input, str) else json.dumps(self.input)
+        extra = {"task_id": self.task_id} if self.task_id else {}
+        return TaskDefinition(
+            input=text, session_id=self.session_id, agent_id=self.service or self.agent_id, **extra
+        )
+
+
+class TaskAccepted(BaseModel):
+    task_id: str
+    session_id: str | None = None
+    service: str
+    status: TaskStatus
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskRecord]
+    total: int
+
+
+class TaskListQuery(BaseModel):
+    limit: int = Field(default=50, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+    status: TaskStatus | None = None
+    service: str | None = None
+
+
+class WaitQuery(BaseModel):
+    wait: float = Field(default=0.0, ge=0, le=3600, description="seconds to wait for the end")
+
+
+class PageQuery(BaseModel):
+    limit: int = Field(default=1000, ge=1, le=10000)
+    offset: int = Field(default=0, ge=0)
+
+
+class Deregister(BaseModel):
+    service_name: str = Field(min_length=1, max_length=128)
+
+
+class SessionCreated(BaseModel):
+    session_id: str
+
+
+class SessionTaskCreate(TaskDefinition):
+    """A TaskDefinition (reference form) or our `{input, service}` form."""
+
+    service: str | None = Field(default=None, max_length=128)
+    input: str | dict[str, Any] = ""  # type: ignore[assignment]
+
+    @field_validator("input", mode="after")
+    @classmethod
+    def _encode(cls, value: str | dict[str, Any]) -> str:
+        return value if isinstance(value, str) else json.dumps(value)
+
+
+class SessionTaskInfo(TaskDefinition):
+    status: TaskStatus
+
+
+class StatePatch(BaseModel):
+    state: dict[str, Any]
+
+
+class GatewayAck(BaseModel):
+    accepted: str
+
+
+def _path(request: Request, name: str) -> str:
+    return request.path_params[name]
+
+
+def routes(cp: ControlPlane) -> list[BaseRoute]:
+    """The control plane's routes, relative to `/control_plane`."""
+
+    # -- services -------------------------------------------------------------------------
+    async def list_services(request: Request) -> dict[str, Any]:
+        """Discovered services: name -> ServiceDefinition."""
+        return {k: v.model_dump(mode="json") for k, v in cp.registry.definitions().items()}
+
+    async def get_service(request: Request) -> ServiceDefinition:
+        """One service's definition."""
+        name = _path(request, "name")
+        entry = cp.registry.get(name)
+        if entry is None:
+            raise ApiError(404, f"no service named {name!r}")
+        return entry.definition
+
+    async def register_service(request: Request, body: ServiceDefinition) -> ServiceDefinition:
+        """A service running in another process joins (reached at its /process_message)."""
+        return cp.register_remote(body).definition
+
+    async def deregister_service(request: Request, body: Deregister) -> dict[str, str]:
+        """A remote service leaves."""
+        cp.deregister_remote(body.service_name)
+        return {"deregistered": body.service_name}
+
+    async def process_message(request: Request, body: QueueMessage) -> GatewayAck:
+        """Publish a message from a remote service onto the bus (results, events, tool calls)."""
+        await cp.bus.publish(body)
+        return GatewayAck(accepted=body.id_)
+
+    # -- tasks ----------------------------------------------------------------------------
+    async def create_task(request: Request, body: TaskCreate) -> TaskAccepted:
+        """Submit a task; it runs in the background. Poll, long-poll or stream it by id."""
+        record = await cp.submit(body.definition())
+        return TaskAccepted(
+            task_id=record.task_id,
+            session_id=record.session_id,
+            service=record.service,
+            status=record.status,
+        )
+
+    async def list_tasks(request: Request, query: TaskListQuery) -> TaskList:
+        """Tasks known in memory, newest last, filtered and paged."""
+        matching = [
+            r
+            for r in cp.tasks.all()
+            if (query.status is None or r.status == query.status)
+            and (query.service is None or r.service == query.service)
+        ]
+        page = matching[query.offset : query.offset + query.limit]
+        return TaskList(tasks=page, total=len(matching))
+
+    async def get_task(request: Request) -> TaskRecord:
+        """A task's status and, once it ended, its result or error."""
+        return cp.task(_path(request, "task_id"))
+
+    async def task_result(request: Request, query: WaitQuery) -> Response:
+        """Long-poll: answers as soon as the task ends (200), or after `wait` seconds (202)."""
+        record = await cp.wait(_path(request, "task_id"), query.wait)
+        return JSONResponse(record.model_dump(mode="json"), 200 if record.is_terminal else 202)
+
+    async def cancel_task(request: Request) -> TaskRecord:
+        """Cancel a task that has not ended (409 if it has)."""
+        return await cp.cancel(_path(request, "task_id"))
+
+    async def task_events(request: Request) -> Response:
+        """Server-Sent Events: what happened so far, then live events, then the result."""
+        task_id = _path(request, "task_id")
+        cp.task(task_id)
+        subscription = cp.events.subscribe(task_id)
+
+        async def stream():
+            try:
+                async for event in subscription:
+                    payload = event.model_dump_json()
+                    yield f"event: {event.kind}\ndata: {payload}\n\n"
+            finally:
+                subscription.close()
+
+        return StreamingResponse(
+            stream(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    # -- sessions -------------------------------------------------------------------------
+    async def create_session(request: Request) -> Response:
+        """Create a session (201 with `{session_id}`)."""
+        record = cp.create_session()
+        return JSONResponse({"session_id": record.session_id}, 201)
+
+    async def create_session_compat(request: Request) -> Response:
+        """Reference form: the new session id as a JSON string."""
+        return JSONResponse(cp.create_session().session_id)
+
+    async def list_sessions(request: Request, query: PageQuery) -> dict[str, Any]:
+        """Sessions: id -> SessionDefinition, paged by limit/offset."""
+        return {
+            s.session_id: s.definition().model_dump(mode="json")
+            for s in cp.sessions.page(query.limit, query.offset)
+        }
+
+    async def get_session(request: Request) -> SessionDefinition:
+        """One session."""
+        return cp.session(_path(request, "session_id")).definition()
+
+    async def delete_session(request: Request) -> dict[str, str]:
+        """Delete a session and its saved state."""
+        session_id = _path(request, "session_id")
+        cp.delete_session(session_id)
+        return {"deleted": session_id}
+
+    async def create_session_task(request: Request, body: SessionTaskCreate) -> Response:
+        """Run a task in this session; answers the new task id as a JSON string."""
+        session_id = _path(request, "session_id")
+        cp.session(session_id)
+        task = TaskDefinition(
+            input=body.input,
+            task_id=body.task_id,
+            session_id=session_id,
+            agent_id=body.service or body.agent_id,
+        )
+        record = await cp.submit(task)
+        return JSONResponse(record.task_id)
+
+    async def list_session_tasks(request: Request) -> list[SessionTaskInfo]:
+        """The session's tasks in submission order, each with its status."""
+        session = cp.session(_path(request, "session_id"))
+        infos = []
+        for task_id in session.task_ids:
+            record = cp.tasks.get(task_id) or cp.store.load_task(task_id)
+            if record is not None:
+                infos.append(
+                    SessionTaskInfo(
+                        task_id=record.task_id,
+                        input=record.input,
+                        session_id=record.session_id,
+                        agent_id=record.service,
+                        status=record.status,
+                    )
+                )
+        return infos
+
+    async def current_task(request: Request) -> Response:
+        """The oldest task of the session that has not ended, or null."""
+        session = cp.session(_path(request, "session_id"))
+        for task_id in session.task_ids:
+            record = cp.tasks.get(task_id)
+            if record is not None and not record.is_terminal:
+                definition = TaskDefinition(
+                    task_id=record.task_id,
+                    input=record.input,
+                    session_id=record.session_id,
+                    agent_id=record.service,
+                )
+                return JSONResponse(definition.model_dump(mode="json"))
+        return JSONResponse(None)
+
+    async def session_task_result(request: Request) -> Response:
+        """Reference form: the TaskResult once the task ended, null before."""
+        session = cp.session(_path(request, "session_id"))
+        task_id = _path(request, "task_id")
+        if task_id not in session.task_ids:
+            raise ApiError(404, f"session {session.session_id!r} has no task {task_id!r}")
+        record = cp.task(task_id)
+        if not record.is_terminal:
+            return JSONResponse(None)
+        result = record.result or TaskResult(
+            task_id=task_id, status=record.status, error=record.error
+        )
+        return JSONResponse(result.model_dump(mode="json"))
+
+    async def get_state(request: Request) -> dict[str, Any]:
+        """The session's JSON state dict."""
+        return cp.session(_path(request, "session_id")).state
+
+    async def merge_state(request: Request, body: StatePatch) -> dict[str, Any]:
+        """Merge keys into the session's state; answers the whole state."""
+        return cp.merge_session_state(_path(request, "session_id"), body.state).state
+
+    sid = "/sessions/{session_id}"
+    tid = "/tasks/{task_id}"
+    tags = ("control plane",)
+    return [
+        api_route("/services", list_services, tags=tags),
+        api_route(
+            "/services/register",
+            register_service,
+            methods=["POST"],
+            body=ServiceDefinition,
+            response=ServiceDefinition,
+            errors=(409, 422),
+            tags=tags,
+        ),
+        api_route(
+            "/services/deregister",
+            deregister_service,
+            methods=["POST"],
+            body=Deregister,
+            errors=(404, 409, 422),
+            tags=tags,
+        ),
+        api_route(
+            "/services/{name}", get_service, response=ServiceDefinition, errors=(404,), tags=tags
+        ),
+        api_route(
+            "/process_message",
+            process_message,
+            methods=["POST"],
+            body=QueueMessage,
+            response=GatewayAck,
+            errors=(422, 503),
+            tags=tags,
+        ),
+        api_route(
+            "/tasks",
+            create_task,
+            methods=["POST"],
+            body=TaskCreate,
+            response=TaskAccepted,
+            status_code=202,
+            errors=(404, 409, 422, 503),
+            tags=tags,
+        ),
+        api_route("/tasks", list_tasks, query=TaskListQuery, response=TaskList, tags=tags),
+        api_route(tid, get_task, response=TaskRecord, errors=(404,), tags=tags),
+        api_route(
+            tid + "/result",
+            task_result,
+            query=WaitQuery,
+            response=TaskRecord,
+            errors=(404,),
+            tags=tags,
+        ),
+        api_route(
+            tid + "/cancel",
+            cancel_task,
+            methods=["POST"],
+            response=TaskRecord,
+            errors=(404, 409),
+            tags=tags,
+        ),
+        api_route(tid + "/events", task_events, errors=(404,), tags=tags, stream=True),
+        api_route(
+            "/sessions",
+            create_session,
+            methods=["POST"],
+            response=SessionCreated,
+            status_code=201,
+            tags=tags,
+        ),
+        api_route("/sessions/create", create_session_compat, methods=["POST"], tags=tags),
+        api_route("/sessions", list_sessions, query=PageQuery, tags=tags),
+        api_route(sid, get_session, response=SessionDefinition, errors=(404,), tags=tags),
+        api_route(sid, delete_session, methods=["DELETE"], errors=(404,), tags=tags),
+        api_route(sid + "/delete", delete_session, methods=["POST"], errors=(404,), tags=tags),
+        api_route(
+            sid + "/tasks",
+            create_session_task,
+            methods=["POST"],
+            body=SessionTaskCreate,
+            errors=(404, 409, 422, 503),
+            tags=tags,
+        ),
+        api_route(
+            sid + "/tasks",
+            list_session_tasks,
+            response=list[SessionTaskInfo],
+            errors=(404,),
+            tags=tags,
+        ),
+        api_route(sid + "/current_task", current_task, errors=(404,), tags=tags),
+        api_route(sid + "/tasks/{task_id}/result", session_task_result, errors=(404,), tags=tags),
+        api_route(sid + "/state", get_state, errors=(404,), tags=tags),
+        api_route(
+            sid + "/state",
+            merge_state,
+            methods=["POST"],
+            body=StatePatch,
+            errors=(404, 422),
+            tags=tags,
+        ),
+    ]

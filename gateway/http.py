@@ -1,0 +1,222 @@
+"""HTTP plumbing shared by the control plane and every service.
+
+`api_route` wraps a handler so that its body and query are validated by pydantic models, its
+return value is serialized, and every failure becomes one JSON error shape:
+`{"error": code, "detail": ...}`. The models are kept on the route for the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.bus import BusFull, NoConsumer
+
+M = TypeVar("M", bound=BaseModel)
+
+ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "service_unavailable",
+    504: "gateway_timeout",
+}
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error response."""
+
+    error: str
+    detail: Any = None
+
+
+class ApiError(Exception):
+    """An error with an HTTP status; raised anywhere below a handler."""
+
+    def __init__(
+        self, status: int, detail: Any, *, code: str | None = None, headers: dict | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.code = code or ERROR_CODES.get(status, "error")
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int, detail: Any, code: str | None = None, headers: dict | None = None
+) -> JSONResponse:
+    body = {"error": code or ERROR_CODES.get(status, "error"), "detail": detail}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def validation_detail(exc: ValidationError, where: str) -> list[dict[str, Any]]:
+    """Pydantic errors as `[{loc, msg, type}]`, `loc` starting with body/query/path."""
+    return [
+        {
+            "loc": [where, *[str(p) for p in err.get("loc", ())]],
+            "msg": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
+        for err in exc.errors(include_url=False, include_context=False, include_input=False)
+    ]
+
+
+# -- exception handlers installed on the app ----------------------------------------------------
+async def handle_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.detail, exc.code, exc.headers)
+
+
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))
+
+
+async def handle_bus_full(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BusFull)
+    retry = str(max(1, int(round(exc.retry_after))))
+    return error_response(503, str(exc), headers={"Retry-After": retry})
+
+
+async def handle_no_consumer(request: Request, exc: Exception) -> Response:
+    return error_response(503, str(exc), headers={"Retry-After": "1"})
+
+
+EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {
+    ApiError: handle_api_error,
+    HTTPException: handle_http_exception,
+    BusFull: handle_bus_full,
+    NoConsumer: handle_no_consumer,
+}
+
+
+# -- request parsing -----------------------------------------------------------------------------
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ApiError(400, f"duplicate key {key!r} in JSON body")
+        seen[key] = value
+    return seen
+
+
+async def read_json(request: Request) -> Any:
+    """The request body as JSON, or a 4xx saying what is wrong with it."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise ApiError(415, f"expected an application/json body, got {media!r}")
+    raw = await request.body()
+    if not raw.strip():
+        raise ApiError(400, "the request body is empty; a JSON document is required")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"the body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except RecursionError:
+        raise ApiError(400, "the JSON body is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    data = await read_json(request)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ApiError(422, validation_detail(exc, "body")) from None
+
+
+def parse_query(request: Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise ApiError(422, validation_detail(exc, "query")) from None
+
+
+# -- responses -----------------------------------------------------------------------------------
+def to_response(value: Any, status_code: int = 200) -> Response:
+    if isinstance(value, Response):
+        return value
+    if isinstance(value, BaseModel):
+        return Response(value.model_dump_json(), status_code, media_type="application/json")
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        body = TypeAdapter(list[type(value[0])]).dump_json(value)
+        return Response(body, status_code, media_type="application/json")
+    return JSONResponse(value, status_code)
+
+
+# -- routes with metadata ------------------------------------------------------------------------
+@dataclass
+class RouteDoc:
+    """What the OpenAPI document needs to know about a route."""
+
+    summary: str
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: Any = None
+    status_code: int = 200
+    errors: Sequence[int] = field(default_factory=tuple)
+    tags: Sequence[str] = field(default_factory=tuple)
+    stream: bool = False
+
+
+def api_route(
+    path: str,
+    handler: Callable[..., Awaitable[Any]],
+    *,
+    methods: Sequence[str] = ("GET",),
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    response: Any = None,
+    status_code: int = 200,
+    summary: str | None = None,
+    errors: Sequence[int] = (),
+    tags: Sequence[str] = (),
+    name: str | None = None,
+    stream: bool = False,
+) -> Route:
+    """A Starlette Route whose handler receives `(request, body=..., query=...)` parsed."""
+
+    async def endpoint(request: Request) -> Response:
+        kwargs: dict[str, Any] = {}
+        if body is not None:
+            kwargs["body"] = await parse_body(request, body)
+        if query is not None:
+            kwargs["query"] = parse_query(request, query)
+        return to_response(await handler(request, **kwargs), status_code)
+
+    route = Route(path, endpoint, methods=list(methods), name=name or handler.__name__)
+    doc_summary = summary or (handler.__doc__ or handler.__name__).strip().splitlines()[0]
+    route.doc = RouteDoc(  # type: ignore[attr-defined]
+        summary=doc_summary,
+        body=body,
+        query=query,
+        response=response,
+        status_code=status_code,
+        errors=tuple(errors),
+        tags=tuple(tags),
+        stream=stream,
+    )
+    return route

@@ -1,0 +1,183 @@
+"""Wire contracts shared by the gateway, the bus and every service.
+
+All of them are pydantic v2 models so that anything crossing the bus or HTTP is validated, and
+all of them round-trip through JSON: nothing here is ever pickled.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CONTROL_PLANE_NAME = "control_plane"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class ActionTypes(StrEnum):
+    """What a message asks its receiver to do."""
+
+    NEW_TASK = "new_task"
+    COMPLETED_TASK = "completed_task"
+    NEW_TOOL_CALL = "new_tool_call"
+    COMPLETED_TOOL_CALL = "completed_tool_call"
+    REQUEST_FOR_HELP = "request_for_help"
+    SEND_EVENT = "send_event"
+    TASK_STREAM = "task_stream"
+    CANCEL_TASK = "cancel_task"
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING_FOR_HUMAN = "waiting_for_human"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT}
+)
+
+
+class QueueMessageStats(BaseModel):
+    publish_time: float | None = None
+    process_start_time: float | None = None
+    process_end_time: float | None = None
+
+
+class QueueMessage(BaseModel):
+    """An envelope on the bus; `type` names the destination (a service or `control_plane`)."""
+
+    id_: str = Field(default_factory=new_id)
+    publisher_id: str = "default"
+    type: str = "default"
+    action: ActionTypes | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    stats: QueueMessageStats = Field(default_factory=QueueMessageStats)
+
+
+class ChatMessage(BaseModel):
+    """A chat turn, kept independent of llama-index so the wire format does not import it."""
+
+    role: str = "user"
+    content: str | None = ""
+    additional_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def from_llama(cls, message: Any) -> ChatMessage:
+        role = getattr(message.role, "value", message.role)
+        return cls(
+            role=str(role),
+            content=message.content,
+            additional_kwargs=_jsonable_dict(getattr(message, "additional_kwargs", {}) or {}),
+        )
+
+
+def _jsonable_dict(values: dict[str, Any]) -> dict[str, Any]:
+    from gateway.jsonable import to_jsonable
+
+    return {str(k): to_jsonable(v) for k, v in values.items()}
+
+
+class TaskDefinition(BaseModel):
+    """A unit of work for a service. `agent_id` names the target service, as in the reference."""
+
+    input: str = ""
+    task_id: str = Field(default_factory=new_id)
+    session_id: str | None = None
+    agent_id: str | None = None
+
+
+class TaskResult(BaseModel):
+    """What a service answers for a task; `status` says how it ended, `error` why it failed."""
+
+    task_id: str
+    history: list[ChatMessage] = Field(default_factory=list)
+    result: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+    status: TaskStatus = TaskStatus.COMPLETED
+    error: str | None = None
+
+
+class NewTask(BaseModel):
+    task: TaskDefinition
+    state: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServiceDefinition(BaseModel):
+    """How a service is discovered: its name and where its routes live."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    service_name: str = Field(min_length=1, max_length=128)
+    description: str = "A service."
+    prompt: list[Any] = Field(default_factory=list)
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    type: str = "remote"
+    prefix: str | None = None
+    endpoints: list[str] = Field(default_factory=list)
+    remote: bool = False
+
+
+class ToolCallBundle(BaseModel):
+    tool_name: str
+    tool_args: list[Any] = Field(default_factory=list)
+    tool_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
+class ToolCall(BaseModel):
+    id_: str = Field(default_factory=new_id)
+    tool_call_bundle: ToolCallBundle
+    source_id: str | None = None
+
+
+class ToolCallResult(BaseModel):
+    id_: str
+    tool_message: ChatMessage
+    result: str
+    is_error: bool = False
+
+
+class HumanResponse(BaseModel):
+    result: str
+
+
+class SessionDefinition(BaseModel):
+    session_id: str = Field(default_factory=new_id)
+    task_ids: list[str] = Field(default_factory=list)
+    state: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkflowState(BaseModel):
+    """A serialized workflow Context plus its HMAC-SHA256 signature (hex)."""
+
+    hash: str | None = None
+    state: str | None = None
+    run_kwargs: dict[str, Any] = Field(default_factory=dict)
+    session_id: str | None = None
+    task_id: str | None = None
+
+
+class TaskEvent(BaseModel):
+    """One entry of a task's live event stream (status change, workflow event, agent event)."""
+
+    task_id: str
+    kind: Literal["status", "event", "result", "error"] = "event"
+    name: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+    status: TaskStatus | None = None
+    at: float = Field(default_factory=time.time)

@@ -1,0 +1,129 @@
+"""The running gateway: bus, control plane and services under one task group.
+
+`Runtime.running()` is the app lifespan. On exit it stops accepting tasks, lets in-flight ones
+finish within the grace period, cancels the rest (they end `cancelled`), then cancels the group.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from gateway.bus import MessageBus
+from gateway.control_plane import ControlPlane
+from gateway.events import TaskEventHub
+from gateway.signing import load_secret
+from gateway.store import MemoryStore, Store
+
+if TYPE_CHECKING:
+    from services.base import BaseService
+
+logger = logging.getLogger("gateway.runtime")
+
+
+@dataclass
+class ServiceHost:
+    """What a service gets from the gateway when it starts."""
+
+    bus: MessageBus
+    control_plane: ControlPlane
+    task_group: TaskGroup
+    secret: bytes
+    services: dict[str, BaseService] = field(default_factory=dict)
+
+    def service(self, name: str) -> BaseService:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise LookupError(f"no service named {name!r} in this gateway") from None
+
+
+@dataclass
+class RuntimeSettings:
+    default_service: str | None = None
+    bus_buffer_size: int = 1024
+    publish_timeout: float = 1.0
+    shutdown_grace: float = 10.0
+    retain_finished_tasks: int = 10_000
+    event_replay_size: int = 256
+    event_subscriber_buffer: int = 256
+
+
+class Runtime:
+    def __init__(
+        self,
+        services: list[BaseService],
+        settings: RuntimeSettings | None = None,
+        store: Store | None = None,
+        secret: bytes | None = None,
+    ) -> None:
+        self.settings = settings or RuntimeSettings()
+        self.services = {s.service_name: s for s in services}
+        if len(self.services) != len(services):
+            raise ValueError("two services share a name")
+        if secret is None:
+            secret, _ = load_secret()
+        self.secret = secret
+        self.bus = MessageBus(
+            buffer_size=self.settings.bus_buffer_size,
+            publish_timeout=self.settings.publish_timeout,
+        )
+        self.control_plane = ControlPlane(
+            self.bus,
+            default_service=self.settings.default_service,
+            store=store or MemoryStore(),
+            events=TaskEventHub(
+                replay_size=self.settings.event_replay_size,
+                subscriber_buffer=self.settings.event_subscriber_buffer,
+            ),
+            retain_finished=self.settings.retain_finished_tasks,
+        )
+        self.bus.on_handler_error = self.control_plane.fail_message
+        self.bus.register_consumer(self.control_plane.consumer())
+        for service in services:
+            self.control_plane.register_local(
+                service.service_definition, service, service.max_queued_tasks
+            )
+        self.started = False
+        self.ready = False
+
+    @classmethod
+    def for_services(cls, services: list[BaseService], **kwargs: Any) -> Runtime:
+        settings = RuntimeSettings(default_service=services[0].service_name if services else None)
+        return cls(services, settings=settings, **kwargs)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Runtime]:
+        async with anyio.create_task_group() as task_group:
+            self.bus.start(task_group)
+            self.control_plane.start(task_group)
+            await self.control_plane.store.open()
+            await self.control_plane.recover()
+            host = ServiceHost(
+                bus=self.bus,
+                control_plane=self.control_plane,
+                task_group=task_group,
+                secret=self.secret,
+                services=self.services,
+            )
+            for service in self.services.values():
+                await service.start(host)
+            self.started = self.ready = True
+            try:
+                yield self
+            finally:
+                self.ready = False
+                with anyio.CancelScope(shield=True):
+                    leftover = await self.control_plane.drain(self.settings.shutdown_grace)
+                    if leftover:
+                        logger.warning("cancelled %d task(s) at shutdown", len(leftover))
+                    await self.control_plane.store.close()
+                task_group.cancel_scope.cancel()
+        await self.bus.aclose()
+        self.started = False

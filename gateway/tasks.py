@@ -1,0 +1,133 @@
+"""The task table: every accepted task, its status, and the events that wake its waiters.
+
+A task reaches exactly one terminal state: `finish` refuses a second one. Waiters block on an
+`anyio.Event` that `finish` sets, so long-polls return the moment a task ends.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+import anyio
+from pydantic import BaseModel, Field
+
+from gateway.messages import TaskResult, TaskStatus
+
+
+class TaskRecord(BaseModel):
+    """What the control plane knows about one task."""
+
+    task_id: str
+    service: str
+    session_id: str | None = None
+    input: str = ""
+    status: TaskStatus = TaskStatus.PENDING
+    result: TaskResult | None = None
+    error: str | None = None
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+class TaskTable:
+    """In-memory index of tasks; finished ones past `retain_finished` are dropped oldest first."""
+
+    def __init__(self, retain_finished: int = 10_000) -> None:
+        self.retain_finished = retain_finished
+        self._records: dict[str, TaskRecord] = {}
+        self._done: dict[str, anyio.Event] = {}
+        self._finished_order: OrderedDict[str, None] = OrderedDict()
+        self._active_by_service: dict[str, int] = {}
+        self.on_evict: Callable[[str], None] | None = None
+
+    def __contains__(self, task_id: str) -> bool:
+        return task_id in self._records
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        return self._records.get(task_id)
+
+    def all(self) -> Iterable[TaskRecord]:
+        return self._records.values()
+
+    def active(self) -> list[TaskRecord]:
+        return [r for r in self._records.values() if not r.is_terminal]
+
+    def active_count(self, service: str | None = None) -> int:
+        if service is None:
+            return sum(self._active_by_service.values())
+        return self._active_by_service.get(service, 0)
+
+    def add(self, record: TaskRecord) -> TaskRecord:
+        if record.task_id in self._records:
+            raise KeyError(record.task_id)
+        self._records[record.task_id] = record
+        if record.is_terminal:
+            self._remember_finished(record.task_id)
+        else:
+            self._done[record.task_id] = anyio.Event()
+            self._active_by_service[record.service] = self.active_count(record.service) + 1
+        return record
+
+    def discard(self, task_id: str) -> None:
+        """Forget a task that was never accepted (its dispatch failed)."""
+        record = self._records.pop(task_id, None)
+        if record is not None and not record.is_terminal:
+            self._active_by_service[record.service] -= 1
+        self._done.pop(task_id, None)
+
+    def set_status(self, task_id: str, status: TaskStatus) -> TaskRecord | None:
+        """Move a live task to a non-terminal status; terminal tasks stay as they are."""
+        record = self._records.get(task_id)
+        if record is None or record.is_terminal or status.is_terminal:
+            return None
+        if status is TaskStatus.RUNNING and record.started_at is None:
+            record.started_at = time.time()
+        record.status = status
+        return record
+
+    def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        result: TaskResult | None = None,
+        error: str | None = None,
+    ) -> TaskRecord | None:
+        """End a task once; returns None if it is unknown or already ended."""
+        record = self._records.get(task_id)
+        if record is None or record.is_terminal:
+            return None
+        record.status = status
+        record.result = result
+        record.error = error
+        record.finished_at = time.time()
+        self._active_by_service[record.service] -= 1
+        event = self._done.pop(task_id, None)
+        if event is not None:
+            event.set()
+        self._remember_finished(task_id)
+        return record
+
+    async def wait(self, task_id: str, timeout: float | None) -> TaskRecord | None:
+        """Block until the task ends or `timeout` passes; returns its record either way."""
+        event = self._done.get(task_id)
+        if event is not None:
+            with anyio.move_on_after(timeout):
+                await event.wait()
+        return self._records.get(task_id)
+
+    def _remember_finished(self, task_id: str) -> None:
+        self._finished_order[task_id] = None
+        while len(self._finished_order) > self.retain_finished:
+            old, _ = self._finished_order.popitem(last=False)
+            self._records.pop(old, None)
+            if self.on_evict is not None:
+                self.on_evict(old)

@@ -1,0 +1,1 @@
+"""The service types the gateway hosts."""

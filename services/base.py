@@ -1,0 +1,436 @@
+"""BaseService: what every hosted service is, rebuilt on Starlette and anyio.
+
+A service owns its Starlette routes (relative to its prefix), consumes messages of its own name
+from the bus, and runs each task inside the host's task group under a CancelScope, a
+CapacityLimiter and an optional timeout. Nothing here polls: the bus pushes messages in, and the
+`running` switch is an event that paused tasks wait on.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from gateway.bus import Consumer, MessageBus, RemoteConsumer
+from gateway.http import api_route
+from gateway.messages import (
+    CONTROL_PLANE_NAME,
+    ActionTypes,
+    ChatMessage,
+    QueueMessage,
+    ServiceDefinition,
+    TaskDefinition,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+    ToolCall,
+    ToolCallBundle,
+    ToolCallResult,
+    new_id,
+)
+
+if TYPE_CHECKING:
+    from gateway.runtime import ServiceHost
+
+logger = logging.getLogger("services")
+
+Work = Callable[[], Awaitable[TaskResult]]
+
+
+class ServiceInfo(BaseModel):
+    """`GET /` of every service; subclasses add their own fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    service_name: str
+    description: str
+    type: str
+    running: bool
+    step_interval: float
+    num_outstanding_calls: int
+
+
+class RunResponse(BaseModel):
+    """The answer of a synchronous `/run`: how the task ended and what it produced."""
+
+    task_id: str
+    status: TaskStatus
+    result: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    history: list[ChatMessage] = Field(default_factory=list)
+
+
+class BaseService(BaseModel, ABC):
+    """A service of the gateway. Subclasses provide `routes()` and `process_message()`."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True)
+
+    service_type: ClassVar[str] = "custom"
+
+    service_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: str = "A gateway service."
+    running: bool = True
+    step_interval: float = Field(
+        default=0.1, description="Kept for compatibility with the reference; nothing polls."
+    )
+    host: str | None = None
+    port: int | None = None
+    prefix: str | None = None
+    max_concurrent_tasks: int = Field(default=8, ge=1)
+    max_queued_tasks: int = Field(default=1024, ge=1)
+    timeout: float | None = Field(default=None, gt=0)
+    raise_exceptions: bool = False
+
+    _host: ServiceHost | None = PrivateAttr(default=None)
+    _publisher_id: str = PrivateAttr(default_factory=new_id)
+    _limiter: anyio.CapacityLimiter | None = PrivateAttr(default=None)
+    _running_event: anyio.Event | None = PrivateAttr(default=None)
+    _scopes: dict[str, anyio.CancelScope] = PrivateAttr(default_factory=dict)
+    _tool_calls: dict[str, ToolCall] = PrivateAttr(default_factory=dict)
+    _control_plane_url: str | None = PrivateAttr(default=None)
+    _http: httpx.AsyncClient | None = PrivateAttr(default=None)
+
+    # -- identity and discovery ---------------------------------------------------------------
+    @property
+    def publisher_id(self) -> str:
+        return f"{type(self).__qualname__}-{self._publisher_id}"
+
+    @property
+    def tool_name(self) -> str:
+        """The name this service has when another service uses it as a tool."""
+        return f"{self.service_name}-as-tool"
+
+    @property
+    def mount_prefix(self) -> str:
+        return self.prefix or f"/services/{self.service_name}"
+
+    @property
+    def service_definition(self) -> ServiceDefinition:
+        prefix = self.mount_prefix
+        endpoints = []
+        for route in self.routes():
+            if isinstance(route, Route):
+                for method in sorted((route.methods or set()) - {"HEAD"}):
+                    endpoints.append(f"{method} {prefix}{route.path}")
+        return ServiceDefinition(
+            service_name=self.service_name,
+            description=self.description,
+            host=self.host,
+            port=self.port,
+            type=self.service_type,
+            prefix=prefix,
+            endpoints=endpoints,
+        )
+
+    @abstractmethod
+    def routes(self) -> list[BaseRoute]:
+        """This service's routes, relative to its prefix."""
+
+    def common_routes(self) -> list[BaseRoute]:
+        """`GET /` and `POST /process_message`, which every service has."""
+        return [
+            api_route("/", self._home, response=ServiceInfo, summary="Service information"),
+            api_route(
+                "/process_message",
+                self._process_message_http,
+                methods=["POST"],
+                body=QueueMessage,
+                summary="Hand a bus message to this service (remote delivery)",
+                errors=(400, 422),
+                name="process_message",
+            ),
+        ]
+
+    async def _home(self, request: Request) -> dict[str, Any]:
+        return await self.home()
+
+    async def home(self) -> dict[str, Any]:
+        return ServiceInfo(
+            service_name=self.service_name,
+            description=self.description,
+            type=self.service_type,
+            running=self.running,
+            step_interval=self.step_interval,
+            num_outstanding_calls=len(self._scopes),
+        ).model_dump()
+
+    async def _process_message_http(self, request: Request, body: QueueMessage) -> dict:
+        await self.handle_message(body)
+        return {"accepted": body.id_}
+
+    # -- bus --------------------------------------------------------------------------------
+    @property
+    def service_host(self) -> ServiceHost:
+        if self._host is None:
+            raise RuntimeError(f"service {self.service_name!r} is not started")
+        return self._host
+
+    @property
+    def bus(self) -> MessageBus:
+        return self.service_host.bus
+
+    def as_consumer(self, remote: bool = False) -> Consumer:
+        if remote:
+            base = f"http://{self.host or '127.0.0.1'}"
+            base += f":{self.port}" if self.port else ""
+            return RemoteConsumer.for_url(self.service_name, f"{base}/process_message")
+        return Consumer(
+            message_type=self.service_name, handler=self.handle_message, id_=self.publisher_id
+        )
+
+    async def register_to_message_queue(self) -> Consumer:
+        return self.bus.register_consumer(self.as_consumer())
+
+    async def handle_message(self, message: QueueMessage) -> None:
+        """Entry point of every message: cancellation is common, the rest is the subclass's."""
+        if message.action == ActionTypes.CANCEL_TASK:
+            scope = self._scopes.get(str(message.data.get("task_id")))
+            if scope is not None:
+                scope.cancel()
+            return
+        await self.process_message(message)
+
+    @abstractmethod
+    async def process_message(self, message: QueueMessage) -> None:
+        """Handle a message addressed to this service; must return quickly (spawn the work)."""
+
+    async def publish(self, message: QueueMessage, timeout: float | None = None) -> None:
+        """Publish as this service. Results wait for room rather than being dropped."""
+        message.publisher_id = self.publisher_id
+        if self._control_plane_url and message.type == CONTROL_PLANE_NAME:
+            await self._post_to_control_plane(message)
+            return
+        await self.bus.publish(message, timeout=timeout)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    async def start(self, host: ServiceHost) -> None:
+        """Attach to the gateway: register the consumer and run `on_start`."""
+        self._host = host
+        self._limiter = anyio.CapacityLimiter(self.max_concurrent_tasks)
+        self._running_event = anyio.Event()
+        if self.running:
+            self._running_event.set()
+        await self.register_to_message_queue()
+        await self.on_start()
+
+    async def on_start(self) -> None:
+        """Hook for subclasses that wire themselves to other services once all are mounted."""
+
+    async def processing_loop(self) -> None:
+        """Serve this service alone, in-process, until cancelled (a one-service gateway)."""
+        from gateway.runtime import Runtime
+
+        runtime = Runtime.for_services([self])
+        async with runtime.running():
+            await anyio.sleep_forever()
+
+    async def launch_local(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Run `processing_loop` inside the caller's task group (no orphan tasks)."""
+        task_group.start_soon(self.processing_loop, name=f"service:{self.service_name}")
+
+    async def launch_server(self, host: str | None = None, port: int | None = None) -> None:
+        """Serve this service alone over HTTP with uvicorn (its routes under its prefix)."""
+        import uvicorn
+
+        from gateway.app import build_app_for_services
+
+        app = build_app_for_services([self])
+        bind_host = host or getattr(self, "internal_host", None) or self.host or "127.0.0.1"
+        bind_port = port or getattr(self, "internal_port", None) or self.port or 8000
+        server = uvicorn.Server(uvicorn.Config(app, host=bind_host, port=bind_port))
+        await server.serve()
+
+    async def register_to_control_plane(self, control_plane_url: str) -> None:
+        """Join a gateway running elsewhere; results then go back to it over HTTP."""
+        url = control_plane_url.rstrip("/")
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(
+                f"{url}/services/register", json=self.service_definition.model_dump()
+            )
+            response.raise_for_status()
+        self._control_plane_url = url
+
+    async def deregister_from_control_plane(self, control_plane_url: str) -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(
+                f"{control_plane_url.rstrip('/')}/services/deregister",
+                json={"service_name": self.service_name},
+            )
+            response.raise_for_status()
+        self._control_plane_url = None
+
+    async def _post_to_control_plane(self, message: QueueMessage) -> None:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=30)
+        response = await self._http.post(
+            f"{self._control_plane_url}/process_message", content=message.model_dump_json()
+        )
+        response.raise_for_status()
+
+    # -- running switch ---------------------------------------------------------------------
+    def set_running(self, running: bool) -> None:
+        """Pause or resume: paused tasks wait (in order) on an event, nothing is dropped."""
+        self.running = running
+        if self._running_event is None:
+            return
+        if running:
+            self._running_event.set()
+        elif self._running_event.is_set():
+            self._running_event = anyio.Event()
+
+    async def _wait_until_running(self) -> None:
+        while not self.running:
+            assert self._running_event is not None
+            await self._running_event.wait()
+
+    # -- running tasks ----------------------------------------------------------------------
+    def spawn(self, task: TaskDefinition, work: Work, *, tool_call: ToolCall | None = None) -> None:
+        """Run `work` for `task` in the host's task group; its outcome is always reported."""
+        if tool_call is not None:
+            self._tool_calls[task.task_id] = tool_call
+        scope = anyio.CancelScope()
+        self._scopes[task.task_id] = scope
+        self.service_host.task_group.start_soon(
+            self._guarded, task, work, scope, name=f"{self.service_name}:{task.task_id}"
+        )
+
+    async def _guarded(self, task: TaskDefinition, work: Work, scope: anyio.CancelScope) -> None:
+        result: TaskResult | None = None
+        try:
+            with scope:
+                try:
+                    await self._wait_until_running()
+                    assert self._limiter is not None
+                    async with self._limiter:
+                        await self.report_status(task.task_id, TaskStatus.RUNNING)
+                        result = await self._run_with_timeout(task, work)
+                except Exception as exc:
+                    result = self.failure(task.task_id, exc)
+            if result is None:
+                result = TaskResult(
+                    task_id=task.task_id, status=TaskStatus.CANCELLED, error="cancelled"
+                )
+            # Report even while the host is shutting down, but never hang it.
+            with anyio.move_on_after(2, shield=True):
+                try:
+                    await self.finish_task(result)
+                except Exception:
+                    logger.exception("could not report the end of task %s", task.task_id)
+        finally:
+            self._scopes.pop(task.task_id, None)
+            self._tool_calls.pop(task.task_id, None)
+
+    async def _run_with_timeout(self, task: TaskDefinition, work: Work) -> TaskResult:
+        with anyio.move_on_after(self.timeout) as deadline:
+            try:
+                return await work()
+            except Exception as exc:
+                return self.failure(task.task_id, exc)
+        assert deadline.cancelled_caught
+        return TaskResult(
+            task_id=task.task_id,
+            status=TaskStatus.TIMED_OUT,
+            error=f"{self.service_name} did not finish within {self.timeout}s",
+        )
+
+    def failure(self, task_id: str, exc: BaseException) -> TaskResult:
+        """A failed TaskResult carrying the error text (and the traceback if asked for)."""
+        error = f"{type(exc).__name__}: {exc}"
+        if self.raise_exceptions:
+            error += "\n" + "".join(traceback.format_exception(exc))
+        logger.warning("task %s of %s failed: %s", task_id, self.service_name, error)
+        return TaskResult(task_id=task_id, status=TaskStatus.FAILED, error=error)
+
+    async def finish_task(self, result: TaskResult) -> None:
+        """Report a task's end: to its tool-call caller if it was one, else the control plane."""
+        tool_call = self._tool_calls.pop(result.task_id, None)
+        if tool_call is not None and tool_call.source_id:
+            ok = result.status is TaskStatus.COMPLETED
+            text = result.result if ok else (result.error or result.status.value)
+            await self.answer_tool_call(tool_call, text, is_error=not ok)
+            return
+        await self.publish(
+            QueueMessage(
+                type=CONTROL_PLANE_NAME,
+                action=ActionTypes.COMPLETED_TASK,
+                data=result.model_dump(mode="json"),
+            )
+        )
+
+    async def answer_tool_call(self, tool_call: ToolCall, text: str, is_error: bool) -> None:
+        """Send COMPLETED_TOOL_CALL to whoever asked (`source_id`)."""
+        assert tool_call.source_id is not None
+        message = ChatMessage(
+            role="tool",
+            content=text,
+            additional_kwargs={
+                "name": tool_call.tool_call_bundle.tool_name,
+                "tool_call_id": tool_call.id_,
+            },
+        )
+        await self.publish(
+            QueueMessage(
+                type=tool_call.source_id,
+                action=ActionTypes.COMPLETED_TOOL_CALL,
+                data=ToolCallResult(
+                    id_=tool_call.id_, tool_message=message, result=text, is_error=is_error
+                ).model_dump(mode="json"),
+            )
+        )
+
+    def task_as_tool_call(self, message: QueueMessage) -> tuple[TaskDefinition, ToolCall]:
+        """A NEW_TOOL_CALL addressed to a whole service, read as a task (service as tool)."""
+        task = TaskDefinition.model_validate(message.data)
+        tool_call = ToolCall(
+            id_=task.task_id,
+            source_id=message.publisher_id,
+            tool_call_bundle=ToolCallBundle(
+                tool_name=self.tool_name, tool_kwargs={"input": task.input}
+            ),
+        )
+        return task, tool_call
+
+    async def report_status(self, task_id: str, status: TaskStatus) -> None:
+        if task_id in self._tool_calls:
+            return
+        await self.publish_event(TaskEvent(task_id=task_id, kind="status", status=status))
+
+    async def publish_event(self, event: TaskEvent) -> None:
+        await self.publish(
+            QueueMessage(
+                type=CONTROL_PLANE_NAME,
+                action=ActionTypes.TASK_STREAM,
+                data=event.model_dump(mode="json"),
+            )
+        )
+
+    # -- synchronous runs -------------------------------------------------------------------
+    async def run_and_wait(
+        self, task: TaskDefinition, wait: float | None
+    ) -> RunResponse | JSONResponse:
+        """Submit through the control plane (so the task is visible) and wait for its end."""
+        control_plane = self.service_host.control_plane
+        record = await control_plane.run(task, self.service_name, wait)
+        if not record.is_terminal:
+            pending = RunResponse(task_id=record.task_id, status=record.status)
+            return JSONResponse(pending.model_dump(mode="json"), status_code=202)
+        result = record.result
+        return RunResponse(
+            task_id=record.task_id,
+            status=record.status,
+            result=result.result if result else None,
+            data=result.data if result else {},
+            error=record.error,
+            history=result.history if result else [],
+        )

@@ -1,0 +1,216 @@
+"""WorkflowService: a llama-index Workflow behind the bus and `POST /run`.
+
+Each NEW_TASK runs `workflow.run(**kwargs)` in the host's task group, capped by a
+CapacityLimiter (`max_concurrent_tasks`) and an optional `timeout`. Events the workflow writes to
+its stream are forwarded to the control plane as they happen. A failure ends that task `failed`
+with the error; it never becomes a "result" and never touches other tasks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import anyio
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+from workflows import Context, Workflow
+from workflows.errors import WorkflowTimeoutError
+from workflows.events import Event, StopEvent
+
+from gateway.http import api_route
+from gateway.jsonable import result_text, to_jsonable
+from gateway.messages import (
+    ActionTypes,
+    NewTask,
+    QueueMessage,
+    TaskDefinition,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+)
+from services.base import BaseService, RunResponse
+
+logger = logging.getLogger("services.workflow")
+
+
+class WorkflowServiceConfig(BaseSettings):
+    """The reference's settings object: `WORKFLOW_SERVICE_*` environment variables fill it."""
+
+    model_config = SettingsConfigDict(env_prefix="WORKFLOW_SERVICE_")
+
+    host: str
+    port: int
+    internal_host: str | None = None
+    internal_port: int | None = None
+    service_name: str
+    description: str = "A service that wraps a llama-index workflow."
+    running: bool = True
+    step_interval: float = 0.1
+    max_concurrent_tasks: int = 8
+    raise_exceptions: bool = False
+
+
+class _WorkflowEnvDefaults(BaseSettings):
+    """The same variables, all optional: defaults for every workflow service of a config."""
+
+    model_config = SettingsConfigDict(env_prefix="WORKFLOW_SERVICE_")
+
+    internal_host: str | None = None
+    internal_port: int | None = None
+    description: str | None = None
+    running: bool | None = None
+    step_interval: float | None = None
+    max_concurrent_tasks: int | None = None
+    raise_exceptions: bool | None = None
+
+
+def workflow_env_defaults() -> dict[str, Any]:
+    return _WorkflowEnvDefaults().model_dump(exclude_none=True)
+
+
+def decode_run_input(text: str) -> dict[str, Any]:
+    """A task's `input` for a workflow is a JSON object of run kwargs (empty means none)."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"task input is not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"task input must be a JSON object of run kwargs, got {type(value).__name__}"
+        )
+    return value
+
+
+class WorkflowRunRequest(BaseModel):
+    """Body of `POST /run`: `kwargs`, or the reference's `input` (a JSON object string)."""
+
+    kwargs: dict[str, Any] | None = None
+    input: str | None = Field(default=None, description="JSON-encoded run kwargs")
+    session_id: str | None = None
+    wait: float = Field(default=300.0, gt=0, le=3600, description="seconds to wait for the end")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> WorkflowRunRequest:
+        if self.kwargs is not None and self.input is not None:
+            raise ValueError("give either `kwargs` or `input`, not both")
+        if self.input is not None:
+            decode_run_input(self.input)
+        return self
+
+    def run_kwargs(self) -> dict[str, Any]:
+        if self.input is not None:
+            return decode_run_input(self.input)
+        return self.kwargs or {}
+
+
+class WorkflowService(BaseService):
+    """Serves one llama-index Workflow."""
+
+    service_type = "workflow"
+
+    workflow: Any
+    description: str = "A service that wraps a llama-index workflow."
+    internal_host: str | None = None
+    internal_port: int | None = None
+    human_service: str | None = None
+
+    @field_validator("workflow")
+    @classmethod
+    def _is_workflow(cls, value: Any) -> Any:
+        if not isinstance(value, Workflow):
+            raise ValueError(f"expected a llama-index Workflow, got {type(value).__name__}")
+        return value
+
+    @classmethod
+    def from_config(cls, workflow: Workflow, config: WorkflowServiceConfig) -> WorkflowService:
+        return cls(workflow=workflow, **config.model_dump())
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            *self.common_routes(),
+            api_route(
+                "/run",
+                self._run_http,
+                methods=["POST"],
+                body=WorkflowRunRequest,
+                response=RunResponse,
+                summary="Run the workflow and wait for its result",
+                errors=(400, 404, 415, 422, 503),
+            ),
+        ]
+
+    async def _run_http(self, request: Request, body: WorkflowRunRequest) -> Any:
+        task = TaskDefinition(input=json.dumps(body.run_kwargs()), session_id=body.session_id)
+        return await self.run_and_wait(task, body.wait)
+
+    # -- bus ------------------------------------------------------------------------------------
+    async def process_message(self, message: QueueMessage) -> None:
+        if message.action == ActionTypes.NEW_TASK:
+            new_task = NewTask.model_validate(message.data)
+            self.spawn(new_task.task, lambda: self.execute(new_task.task, new_task.state))
+        elif message.action == ActionTypes.NEW_TOOL_CALL:
+            task, tool_call = self.task_as_tool_call(message)
+            try:
+                decode_run_input(task.input)
+            except ValueError:
+                task = task.model_copy(update={"input": json.dumps({"input": task.input})})
+            self.spawn(task, lambda: self.execute(task, {}), tool_call=tool_call)
+        else:
+            raise ValueError(f"{self.service_name} does not handle {message.action!r}")
+
+    # -- running --------------------------------------------------------------------------------
+    async def execute(self, task: TaskDefinition, state: dict[str, Any]) -> TaskResult:
+        """Run the workflow once for `task`, forwarding stream events, and package the result."""
+        kwargs = decode_run_input(task.input)
+        ctx = await self.restore_context(task)
+        handler = self.workflow.run(ctx=ctx, **kwargs) if ctx else self.workflow.run(**kwargs)
+        try:
+            async for event in handler.stream_events():
+                if not isinstance(event, StopEvent):
+                    await self.on_stream_event(task, handler, event)
+            result = await handler
+        except WorkflowTimeoutError as exc:
+            return TaskResult(task_id=task.task_id, status=TaskStatus.TIMED_OUT, error=str(exc))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if not handler.done():
+                    await handler.cancel_run(timeout=1.0)
+            raise
+        await self.save_context(task, handler.ctx)
+        return TaskResult(
+            task_id=task.task_id,
+            result=result_text(result),
+            data={"result": to_jsonable(result)},
+        )
+
+    async def on_stream_event(self, task: TaskDefinition, handler: Any, event: Event) -> None:
+        """Forward an event the workflow wrote to its stream (the control plane's SSE feed)."""
+        await self.publish_event(
+            TaskEvent(
+                task_id=task.task_id,
+                kind="event",
+                name=type(event).__name__,
+                data=to_jsonable(_event_fields(event)),
+            )
+        )
+
+    # -- sessions (state across tasks) ----------------------------------------------------------
+    async def restore_context(self, task: TaskDefinition) -> Context | None:
+        """The saved Context of this task's session, if any (filled in by session support)."""
+        return None
+
+    async def save_context(self, task: TaskDefinition, ctx: Context | None) -> None:
+        """Persist the Context after a session's task (filled in by session support)."""
+
+
+def _event_fields(event: Event) -> dict[str, Any]:
+    try:
+        return event.model_dump(mode="json")
+    except Exception:
+        return {"repr": repr(event)}

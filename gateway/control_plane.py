@@ -72,20 +72,23 @@ class ControlPlane:
     def start(self, task_group: TaskGroup) -> None:
         self._task_group = task_group
 
+    async def open_store(self, task_group: TaskGroup) -> None:
+        await self.store.open(task_group)
+        for session in self.store.load_sessions():
+            self.sessions.add(session)
+
     async def recover(self) -> None:
-        """After a restart: tasks the store left unfinished are re-run or marked failed."""
+        """After a restart: accepted-but-unstarted tasks run; interrupted ones end failed."""
         for record in self.store.unfinished_tasks():
-            self.tasks.add(record)
+            if record.task_id in self.tasks:
+                continue
             if record.status is TaskStatus.PENDING and record.service in self.registry:
-                task = TaskDefinition(
-                    task_id=record.task_id,
-                    input=record.input,
-                    session_id=record.session_id,
-                    agent_id=record.service,
-                )
-                assert self._task_group is not None
-                self._task_group.start_soon(self._dispatch_queued, task)
+                record.status = TaskStatus.PENDING
+                self.tasks.add(record)
+                self._idle = anyio.Event()
+                await self._route(self._definition(record), None, wait=True)
             else:
+                self.tasks.add(record)
                 await self._end(record.task_id, TaskStatus.FAILED, error="interrupted by restart")
 
     def stop_accepting(self) -> None:
@@ -202,26 +205,41 @@ class ControlPlane:
             )
         )
         self._idle = anyio.Event()
-        lane = (task.session_id, target) if task.session_id else None
-        if lane is not None and lane in self._lane_busy:
-            self._lanes.setdefault(lane, deque()).append(task.task_id)
-        else:
-            try:
-                await self._dispatch(task, state)
-            except (BusFull, NoConsumer):
-                self.tasks.discard(task.task_id)
-                self._set_idle_if_quiet()
-                raise
-            if lane is not None:
-                self._lane_busy.add(lane)
+        try:
+            await self._route(task, state, wait=False)
+        except (BusFull, NoConsumer):
+            self.tasks.discard(task.task_id)
+            self._set_idle_if_quiet()
+            raise
         if session is not None:
             session.task_ids.append(task.task_id)
             self.store.save_session(session)
         self.store.save_task(record)
+        if self.store.durable:
+            await self.store.flush()
         self.events.publish(
             TaskEvent(task_id=task.task_id, kind="status", status=TaskStatus.PENDING)
         )
         return record
+
+    async def _route(self, task: TaskDefinition, state: dict | None, wait: bool) -> None:
+        """Dispatch now, or queue behind the running task of the same session and service."""
+        lane = (task.session_id, task.agent_id or "") if task.session_id else None
+        if lane is not None and lane in self._lane_busy:
+            self._lanes.setdefault(lane, deque()).append(task.task_id)
+            return
+        await self._dispatch(task, state, wait=wait)
+        if lane is not None:
+            self._lane_busy.add(lane)
+
+    @staticmethod
+    def _definition(record: TaskRecord) -> TaskDefinition:
+        return TaskDefinition(
+            task_id=record.task_id,
+            input=record.input,
+            session_id=record.session_id,
+            agent_id=record.service,
+        )
 
     async def _dispatch(
         self, task: TaskDefinition, state: dict | None = None, wait: bool = False
@@ -252,6 +270,30 @@ class ControlPlane:
             except (BusFull, NoConsumer):
                 logger.warning("could not tell %s to stop task %s", record.service, task_id)
         return record
+
+    async def send_event(self, task_id: str, name: str, data: dict[str, Any]) -> None:
+        """Validate (locally hosted services) and forward an event into a running task."""
+        record = self.task(task_id)
+        if record.is_terminal:
+            raise ApiError(409, f"task {task_id!r} already ended as {record.status.value}")
+        entry = self.registry.get(record.service)
+        service = entry.service if entry is not None else None
+        if service is not None:
+            build = getattr(service, "build_event", None)
+            if build is None:
+                raise ApiError(422, f"service {record.service!r} does not accept events")
+            try:
+                build(name, data)
+            except ValueError as exc:
+                raise ApiError(422, str(exc)) from None
+        await self.bus.publish(
+            QueueMessage(
+                publisher_id=self.publisher_id,
+                type=record.service,
+                action=ActionTypes.SEND_EVENT,
+                data={"task_id": task_id, "event": name, "data": data},
+            )
+        )
 
     async def wait(self, task_id: str, timeout: float | None) -> TaskRecord:
         self.task(task_id)
@@ -324,14 +366,8 @@ class ControlPlane:
             record = self.tasks.get(next_id)
             if record is None or record.is_terminal:
                 continue
-            task = TaskDefinition(
-                task_id=record.task_id,
-                input=record.input,
-                session_id=record.session_id,
-                agent_id=record.service,
-            )
             assert self._task_group is not None, "control plane not started"
-            self._task_group.start_soon(self._dispatch_queued, task)
+            self._task_group.start_soon(self._dispatch_queued, self._definition(record))
             return
         self._lanes.pop(lane, None)
         self._lane_busy.discard(lane)

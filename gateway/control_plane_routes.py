@@ -11,10 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from gateway.control_plane import ControlPlane
+from gateway.events import sse_response
 from gateway.http import ApiError, api_route
 from gateway.messages import (
     QueueMessage,
@@ -103,6 +104,11 @@ class StatePatch(BaseModel):
     state: dict[str, Any]
 
 
+class EventSend(BaseModel):
+    event: str = Field(min_length=1, max_length=200, description="event class name")
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
 class GatewayAck(BaseModel):
     accepted: str
 
@@ -180,21 +186,12 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         """Server-Sent Events: what happened so far, then live events, then the result."""
         task_id = _path(request, "task_id")
         cp.task(task_id)
-        subscription = cp.events.subscribe(task_id)
+        return sse_response(cp.events.subscribe(task_id))
 
-        async def stream():
-            try:
-                async for event in subscription:
-                    payload = event.model_dump_json()
-                    yield f"event: {event.kind}\ndata: {payload}\n\n"
-            finally:
-                subscription.close()
-
-        return StreamingResponse(
-            stream(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+    async def send_task_event(request: Request, body: EventSend) -> Response:
+        """Send an event into a running workflow (validated against its event types)."""
+        await cp.send_event(_path(request, "task_id"), body.event, body.data)
+        return JSONResponse({"sent": body.event}, 202)
 
     # -- sessions -------------------------------------------------------------------------
     async def create_session(request: Request) -> Response:
@@ -354,6 +351,15 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             tags=tags,
         ),
         api_route(tid + "/events", task_events, errors=(404,), tags=tags, stream=True),
+        api_route(
+            tid + "/events",
+            send_task_event,
+            methods=["POST"],
+            body=EventSend,
+            status_code=202,
+            errors=(404, 409, 422),
+            tags=tags,
+        ),
         api_route(
             "/sessions",
             create_session,

@@ -103,8 +103,7 @@ class Runtime:
         async with anyio.create_task_group() as task_group:
             self.bus.start(task_group)
             self.control_plane.start(task_group)
-            await self.control_plane.store.open()
-            await self.control_plane.recover()
+            await self.control_plane.open_store(task_group)
             host = ServiceHost(
                 bus=self.bus,
                 control_plane=self.control_plane,
@@ -114,6 +113,7 @@ class Runtime:
             )
             for service in self.services.values():
                 await service.start(host)
+            await self.control_plane.recover()
             self.started = self.ready = True
             try:
                 yield self

@@ -1,11 +1,15 @@
 """Where tasks, sessions and signed workflow contexts are written through.
 
-`MemoryStore` keeps nothing beyond the in-memory tables (tests, ephemeral deployments).
+`save_*` calls return at once (they only record what changed); a durable store writes the
+changes in batches off the event loop, and `flush()` waits until everything recorded so far is
+committed. `MemoryStore` keeps nothing beyond the in-memory tables (tests, ephemeral use).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from anyio.abc import TaskGroup
 
 if TYPE_CHECKING:
     from gateway.sessions import SessionRecord
@@ -13,21 +17,27 @@ if TYPE_CHECKING:
 
 
 class Store:
-    """Write-through persistence. Calls must return at once: durable stores write in a thread."""
+    durable = False
 
-    async def open(self) -> None:
-        """Prepare (create tables, start the writer thread)."""
+    async def open(self, task_group: TaskGroup) -> None:
+        """Prepare (create tables, start the writer inside the gateway's task group)."""
 
     async def close(self) -> None:
-        """Flush pending writes."""
+        """Commit what is pending."""
+
+    async def flush(self) -> None:
+        """Return once every change recorded so far is committed."""
 
     def save_task(self, record: TaskRecord) -> None: ...
+
+    def load_task(self, task_id: str) -> TaskRecord | None:
+        return None
 
     def unfinished_tasks(self) -> list[TaskRecord]:
         return []
 
-    def load_task(self, task_id: str) -> TaskRecord | None:
-        return None
+    def load_sessions(self) -> list[SessionRecord]:
+        return []
 
     def save_session(self, record: SessionRecord) -> None: ...
 

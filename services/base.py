@@ -18,10 +18,11 @@ import anyio
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.bus import Consumer, MessageBus, RemoteConsumer
+from gateway.events import sse_response
 from gateway.http import api_route
 from gateway.messages import (
     CONTROL_PLANE_NAME,
@@ -69,6 +70,12 @@ class RunResponse(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
     error: str | None = None
     history: list[ChatMessage] = Field(default_factory=list)
+
+
+class RunQuery(BaseModel):
+    """Query of every `/run`: `stream=true` answers with Server-Sent Events instead."""
+
+    stream: bool = False
 
 
 class BaseService(BaseModel, ABC):
@@ -417,10 +424,16 @@ class BaseService(BaseModel, ABC):
 
     # -- synchronous runs -------------------------------------------------------------------
     async def run_and_wait(
-        self, task: TaskDefinition, wait: float | None
-    ) -> RunResponse | JSONResponse:
-        """Submit through the control plane (so the task is visible) and wait for its end."""
+        self, task: TaskDefinition, wait: float | None, stream: bool = False
+    ) -> RunResponse | Response:
+        """Submit through the control plane (so the task is visible) and wait for its end.
+
+        With `stream`, answer at once with the task's Server-Sent Events instead.
+        """
         control_plane = self.service_host.control_plane
+        if stream:
+            record = await control_plane.submit(task, self.service_name)
+            return sse_response(control_plane.events.subscribe(record.task_id))
         record = await control_plane.run(task, self.service_name, wait)
         if not record.is_terminal:
             pending = RunResponse(task_id=record.task_id, status=record.status)

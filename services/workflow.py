@@ -13,13 +13,21 @@ import logging
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 from workflows import Context, Workflow
+from workflows.context.serializers import JsonSerializer
 from workflows.errors import WorkflowTimeoutError
-from workflows.events import Event, StopEvent
+from workflows.events import Event, StartEvent, StopEvent
 
 from gateway.http import api_route
 from gateway.jsonable import result_text, to_jsonable
@@ -31,8 +39,10 @@ from gateway.messages import (
     TaskEvent,
     TaskResult,
     TaskStatus,
+    WorkflowState,
 )
-from services.base import BaseService, RunResponse
+from gateway.signing import sign, verify
+from services.base import BaseService, RunQuery, RunResponse
 
 logger = logging.getLogger("services.workflow")
 
@@ -120,6 +130,8 @@ class WorkflowService(BaseService):
     internal_port: int | None = None
     human_service: str | None = None
 
+    _handlers: dict[str, Any] = PrivateAttr(default_factory=dict)
+
     @field_validator("workflow")
     @classmethod
     def _is_workflow(cls, value: Any) -> Any:
@@ -139,15 +151,16 @@ class WorkflowService(BaseService):
                 self._run_http,
                 methods=["POST"],
                 body=WorkflowRunRequest,
+                query=RunQuery,
                 response=RunResponse,
                 summary="Run the workflow and wait for its result",
                 errors=(400, 404, 415, 422, 503),
             ),
         ]
 
-    async def _run_http(self, request: Request, body: WorkflowRunRequest) -> Any:
+    async def _run_http(self, request: Request, body: WorkflowRunRequest, query: RunQuery) -> Any:
         task = TaskDefinition(input=json.dumps(body.run_kwargs()), session_id=body.session_id)
-        return await self.run_and_wait(task, body.wait)
+        return await self.run_and_wait(task, body.wait, stream=query.stream)
 
     # -- bus ------------------------------------------------------------------------------------
     async def process_message(self, message: QueueMessage) -> None:
@@ -161,6 +174,11 @@ class WorkflowService(BaseService):
             except ValueError:
                 task = task.model_copy(update={"input": json.dumps({"input": task.input})})
             self.spawn(task, lambda: self.execute(task, {}), tool_call=tool_call)
+        elif message.action == ActionTypes.SEND_EVENT:
+            task_id = str(message.data.get("task_id"))
+            name, data = str(message.data.get("event")), message.data.get("data") or {}
+            if not self.send_event(task_id, name, data):
+                logger.warning("event %s for task %s: the run is not active", name, task_id)
         else:
             raise ValueError(f"{self.service_name} does not handle {message.action!r}")
 
@@ -170,6 +188,7 @@ class WorkflowService(BaseService):
         kwargs = decode_run_input(task.input)
         ctx = await self.restore_context(task)
         handler = self.workflow.run(ctx=ctx, **kwargs) if ctx else self.workflow.run(**kwargs)
+        self._handlers[task.task_id] = handler
         try:
             async for event in handler.stream_events():
                 if not isinstance(event, StopEvent):
@@ -182,6 +201,8 @@ class WorkflowService(BaseService):
                 if not handler.done():
                     await handler.cancel_run(timeout=1.0)
             raise
+        finally:
+            self._handlers.pop(task.task_id, None)
         await self.save_context(task, handler.ctx)
         return TaskResult(
             task_id=task.task_id,
@@ -202,11 +223,63 @@ class WorkflowService(BaseService):
 
     # -- sessions (state across tasks) ----------------------------------------------------------
     async def restore_context(self, task: TaskDefinition) -> Context | None:
-        """The saved Context of this task's session, if any (filled in by session support)."""
-        return None
+        """The session's saved Context, verified with HMAC-SHA256 before it is loaded."""
+        if not task.session_id:
+            return None
+        host = self.service_host
+        payload = host.control_plane.store.load_context(task.session_id, self.service_name)
+        if payload is None:
+            return None
+        saved = WorkflowState.model_validate_json(payload)
+        verify(host.secret, saved.state or "", saved.hash)
+        return Context.from_dict(self.workflow, json.loads(saved.state or "{}"), JsonSerializer())
 
     async def save_context(self, task: TaskDefinition, ctx: Context | None) -> None:
-        """Persist the Context after a session's task (filled in by session support)."""
+        """Serialize the Context as JSON (never pickle), sign it, write it through the store."""
+        if not task.session_id or ctx is None:
+            return
+        try:
+            state = json.dumps(ctx.to_dict(serializer=JsonSerializer()))
+        except Exception as exc:
+            raise ValueError(f"the workflow context cannot be saved as JSON: {exc}") from None
+        host = self.service_host
+        saved = WorkflowState(
+            hash=sign(host.secret, state),
+            state=state,
+            session_id=task.session_id,
+            task_id=task.task_id,
+        )
+        host.control_plane.store.save_context(
+            task.session_id, self.service_name, saved.model_dump_json()
+        )
+
+    # -- events sent into a running workflow ----------------------------------------------------
+    def event_types(self) -> dict[str, type[Event]]:
+        """Event classes the workflow's steps accept (start events excluded)."""
+        types: dict[str, type[Event]] = {}
+        for fn in self.workflow._get_steps().values():
+            for event_type in fn._step_config.accepted_events:
+                if not issubclass(event_type, StartEvent):
+                    types[event_type.__name__] = event_type
+        return types
+
+    def build_event(self, name: str, data: dict[str, Any]) -> Event:
+        """Validate an event to send into a run: unknown type or bad fields raise ValueError."""
+        types = self.event_types()
+        if name not in types:
+            known = ", ".join(sorted(types)) or "none"
+            raise ValueError(f"{self.service_name} accepts no event {name!r} (accepted: {known})")
+        try:
+            return types[name].model_validate(data)
+        except ValidationError as exc:
+            raise ValueError(f"invalid {name}: {exc.errors(include_url=False)}") from None
+
+    def send_event(self, task_id: str, name: str, data: dict[str, Any]) -> bool:
+        handler = self._handlers.get(task_id)
+        if handler is None or handler.ctx is None:
+            return False
+        handler.ctx.send_event(self.build_event(name, data))
+        return True
 
 
 def _event_fields(event: Event) -> dict[str, Any]:

@@ -205,10 +205,14 @@ class ControlPlane:
             )
         )
         self._idle = anyio.Event()
+        self.events.publish(
+            TaskEvent(task_id=task.task_id, kind="status", status=TaskStatus.PENDING)
+        )
         try:
             await self._route(task, state, wait=False)
         except (BusFull, NoConsumer):
             self.tasks.discard(task.task_id)
+            self.events.forget(task.task_id)
             self._set_idle_if_quiet()
             raise
         if session is not None:
@@ -217,9 +221,6 @@ class ControlPlane:
         self.store.save_task(record)
         if self.store.durable:
             await self.store.flush()
-        self.events.publish(
-            TaskEvent(task_id=task.task_id, kind="status", status=TaskStatus.PENDING)
-        )
         return record
 
     async def _route(self, task: TaskDefinition, state: dict | None, wait: bool) -> None:

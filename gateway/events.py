@@ -110,6 +110,13 @@ class TaskEventHub:
             old, _ = self._closed_order.popitem(last=False)
             self._channels.pop(old, None)
 
+    def forget(self, task_id: str) -> None:
+        """Drop a channel whose task was never accepted."""
+        channel = self._channels.pop(task_id, None)
+        if channel is not None:
+            for sub in list(channel.subscribers):
+                self._unsubscribe(task_id, sub)
+
     def subscribe(self, task_id: str) -> Subscription:
         channel = self._channel(task_id)
         backlog = list(channel.replay)

@@ -7,17 +7,25 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway import __version__
-from gateway.config import GatewayConfig, build_services, load_config
+from gateway.config import ConfigError, GatewayConfig, build_services, load_config
 from gateway.control_plane_routes import routes as control_plane_routes
+from gateway.docs import docs_routes
 from gateway.http import EXCEPTION_HANDLERS, error_response
+from gateway.logs import configure_logging
+from gateway.metrics import GatewayMetrics, metrics_endpoint
+from gateway.middleware import BearerAuth, BodyLimit
+from gateway.openapi import build_openapi
 from gateway.runtime import Runtime, RuntimeSettings
 from gateway.store import MemoryStore, Store
 
@@ -30,6 +38,20 @@ def make_store(config: GatewayConfig) -> Store:
 
         return SqliteStore(config.store.path)
     return MemoryStore()
+
+
+def load_tokens(config: GatewayConfig) -> list[str] | None:
+    """Bearer tokens from the env variable the config names; an empty one is a start-up error."""
+    if config.auth is None:
+        return None
+    raw = os.environ.get(config.auth.tokens_env, "")
+    tokens = [t.strip() for t in raw.split(",") if t.strip()]
+    if not tokens:
+        raise ConfigError(
+            f"{config.source_path or '<config>'}: auth: environment variable "
+            f"{config.auth.tokens_env!r} holds no tokens (comma-separated)"
+        )
+    return tokens
 
 
 def build_app(config: GatewayConfig) -> Starlette:
@@ -72,10 +94,15 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
             return JSONResponse({"status": "ready"})
         return error_response(503, "not ready", headers={"Retry-After": "1"})
 
+    metrics = GatewayMetrics(runtime.bus, runtime.control_plane.events)
+    runtime.control_plane.on_task_end.append(metrics.task_ended)
+    tokens = load_tokens(config)
+
     routes: list[BaseRoute] = [
         Route("/", info),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint(metrics, runtime.control_plane.tasks.active_count)),
         Mount("/control_plane", routes=control_plane_routes(runtime.control_plane)),
     ]
     for service in runtime.services.values():
@@ -83,23 +110,42 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
             Mount(service.mount_prefix, routes=service.routes(), name=service.service_name)
         )
 
+    def document() -> dict[str, Any]:
+        return build_openapi(routes, title=config.name, version=__version__, auth=bool(tokens))
+
+    routes.extend(docs_routes(config.name, document))
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal error")
 
-    handlers = {**EXCEPTION_HANDLERS, Exception: unexpected}
+    middleware = [Middleware(BodyLimit, max_bytes=config.max_body_bytes)]
+    if config.cors.allow_origins:
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=config.cors.allow_origins,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type"],
+            ),
+        )
+    if tokens:
+        middleware.append(Middleware(BearerAuth, tokens=tokens))
     app = Starlette(
         routes=routes,
-        exception_handlers=handlers,
+        middleware=middleware,
+        exception_handlers={**EXCEPTION_HANDLERS, Exception: unexpected},
         lifespan=lambda app: runtime.running(),
     )
     app.state.runtime = runtime
     app.state.config = config
+    app.state.metrics = metrics
     return app
 
 
 def default_app() -> Starlette:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     return build_app(load_config())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -64,6 +65,7 @@ class ControlPlane:
         self._task_group: TaskGroup | None = None
         self._idle = anyio.Event()
         self._idle.set()
+        self.on_task_end: list[Callable[[TaskRecord], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
     def consumer(self) -> Consumer:
@@ -343,6 +345,12 @@ class ControlPlane:
         if record is None:
             return
         self.store.save_task(record)
+        logger.info(
+            "task ended",
+            extra={"task_id": task_id, "service": record.service, "status": status.value},
+        )
+        for listener in self.on_task_end:
+            listener(record)
         self.events.publish(
             TaskEvent(
                 task_id=task_id,

@@ -339,6 +339,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             task_result,
             query=WaitQuery,
             response=TaskRecord,
+            responses={202: TaskRecord},
             errors=(404,),
             tags=tags,
         ),

@@ -180,6 +180,7 @@ class RouteDoc:
     errors: Sequence[int] = field(default_factory=tuple)
     tags: Sequence[str] = field(default_factory=tuple)
     stream: bool = False
+    responses: dict[int, Any] = field(default_factory=dict)
 
 
 def api_route(
@@ -196,6 +197,7 @@ def api_route(
     tags: Sequence[str] = (),
     name: str | None = None,
     stream: bool = False,
+    responses: dict[int, Any] | None = None,
 ) -> Route:
     """A Starlette Route whose handler receives `(request, body=..., query=...)` parsed."""
 
@@ -218,5 +220,6 @@ def api_route(
         errors=tuple(errors),
         tags=tuple(tags),
         stream=stream,
+        responses=dict(responses or {}),
     )
     return route

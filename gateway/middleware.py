@@ -1,0 +1,108 @@
+"""Pure-ASGI middleware: bearer-token auth and request-body size limit.
+
+Both answer with the gateway's one JSON error shape and never buffer streaming responses.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.http import ApiError
+
+
+async def _send_error(send: Send, status: int, code: str, detail: str, headers=()) -> None:
+    body = json.dumps({"error": code, "detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BearerAuth:
+    """Every route but the open ones needs `Authorization: Bearer <token>`.
+
+    Tokens are compared with `hmac.compare_digest` against every configured token, so the time
+    taken does not reveal which (or how much of one) matched.
+    """
+
+    def __init__(self, app: ASGIApp, tokens: Iterable[str], open_paths=("/healthz",)) -> None:
+        self.app = app
+        self.tokens = [t.encode() for t in tokens if t]
+        self.open_paths = frozenset(open_paths)
+
+    def _valid(self, presented: bytes) -> bool:
+        ok = False
+        for token in self.tokens:
+            ok |= hmac.compare_digest(presented, token)
+        return ok
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, presented = header.partition(b" ")
+        if scheme.lower() == b"bearer" and presented and self._valid(presented.strip()):
+            await self.app(scope, receive, send)
+            return
+        await _send_error(
+            send,
+            401,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+            [(b"www-authenticate", b"Bearer")],
+        )
+
+
+class BodyLimit:
+    """Refuse bodies over `max_bytes` with 413, by Content-Length or while streaming in."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.max_bytes
+            except ValueError:
+                await _send_error(send, 400, "bad_request", "invalid Content-Length header")
+                return
+            if too_big:
+                await _send_error(
+                    send,
+                    413,
+                    "payload_too_large",
+                    f"the body is larger than the limit of {self.max_bytes} bytes",
+                )
+                return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise ApiError(
+                        413, f"the body is larger than the limit of {self.max_bytes} bytes"
+                    )
+            return message
+
+        await self.app(scope, limited_receive, send)

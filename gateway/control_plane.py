@@ -61,7 +61,7 @@ class ControlPlane:
         self.sessions = SessionTable()
         self.accepting = True
         self._lanes: dict[LaneKey, deque[str]] = {}
-        self._lane_busy: set[LaneKey] = set()
+        self._lane_busy: dict[LaneKey, str] = {}  # lane -> the task holding it
         self._task_group: TaskGroup | None = None
         self._idle = anyio.Event()
         self._idle.set()
@@ -228,12 +228,18 @@ class ControlPlane:
     async def _route(self, task: TaskDefinition, state: dict | None, wait: bool) -> None:
         """Dispatch now, or queue behind the running task of the same session and service."""
         lane = (task.session_id, task.agent_id or "") if task.session_id else None
-        if lane is not None and lane in self._lane_busy:
-            self._lanes.setdefault(lane, deque()).append(task.task_id)
-            return
-        await self._dispatch(task, state, wait=wait)
         if lane is not None:
-            self._lane_busy.add(lane)
+            if lane in self._lane_busy:
+                self._lanes.setdefault(lane, deque()).append(task.task_id)
+                return
+            # Hold the lane before dispatching: the task may end while `_dispatch` waits.
+            self._lane_busy[lane] = task.task_id
+        try:
+            await self._dispatch(task, state, wait=wait)
+        except BaseException:
+            if lane is not None and self._lane_busy.get(lane) == task.task_id:
+                self._advance_lane(lane)
+            raise
 
     @staticmethod
     def _definition(record: TaskRecord) -> TaskDefinition:
@@ -360,8 +366,11 @@ class ControlPlane:
             )
         )
         self.events.close(task_id)
-        if record.session_id:
-            self._advance_lane((record.session_id, record.service))
+        lane = (record.session_id, record.service) if record.session_id else None
+        # Only the end of the task holding the lane releases the next one; a queued task that
+        # ends early (cancelled) just leaves the queue.
+        if lane is not None and self._lane_busy.get(lane) == task_id:
+            self._advance_lane(lane)
         self._set_idle_if_quiet()
 
     def _set_idle_if_quiet(self) -> None:
@@ -376,10 +385,11 @@ class ControlPlane:
             if record is None or record.is_terminal:
                 continue
             assert self._task_group is not None, "control plane not started"
+            self._lane_busy[lane] = next_id
             self._task_group.start_soon(self._dispatch_queued, self._definition(record))
             return
         self._lanes.pop(lane, None)
-        self._lane_busy.discard(lane)
+        self._lane_busy.pop(lane, None)
 
     async def _dispatch_queued(self, task: TaskDefinition) -> None:
         try:

@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	GATEWAY_CONFIG=$(CONFIG) $(BIN)/uvicorn gateway.app:app --host $(HOST) --port $(PORT)
+	GATEWAY_CONFIG=$(CONFIG) $(BIN)/uvicorn gateway.app:app --host $(HOST) --port $(PORT) \
+		--timeout-graceful-shutdown 15
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -209,9 +209,16 @@ def _describe(exc: ValidationError) -> str:
             where = f"service {loc[1]!r}: "
             loc = loc[3:] if len(loc) > 2 and loc[2] in ENTRY_TAGS else loc[2:]
         field = ".".join(loc)
-        msg = err.get("msg", "")
-        if err.get("type") == "extra_forbidden":
+        msg = err.get("msg", "").removeprefix("Value error, ")
+        kind = err.get("type")
+        if kind == "extra_forbidden":
             msg = "unknown key"
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):
+            known = ", ".join(sorted(ENTRY_TAGS))
+            tag = (err.get("ctx") or {}).get("tag")
+            field = "type"
+            msg = f"unknown service type {tag!r}" if tag else "missing"
+            msg += f" (one of: {known})"
         lines.append(f"{where}{field + ': ' if field else ''}{msg}")
     return "; ".join(lines)
 
@@ -241,8 +248,18 @@ def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(exc)}") from None
     return parse_config(data, str(path))
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: `line L column C: problem`."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if problem:
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+        return f"{where}{problem}"
+    return " ".join(str(exc).split())
 
 
 def import_object(spec: str, call_factories: bool = True) -> Any:
@@ -254,6 +271,10 @@ def import_object(spec: str, call_factories: bool = True) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+    except Exception as exc:  # the module itself is broken (SyntaxError, raises at import, ...)
+        raise ValueError(
+            f"importing module {module_name!r} raised {type(exc).__name__}: {exc}"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         try:
@@ -313,7 +334,8 @@ def _add_import_root(folder: Path) -> None:
 
 def _describe_plain(exc: ValidationError) -> str:
     return "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'value'}: {e.get('msg', '')}"
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'value'}: "
+        f"{e.get('msg', '').removeprefix('Value error, ')}"
         for e in exc.errors(include_url=False)
     )
 
@@ -331,7 +353,10 @@ def _build_one(name: str, entry: Any, base: type) -> Any:
         raise ValueError(f"source {entry.source!r} is not a BaseService subclass or instance")
     kind = SERVICE_CLASSES[entry.type]
     module_name, _, class_name = kind.class_path.partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"service type {entry.type!r} is not available: {exc}") from None
     if entry.type == "workflow":
         from services.workflow import workflow_env_defaults
 

@@ -1,0 +1,148 @@
+"""The wire contracts: every model survives a JSON round trip, enums have their wire values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from gateway.messages import (
+    TERMINAL_STATUSES,
+    ActionTypes,
+    ChatMessage,
+    HumanResponse,
+    NewTask,
+    QueueMessage,
+    QueueMessageStats,
+    ServiceDefinition,
+    SessionDefinition,
+    TaskDefinition,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+    ToolCall,
+    ToolCallBundle,
+    ToolCallResult,
+    WorkflowState,
+)
+
+TASK = TaskDefinition(input='{"message": "hi"}', session_id="s-1", agent_id="echo")
+CHAT = ChatMessage(role="assistant", content="done", additional_kwargs={"tool_call_id": "t1"})
+BUNDLE = ToolCallBundle(tool_name="add", tool_args=[1, 2.5], tool_kwargs={"x": {"y": [1, None]}})
+
+SAMPLES: list[BaseModel] = [
+    QueueMessageStats(publish_time=1.5, process_start_time=2.0, process_end_time=None),
+    QueueMessage(
+        publisher_id="svc",
+        type="echo",
+        action=ActionTypes.NEW_TASK,
+        data=NewTask(task=TASK, state={"k": 1}).model_dump(mode="json"),
+        stats=QueueMessageStats(publish_time=3.25),
+    ),
+    QueueMessage(),  # every default, including action=None
+    CHAT,
+    ChatMessage(content=None),
+    TASK,
+    TaskResult(
+        task_id="t",
+        history=[CHAT],
+        result="ok",
+        data={"result": {"nested": [1, 2]}},
+        status=TaskStatus.FAILED,
+        error="ValueError: bad",
+    ),
+    NewTask(task=TASK, state={"a": [1, {"b": None}]}),
+    ServiceDefinition(
+        service_name="echo",
+        description="d",
+        prompt=[{"role": "system", "content": "x"}],
+        host="127.0.0.1",
+        port=8001,
+        type="workflow",
+        prefix="/services/echo",
+        endpoints=["GET /services/echo/", "POST /services/echo/run"],
+        remote=True,
+    ),
+    BUNDLE,
+    ToolCall(tool_call_bundle=BUNDLE, source_id="agent-1"),
+    ToolCallResult(id_="c1", tool_message=CHAT, result="3.5", is_error=True),
+    HumanResponse(result="yes"),
+    SessionDefinition(task_ids=["a", "b"], state={"count": 2}),
+    WorkflowState(hash="ab" * 32, state='{"x": 1}', run_kwargs={"m": "hi"}, session_id="s"),
+    TaskEvent(
+        task_id="t", kind="status", name="n", data={"d": 1.5}, status=TaskStatus.WAITING_FOR_HUMAN
+    ),
+]
+
+
+@pytest.mark.parametrize("model", SAMPLES, ids=lambda m: type(m).__name__)
+def test_json_round_trip(model: BaseModel) -> None:
+    text = model.model_dump_json()
+    json.loads(text)  # real JSON, nothing pickled
+    again = type(model).model_validate_json(text)
+    assert again == model
+    assert again.model_dump_json() == text
+
+
+def test_queue_message_action_is_its_wire_value() -> None:
+    message = QueueMessage(type="echo", action=ActionTypes.COMPLETED_TASK)
+    raw = json.loads(message.model_dump_json())
+    assert raw["action"] == "completed_task"
+    assert QueueMessage.model_validate(raw).action is ActionTypes.COMPLETED_TASK
+
+
+def test_action_type_values() -> None:
+    assert {a.value for a in ActionTypes} == {
+        "new_task",
+        "completed_task",
+        "new_tool_call",
+        "completed_tool_call",
+        "request_for_help",
+        "send_event",
+        "task_stream",
+        "cancel_task",
+    }
+
+
+def test_task_status_values_and_terminality() -> None:
+    assert [s.value for s in TaskStatus] == [
+        "pending",
+        "running",
+        "waiting_for_human",
+        "completed",
+        "failed",
+        "cancelled",
+        "timed_out",
+    ]
+    terminal = {s for s in TaskStatus if s.is_terminal}
+    assert terminal == set(TERMINAL_STATUSES)
+    assert terminal == {
+        TaskStatus.COMPLETED,
+        TaskStatus.FAILED,
+        TaskStatus.CANCELLED,
+        TaskStatus.TIMED_OUT,
+    }
+    assert not TaskStatus("waiting_for_human").is_terminal
+
+
+def test_ids_are_unique_by_default() -> None:
+    assert TaskDefinition().task_id != TaskDefinition().task_id
+    assert QueueMessage().id_ != QueueMessage().id_
+
+
+def test_invalid_contracts_are_rejected() -> None:
+    with pytest.raises(ValidationError):
+        QueueMessage.model_validate({"action": "explode"})
+    with pytest.raises(ValidationError):
+        TaskResult.model_validate({"task_id": "t", "status": "done-ish"})
+    with pytest.raises(ValidationError):
+        ServiceDefinition.model_validate({"service_name": ""})
+    with pytest.raises(ValidationError):
+        ServiceDefinition.model_validate({"service_name": "x", "port": 70000})
+
+
+def test_service_definition_ignores_unknown_fields_from_older_peers() -> None:
+    definition = ServiceDefinition.model_validate({"service_name": "x", "legacy": 1})
+    assert definition.service_name == "x"
+    assert "legacy" not in definition.model_dump()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
@@ -136,12 +138,19 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
         routes=routes,
         middleware=middleware,
         exception_handlers={**EXCEPTION_HANDLERS, Exception: unexpected},
-        lifespan=lambda app: runtime.running(),
+        lifespan=lambda app: _lifespan(runtime),
     )
     app.state.runtime = runtime
     app.state.config = config
     app.state.metrics = metrics
     return app
+
+
+@asynccontextmanager
+async def _lifespan(runtime: Runtime) -> AsyncIterator[None]:
+    # Starlette merges whatever a lifespan yields into the request state, so yield nothing.
+    async with runtime.running():
+        yield
 
 
 def default_app() -> Starlette:

@@ -1,0 +1,271 @@
+"""Tools that live in other services, called across the bus.
+
+`MetaServiceTool` stands in an agent for one tool of a ToolService and `ServiceAsTool` for a whole
+service (agent, human, workflow). Both publish `NEW_TOOL_CALL` and wait for the matching
+`COMPLETED_TOOL_CALL` on a reply inbox shared by every caller on the same bus: replies are pushed
+to an `anyio.Event` per call, nothing polls. A timeout, an unknown service or a full bus become an
+error `ToolOutput`, so an agent sees a readable failure instead of hanging or crashing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+from llama_index.core.tools import AsyncBaseTool, ToolMetadata, ToolOutput
+from pydantic import BaseModel, Field
+
+from gateway.bus import BusError, Consumer, MessageBus
+from gateway.messages import (
+    ActionTypes,
+    QueueMessage,
+    TaskDefinition,
+    ToolCall,
+    ToolCallBundle,
+    ToolCallResult,
+    new_id,
+)
+
+if TYPE_CHECKING:
+    from services.base import BaseService
+    from services.tool import ToolService
+
+logger = logging.getLogger("services.meta_tool")
+
+DEFAULT_TOOL_TIMEOUT = 60.0
+
+
+class ToolCallTimeout(TimeoutError):
+    """No COMPLETED_TOOL_CALL arrived in time."""
+
+
+@dataclass
+class _Pending:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: ToolCallResult | None = None
+
+
+class ReplyInbox:
+    """One bus consumer that receives every COMPLETED_TOOL_CALL for the callers of a bus."""
+
+    _by_bus: weakref.WeakKeyDictionary[MessageBus, ReplyInbox] = weakref.WeakKeyDictionary()
+
+    def __init__(self, bus: MessageBus) -> None:
+        self.bus = bus
+        self.id_ = f"tool-replies-{new_id()}"
+        self._pending: dict[str, _Pending] = {}
+        bus.register_consumer(Consumer(message_type=self.id_, handler=self._on_reply, id_=self.id_))
+
+    @classmethod
+    def for_bus(cls, bus: MessageBus) -> ReplyInbox:
+        """The bus's inbox, registered on first use (one consumer, however many tools)."""
+        inbox = cls._by_bus.get(bus)
+        if inbox is None:
+            inbox = cls._by_bus[bus] = cls(bus)
+        return inbox
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
+    async def _on_reply(self, message: QueueMessage) -> None:
+        if message.action != ActionTypes.COMPLETED_TOOL_CALL:
+            logger.warning("reply inbox %s ignored a %s message", self.id_, message.action)
+            return
+        result = ToolCallResult.model_validate(message.data)
+        pending = self._pending.get(result.id_)
+        if pending is None:
+            logger.info("late or unknown tool call result %s dropped", result.id_)
+            return
+        pending.result = result
+        pending.done.set()
+
+    async def call(
+        self, service_name: str, call_id: str, data: dict[str, Any], timeout: float | None
+    ) -> ToolCallResult:
+        """Publish NEW_TOOL_CALL to `service_name` and wait for the reply with id `call_id`."""
+        if call_id in self._pending:
+            raise ValueError(f"tool call {call_id!r} is already in flight")
+        pending = self._pending[call_id] = _Pending()
+        try:
+            await self.bus.publish(
+                QueueMessage(
+                    publisher_id=self.id_,
+                    type=service_name,
+                    action=ActionTypes.NEW_TOOL_CALL,
+                    data=data,
+                )
+            )
+            with anyio.move_on_after(timeout):
+                await pending.done.wait()
+            if pending.result is None:
+                raise ToolCallTimeout(f"{service_name} did not answer within {timeout}s")
+            return pending.result
+        finally:
+            del self._pending[call_id]
+
+
+def _error_output(tool_name: str, raw_input: dict[str, Any], text: str) -> ToolOutput:
+    return ToolOutput(
+        content=text, tool_name=tool_name, raw_input=raw_input, raw_output=text, is_error=True
+    )
+
+
+async def _call_over_bus(
+    inbox: ReplyInbox,
+    service_name: str,
+    tool_name: str,
+    call_id: str,
+    data: dict[str, Any],
+    raw_input: dict[str, Any],
+    timeout: float | None,
+) -> ToolOutput:
+    try:
+        reply = await inbox.call(service_name, call_id, data, timeout)
+    except ToolCallTimeout:
+        text = f"Error: tool {tool_name!r} of service {service_name!r} timed out after {timeout}s"
+        return _error_output(tool_name, raw_input, text)
+    except BusError as exc:
+        return _error_output(tool_name, raw_input, f"Error: cannot reach {service_name!r}: {exc}")
+    return ToolOutput(
+        content=reply.result,
+        tool_name=tool_name,
+        raw_input=raw_input,
+        raw_output=reply.result,
+        is_error=reply.is_error,
+    )
+
+
+class MetaServiceTool(AsyncBaseTool):
+    """A tool of a ToolService, callable from anywhere on the same bus."""
+
+    def __init__(
+        self,
+        tool_metadata: ToolMetadata,
+        service_name: str,
+        bus: MessageBus,
+        timeout: float | None = DEFAULT_TOOL_TIMEOUT,
+    ) -> None:
+        self._metadata = tool_metadata
+        self.service_name = service_name
+        self.timeout = timeout
+        self._inbox = ReplyInbox.for_bus(bus)
+
+    @classmethod
+    def from_tool_service(
+        cls,
+        service: ToolService | str,
+        bus: MessageBus,
+        *,
+        services: Mapping[str, BaseService] | None = None,
+        timeout: float | None = DEFAULT_TOOL_TIMEOUT,
+    ) -> list[MetaServiceTool]:
+        """One MetaServiceTool per tool of `service` (an object, or a name in `services`)."""
+        from services.tool import ToolService
+
+        if isinstance(service, str):
+            if services is None or service not in services:
+                raise LookupError(f"no service named {service!r}")
+            service = services[service]  # type: ignore[assignment]
+        if not isinstance(service, ToolService):
+            raise TypeError(f"{getattr(service, 'service_name', service)!r} is not a tool service")
+        return [
+            cls(tool.metadata, service.service_name, bus, timeout=timeout) for tool in service.tools
+        ]
+
+    @property
+    def metadata(self) -> ToolMetadata:
+        return self._metadata
+
+    def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        """Blocking form, for code running in a worker thread of the gateway's event loop."""
+        return anyio.from_thread.run(lambda: self.acall(*args, **kwargs))
+
+    async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        tool_call = ToolCall(
+            tool_call_bundle=ToolCallBundle(
+                tool_name=self._metadata.get_name(), tool_args=list(args), tool_kwargs=kwargs
+            ),
+            source_id=self._inbox.id_,
+        )
+        return await _call_over_bus(
+            self._inbox,
+            self.service_name,
+            self._metadata.get_name(),
+            tool_call.id_,
+            tool_call.model_dump(mode="json"),
+            {"args": args, "kwargs": kwargs},
+            self.timeout,
+        )
+
+
+class ServiceInput(BaseModel):
+    """What a service-as-tool takes: the task text."""
+
+    input: str = Field(description="The request for the service, in plain text.")
+
+
+class ServiceAsTool(AsyncBaseTool):
+    """A whole service (agent, human, workflow) as one tool; its task's result is the output."""
+
+    def __init__(
+        self,
+        service_name: str,
+        bus: MessageBus,
+        *,
+        tool_name: str | None = None,
+        description: str = "",
+        timeout: float | None = DEFAULT_TOOL_TIMEOUT,
+    ) -> None:
+        self.service_name = service_name
+        self.timeout = timeout
+        self._metadata = ToolMetadata(
+            name=tool_name or f"{service_name}-as-tool",
+            description=description or f"Ask the {service_name} service; give the request text.",
+            fn_schema=ServiceInput,
+        )
+        self._inbox = ReplyInbox.for_bus(bus)
+
+    @classmethod
+    def from_service(
+        cls, service: BaseService, bus: MessageBus, *, timeout: float | None = DEFAULT_TOOL_TIMEOUT
+    ) -> ServiceAsTool:
+        return cls(
+            service.service_name,
+            bus,
+            tool_name=service.tool_name,
+            description=service.description,
+            timeout=timeout,
+        )
+
+    @property
+    def metadata(self) -> ToolMetadata:
+        return self._metadata
+
+    def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        """Blocking form, for code running in a worker thread of the gateway's event loop."""
+        return anyio.from_thread.run(lambda: self.acall(*args, **kwargs))
+
+    async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        text = kwargs.pop("input", None)
+        if text is None and args:
+            text, args = args[0], args[1:]
+        if args or kwargs:  # an LLM that ignored the schema: keep everything it sent
+            extra = json.dumps({"args": list(args), "kwargs": kwargs}, default=str)
+            text = f"{text or ''} {extra}".strip()
+        task = TaskDefinition(input=str(text or ""))
+        return await _call_over_bus(
+            self._inbox,
+            self.service_name,
+            self._metadata.get_name(),
+            task.task_id,
+            task.model_dump(mode="json"),
+            {"input": task.input},
+            self.timeout,
+        )

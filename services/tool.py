@@ -1,0 +1,476 @@
+"""ToolService: a list of llama-index tools that other services call over the bus or HTTP.
+
+Every `NEW_TOOL_CALL` runs in its own task in the host's task group, bounded by a
+CapacityLimiter (`max_concurrent_calls`), and always answers its caller (`source_id`) with a
+`COMPLETED_TOOL_CALL`: an unknown tool, bad arguments or a raising tool give an error
+ToolCallResult, never silence. `POST /run` calls a tool directly and answers its output; there,
+errors are HTTP errors (404 unknown tool, 422 bad arguments, 500 tool error, 504 timeout).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections import OrderedDict
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from llama_index.core.tools import AsyncBaseTool, BaseTool, FunctionTool, ToolOutput
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute
+
+from gateway.bus import BusError
+from gateway.http import ApiError, api_route
+from gateway.jsonable import to_jsonable
+from gateway.messages import (
+    ActionTypes,
+    ChatMessage,
+    NewTask,
+    QueueMessage,
+    TaskDefinition,
+    TaskResult,
+    TaskStatus,
+    ToolCall,
+    ToolCallBundle,
+    ToolCallResult,
+)
+from services.base import BaseService
+
+logger = logging.getLogger("services.tool")
+
+RETAINED_HTTP_RESULTS = 1024
+
+
+# -- errors ---------------------------------------------------------------------------------------
+class ToolError(Exception):
+    """A tool call that could not produce an output; `status` is its HTTP mapping."""
+
+    status = 500
+    code = "tool_error"
+
+
+class UnknownTool(ToolError, LookupError):
+    status = 404
+    code = "not_found"
+
+
+class BadArguments(ToolError, ValueError):
+    status = 422
+    code = "validation_error"
+
+
+class ToolTimeout(ToolError, TimeoutError):
+    status = 504
+    code = "gateway_timeout"
+
+
+# -- tools ----------------------------------------------------------------------------------------
+class _SyncToolAdapter(AsyncBaseTool):
+    """A synchronous BaseTool run in a worker thread, so it never blocks the event loop."""
+
+    def __init__(self, tool: BaseTool) -> None:
+        self.base_tool = tool
+
+    @property
+    def metadata(self) -> Any:
+        return self.base_tool.metadata
+
+    def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        return self.base_tool(*args, **kwargs)
+
+    async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        return await anyio.to_thread.run_sync(functools.partial(self.call, *args, **kwargs))
+
+
+def as_async_tool(tool: Any) -> AsyncBaseTool:
+    """A tool, or a plain function (wrapped as a FunctionTool), as an async tool."""
+    if isinstance(tool, AsyncBaseTool):
+        return tool
+    if isinstance(tool, BaseTool):
+        return _SyncToolAdapter(tool)
+    if callable(tool):
+        return FunctionTool.from_defaults(fn=tool)
+    raise TypeError(f"expected a llama-index tool or a function, got {type(tool).__name__}")
+
+
+class ToolInfo(BaseModel):
+    """A tool as clients and LLMs see it: name, description, JSON schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    return_direct: bool = False
+
+    @classmethod
+    def of(cls, tool: AsyncBaseTool) -> ToolInfo:
+        meta = tool.metadata
+        return cls(
+            name=meta.get_name(),
+            description=meta.description,
+            parameters=meta.get_parameters_dict(),
+            return_direct=meta.return_direct,
+        )
+
+
+def check_arguments(tool: AsyncBaseTool, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Refuse arguments the tool's schema rejects, with a message naming each problem."""
+    schema = tool.metadata.fn_schema
+    if schema is None or args:
+        return
+    name = tool.metadata.get_name()
+    if schema.model_config.get("extra") != "allow":
+        unexpected = sorted(set(kwargs) - set(schema.model_fields))
+        if unexpected:
+            raise BadArguments(f"tool {name!r} got unexpected argument(s): {', '.join(unexpected)}")
+    try:
+        schema.model_validate(kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise BadArguments(f"bad arguments for tool {name!r}: {problems}") from None
+
+
+# -- HTTP models ----------------------------------------------------------------------------------
+class ToolServiceInfo(BaseModel):
+    service_name: str
+    description: str
+    type: str
+    running: bool
+    step_interval: float
+    num_outstanding_calls: int
+    num_tools: int
+    tools: list[ToolInfo]
+    num_outstanding_tool_calls: int
+    tool_calls: list[ToolCall]
+    max_concurrent_calls: int
+
+
+class ToolQuery(BaseModel):
+    name: str = Field(min_length=1, max_length=256)
+
+
+class ToolMetadataResponse(BaseModel):
+    """`GET /tool?name=` (the reference's shape: the metadata under `tool_metadata`)."""
+
+    tool_metadata: ToolInfo
+
+
+class ToolCallAccepted(BaseModel):
+    tool_call_id: str
+
+
+class ToolCallQuery(BaseModel):
+    wait: float = Field(default=0.0, ge=0, le=3600, description="seconds to wait for the end")
+
+
+class ToolCallPending(BaseModel):
+    tool_call_id: str
+    status: TaskStatus = TaskStatus.RUNNING
+
+
+class ToolRunRequest(BaseModel):
+    """`{"tool": name, "kwargs": {...}}`, or the task form `{"input": "<that as JSON>"}`."""
+
+    tool: str | None = Field(default=None, min_length=1, max_length=256)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    args: list[Any] = Field(default_factory=list)
+    input: str | None = Field(default=None, description='JSON: {"tool": ..., "kwargs": {...}}')
+    wait: float = Field(default=300.0, gt=0, le=3600, description="seconds to wait for the end")
+
+    def bundle(self) -> ToolCallBundle:
+        if self.input is not None:
+            return bundle_from_input(self.input)
+        if self.tool is None:
+            raise ApiError(422, "give `tool` (and `kwargs`), or `input`")
+        return ToolCallBundle(tool_name=self.tool, tool_args=self.args, tool_kwargs=self.kwargs)
+
+
+class ToolRunResponse(BaseModel):
+    tool: str
+    output: str
+    raw_output: Any = None
+    is_error: bool = False
+
+
+def bundle_from_input(text: str) -> ToolCallBundle:
+    """A task's `input` for a tool service: `{"tool": name, "kwargs": {...}}` as JSON."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadArguments(f"task input is not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(value, dict) or not isinstance(value.get("tool"), str):
+        raise BadArguments('task input must be a JSON object {"tool": name, "kwargs": {...}}')
+    kwargs = value.get("kwargs") or {}
+    args = value.get("args") or []
+    if not isinstance(kwargs, dict) or not isinstance(args, list):
+        raise BadArguments("`kwargs` must be an object and `args` a list")
+    return ToolCallBundle(tool_name=value["tool"], tool_args=args, tool_kwargs=kwargs)
+
+
+# -- the service ----------------------------------------------------------------------------------
+class ToolService(BaseService):
+    """Serves a list of tools; each call runs concurrently and always answers its caller."""
+
+    service_type = "tool"
+
+    tools: list[Any] = Field(default_factory=list)
+    description: str = "A service that runs tools for other services."
+    max_concurrent_calls: int = Field(default=32, ge=1)
+
+    _by_name: dict[str, AsyncBaseTool] = PrivateAttr(default_factory=dict)
+    _call_limiter: anyio.CapacityLimiter | None = PrivateAttr(default=None)
+    _outstanding: dict[str, ToolCall] = PrivateAttr(default_factory=dict)
+    _http_done: dict[str, anyio.Event] = PrivateAttr(default_factory=dict)
+    _http_results: OrderedDict[str, ToolCallResult] = PrivateAttr(default_factory=OrderedDict)
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _as_tools(cls, value: Any) -> list[AsyncBaseTool]:
+        if value is None:
+            return []
+        if isinstance(value, (BaseTool, AsyncBaseTool)) or not isinstance(value, (list, tuple)):
+            value = [value]
+        tools = [as_async_tool(t) for t in value]
+        names = [t.metadata.get_name() for t in tools]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"two tools share the name(s): {', '.join(duplicates)}")
+        return tools
+
+    def model_post_init(self, context: Any) -> None:
+        self._by_name = {t.metadata.get_name(): t for t in self.tools}
+
+    @property
+    def tool_names(self) -> list[str]:
+        return list(self._by_name)
+
+    async def on_start(self) -> None:
+        self._call_limiter = anyio.CapacityLimiter(self.max_concurrent_calls)
+
+    # -- HTTP -----------------------------------------------------------------------------------
+    def routes(self) -> list[BaseRoute]:
+        return [
+            *self.common_routes(),
+            api_route(
+                "/tool_call",
+                self._create_tool_call,
+                methods=["POST"],
+                body=ToolCall,
+                response=ToolCallAccepted,
+                status_code=202,
+                summary="Start a tool call; the result goes to `source_id` (or GET it by id)",
+                errors=(409, 422),
+            ),
+            api_route(
+                "/tool_call/{tool_call_id}",
+                self._get_tool_call,
+                query=ToolCallQuery,
+                response=ToolCallResult,
+                summary="The result of a tool call started over HTTP (202 while it runs)",
+                errors=(404,),
+            ),
+            api_route(
+                "/tool",
+                self._get_tool,
+                query=ToolQuery,
+                response=ToolMetadataResponse,
+                summary="One tool's metadata",
+                errors=(404, 422),
+            ),
+            api_route(
+                "/run",
+                self._run_http,
+                methods=["POST"],
+                body=ToolRunRequest,
+                response=ToolRunResponse,
+                summary="Call a tool and wait for its output",
+                errors=(404, 422, 500, 504),
+            ),
+        ]
+
+    async def home(self) -> dict[str, Any]:
+        base = await super().home()
+        return ToolServiceInfo(
+            **base,
+            num_tools=len(self.tools),
+            tools=[ToolInfo.of(t) for t in self.tools],
+            num_outstanding_tool_calls=len(self._outstanding),
+            tool_calls=list(self._outstanding.values()),
+            max_concurrent_calls=self.max_concurrent_calls,
+        ).model_dump(mode="json")
+
+    async def _get_tool(self, request: Request, query: ToolQuery) -> ToolMetadataResponse:
+        """One tool's metadata, 404 if there is no such tool."""
+        tool = self._by_name.get(query.name)
+        if tool is None:
+            raise ApiError(404, self._unknown(query.name))
+        return ToolMetadataResponse(tool_metadata=ToolInfo.of(tool))
+
+    async def _create_tool_call(self, request: Request, body: ToolCall) -> ToolCallAccepted:
+        """Start a tool call; a call without `source_id` keeps its result for GET."""
+        if body.id_ in self._outstanding or body.id_ in self._http_results:
+            raise ApiError(409, f"a tool call with id {body.id_!r} already exists")
+        self._http_done[body.id_] = anyio.Event()
+        self.submit_call(body)
+        return ToolCallAccepted(tool_call_id=body.id_)
+
+    async def _get_tool_call(self, request: Request, query: ToolCallQuery) -> Any:
+        """The kept result of an HTTP-started tool call."""
+        call_id = request.path_params["tool_call_id"]
+        done = self._http_done.get(call_id)
+        if done is not None:
+            with anyio.move_on_after(query.wait):
+                await done.wait()
+        result = self._http_results.get(call_id)
+        if result is not None:
+            return result
+        if call_id in self._http_done:
+            return JSONResponse(ToolCallPending(tool_call_id=call_id).model_dump(), 202)
+        raise ApiError(404, f"no tool call {call_id!r} started over HTTP")
+
+    async def _run_http(self, request: Request, body: ToolRunRequest) -> ToolRunResponse:
+        """Call a tool now and answer its output (errors are HTTP errors)."""
+        try:
+            bundle = body.bundle()
+            with anyio.fail_after(body.wait):
+                output = await self.run_tool(bundle)
+        except ToolError as exc:
+            raise ApiError(exc.status, str(exc), code=exc.code) from None
+        except TimeoutError:
+            raise ApiError(504, f"no output within {body.wait}s") from None
+        except Exception as exc:
+            raise ApiError(500, _describe(exc), code="tool_error") from None
+        if output.is_error:
+            raise ApiError(500, output.content, code="tool_error")
+        return ToolRunResponse(
+            tool=bundle.tool_name,
+            output=output.content,
+            raw_output=to_jsonable(output.raw_output),
+        )
+
+    # -- bus --------------------------------------------------------------------------------------
+    async def process_message(self, message: QueueMessage) -> None:
+        if message.action == ActionTypes.NEW_TOOL_CALL:
+            try:
+                tool_call = ToolCall.model_validate(
+                    {"source_id": message.publisher_id, **message.data}
+                )
+            except ValidationError as exc:
+                await self._refuse(message, exc)
+                return
+            self.submit_call(tool_call)
+        elif message.action == ActionTypes.NEW_TASK:
+            task = NewTask.model_validate(message.data).task
+            self.spawn(task, lambda: self.execute_task(task))
+        else:
+            raise ValueError(f"{self.service_name} does not handle {message.action!r}")
+
+    async def _refuse(self, message: QueueMessage, exc: ValidationError) -> None:
+        """An unreadable NEW_TOOL_CALL still gets an error answer when it names its id."""
+        call_id = message.data.get("id_")
+        logger.warning("%s: malformed tool call from %s", self.service_name, message.publisher_id)
+        if not isinstance(call_id, str):
+            return
+        tool_call = ToolCall(
+            id_=call_id,
+            source_id=message.publisher_id,
+            tool_call_bundle=ToolCallBundle(tool_name=str(message.data.get("tool_name", "?"))),
+        )
+        await self._answer(
+            tool_call, f"Error: malformed tool call: {exc.error_count()} error(s)", True
+        )
+
+    def submit_call(self, tool_call: ToolCall) -> None:
+        """Run `tool_call` in the background; its caller always gets an answer."""
+        self._outstanding[tool_call.id_] = tool_call
+        self.service_host.task_group.start_soon(
+            self._run_call, tool_call, name=f"{self.service_name}:tool:{tool_call.id_}"
+        )
+
+    async def _run_call(self, tool_call: ToolCall) -> None:
+        text, is_error = "Error: the tool call was cancelled", True
+        try:
+            output = await self.run_tool(tool_call.tool_call_bundle)
+            text, is_error = output.content, output.is_error
+        except ToolError as exc:
+            text = f"Error: {exc}"
+        except Exception as exc:
+            text = f"Error: tool {tool_call.tool_call_bundle.tool_name!r} raised {_describe(exc)}"
+        finally:
+            self._outstanding.pop(tool_call.id_, None)
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                await self._answer(tool_call, text, is_error)
+
+    async def _answer(self, tool_call: ToolCall, text: str, is_error: bool) -> None:
+        done = self._http_done.pop(tool_call.id_, None)
+        if done is not None:
+            self._http_results[tool_call.id_] = ToolCallResult(
+                id_=tool_call.id_,
+                tool_message=_tool_message(tool_call, text),
+                result=text,
+                is_error=is_error,
+            )
+            while len(self._http_results) > RETAINED_HTTP_RESULTS:
+                self._http_results.popitem(last=False)
+            done.set()
+        if not tool_call.source_id:
+            return
+        try:
+            await self.answer_tool_call(tool_call, text, is_error=is_error)
+        except BusError as exc:
+            logger.warning("could not answer tool call %s: %s", tool_call.id_, exc)
+
+    async def run_tool(self, bundle: ToolCallBundle) -> ToolOutput:
+        """Run one tool: waits while stopped, bounded by the limiter and `timeout`."""
+        tool = self._by_name.get(bundle.tool_name)
+        if tool is None:
+            raise UnknownTool(self._unknown(bundle.tool_name))
+        check_arguments(tool, bundle.tool_args, bundle.tool_kwargs)
+        await self._wait_until_running()
+        assert self._call_limiter is not None, "service not started"
+        async with self._call_limiter:
+            with anyio.move_on_after(self.timeout) as scope:
+                try:
+                    return await tool.acall(*bundle.tool_args, **bundle.tool_kwargs)
+                except TypeError as exc:
+                    raise BadArguments(
+                        f"bad arguments for tool {bundle.tool_name!r}: {exc}"
+                    ) from exc
+        assert scope.cancelled_caught
+        raise ToolTimeout(f"tool {bundle.tool_name!r} did not finish within {self.timeout}s")
+
+    async def execute_task(self, task: TaskDefinition) -> TaskResult:
+        """A control-plane task whose input is `{"tool": name, "kwargs": {...}}`."""
+        bundle = bundle_from_input(task.input)
+        output = await self.run_tool(bundle)
+        if output.is_error:
+            return TaskResult(task_id=task.task_id, status=TaskStatus.FAILED, error=output.content)
+        return TaskResult(
+            task_id=task.task_id,
+            result=output.content,
+            data={"tool": bundle.tool_name, "raw_output": to_jsonable(output.raw_output)},
+        )
+
+    def _unknown(self, name: str) -> str:
+        return f"unknown tool {name!r}; {self.service_name} has: {', '.join(self._by_name) or '-'}"
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _tool_message(tool_call: ToolCall, text: str) -> ChatMessage:
+    return ChatMessage(
+        role="tool",
+        content=text,
+        additional_kwargs={
+            "name": tool_call.tool_call_bundle.tool_name,
+            "tool_call_id": tool_call.id_,
+        },
+    )

@@ -22,6 +22,7 @@ class Probe:
         self.started = 0
         self.finished = 0
         self.cancelled = 0
+        self.was_cancelled = anyio.Event()
         self._started_events: list[tuple[int, anyio.Event]] = []
 
     def started_event(self, count: int) -> anyio.Event:
@@ -75,6 +76,7 @@ class GatedWorkflow(Workflow):
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 probe.cancelled += 1
+                probe.was_cancelled.set()
             raise
         finally:
             probe.running -= 1

@@ -16,7 +16,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from gateway.bus import BusFull, Consumer, MessageBus, NoConsumer, RemoteConsumer
-from gateway.events import TaskEventHub
+from gateway.events import Subscription, TaskEventHub
 from gateway.http import ApiError
 from gateway.messages import (
     CONTROL_PLANE_NAME,
@@ -292,7 +292,7 @@ class ControlPlane:
             if build is None:
                 raise ApiError(422, f"service {record.service!r} does not accept events")
             try:
-                build(name, data)
+                build(name, data, task_id=task_id)
             except ValueError as exc:
                 raise ApiError(422, str(exc)) from None
         await self.bus.publish(
@@ -357,14 +357,7 @@ class ControlPlane:
         )
         for listener in self.on_task_end:
             listener(record)
-        self.events.publish(
-            TaskEvent(
-                task_id=task_id,
-                kind="result",
-                status=status,
-                data=record.model_dump(mode="json", include={"result", "error", "status"}),
-            )
-        )
+        self.events.publish(self._result_event(record))
         self.events.close(task_id)
         lane = (record.session_id, record.service) if record.session_id else None
         # Only the end of the task holding the lane releases the next one; a queued task that
@@ -372,6 +365,24 @@ class ControlPlane:
         if lane is not None and self._lane_busy.get(lane) == task_id:
             self._advance_lane(lane)
         self._set_idle_if_quiet()
+
+    @staticmethod
+    def _result_event(record: TaskRecord) -> TaskEvent:
+        return TaskEvent(
+            task_id=record.task_id,
+            kind="result",
+            status=record.status,
+            data=record.model_dump(mode="json", include={"result", "error", "status"}),
+        )
+
+    def subscribe(self, task_id: str) -> Subscription:
+        """A task's event stream. A task that ended with no events kept here (it ended before a
+        restart, or its channel was dropped) gets just its result, so the stream still ends."""
+        record = self.task(task_id)
+        if record.is_terminal and task_id not in self.events:
+            self.events.publish(self._result_event(record))
+            self.events.close(task_id)
+        return self.events.subscribe(task_id)
 
     def _set_idle_if_quiet(self) -> None:
         if not self.tasks.active_count():

@@ -184,9 +184,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
 
     async def task_events(request: Request) -> Response:
         """Server-Sent Events: what happened so far, then live events, then the result."""
-        task_id = _path(request, "task_id")
-        cp.task(task_id)
-        return sse_response(cp.events.subscribe(task_id))
+        return sse_response(cp.subscribe(_path(request, "task_id")))
 
     async def send_task_event(request: Request, body: EventSend) -> Response:
         """Send an event into a running workflow (validated against its event types)."""

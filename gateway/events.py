@@ -76,6 +76,10 @@ class TaskEventHub:
     def subscriber_count(self) -> int:
         return sum(len(c.subscribers) for c in self._channels.values())
 
+    def __contains__(self, task_id: str) -> bool:
+        """Whether events of this task are kept (live, or the replay of a recently closed one)."""
+        return task_id in self._channels
+
     def _channel(self, task_id: str) -> _Channel:
         channel = self._channels.get(task_id)
         if channel is None:

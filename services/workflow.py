@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from typing import Any
 
 import anyio
@@ -263,9 +264,33 @@ class WorkflowService(BaseService):
                     types[event_type.__name__] = event_type
         return types
 
-    def build_event(self, name: str, data: dict[str, Any]) -> Event:
-        """Validate an event to send into a run: unknown type or bad fields raise ValueError."""
+    def waited_event_types(self, task_id: str) -> dict[str, type[Event]]:
+        """Event classes a running task waits for with `ctx.wait_for_event` (no step lists them)."""
+        handler = self._handlers.get(task_id)
+        if handler is None or handler.ctx is None:
+            return {}
+        try:
+            snapshot = handler.ctx.to_dict(include_state=False)
+        except Exception:
+            return {}
+        types: dict[str, type[Event]] = {}
+        for worker in (snapshot.get("workers") or {}).values():
+            for waiter in worker.get("collected_waiters") or []:
+                module, _, name = str(waiter.get("waiting_for_event", "")).rpartition(".")
+                event_type = getattr(sys.modules.get(module), name, None)
+                if isinstance(event_type, type) and issubclass(event_type, Event):
+                    types[name] = event_type
+        return types
+
+    def build_event(self, name: str, data: dict[str, Any], task_id: str | None = None) -> Event:
+        """Validate an event to send into a run: unknown type or bad fields raise ValueError.
+
+        Accepted: what the workflow's steps accept and, for a running `task_id`, what it waits
+        for with `ctx.wait_for_event`.
+        """
         types = self.event_types()
+        if name not in types and task_id is not None:
+            types.update(self.waited_event_types(task_id))
         if name not in types:
             known = ", ".join(sorted(types)) or "none"
             raise ValueError(f"{self.service_name} accepts no event {name!r} (accepted: {known})")
@@ -278,7 +303,7 @@ class WorkflowService(BaseService):
         handler = self._handlers.get(task_id)
         if handler is None or handler.ctx is None:
             return False
-        handler.ctx.send_event(self.build_event(name, data))
+        handler.ctx.send_event(self.build_event(name, data, task_id))
         return True
 
 

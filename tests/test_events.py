@@ -1,0 +1,348 @@
+"""Live task events: SSE on `GET /control_plane/tasks/{id}/events`, events sent into runs with
+`POST /control_plane/tasks/{id}/events`, and `POST /services/<wf>/run?stream=true`.
+
+In-process tests use httpx's ASGI transport (which hands over a response once it is complete,
+so they read whole streams); the live behaviour (order while running, several subscribers, late
+subscribers, disconnects) is tested through a real uvicorn server with httpx streaming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from gateway.events import TaskEventHub
+from gateway.messages import TaskEvent, TaskStatus
+from tests.conftest import RunningServer, gateway_client, running_server
+from tests.fixtures_sessions import (
+    SseReader,
+    config,
+    parse_sse,
+    submit,
+    summary,
+    wait_result,
+    wait_status,
+)
+
+pytestmark = pytest.mark.anyio
+
+CP = "/control_plane"
+SERVICES = {
+    "stream": {"source": "stream", "max_concurrent_tasks": 8},
+    "waiter": {"source": "waiter"},
+    "echo": {"source": "examples.echo:workflow"},
+}
+
+
+def _ticks(start: int, stop: int) -> list[str]:
+    return [f"event:Tick:{n}" for n in range(start, stop)]
+
+
+async def _events_of(client: httpx.AsyncClient, task_id: str) -> list[tuple[str, dict]]:
+    with anyio.fail_after(10):
+        response = await client.get(f"{CP}/tasks/{task_id}/events")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    return parse_sse(response.text.splitlines())
+
+
+async def _paused(cp, task_id: str) -> None:
+    """In-process: wait until the run says (in its stream) that it waits for an event."""
+    subscription = cp.subscribe(task_id)
+    try:
+        with anyio.fail_after(10):
+            async for event in subscription:
+                if event.name == "Paused":
+                    return
+        raise AssertionError("the run ended without pausing")
+    finally:
+        subscription.close()
+
+
+# -- in process ---------------------------------------------------------------------------------
+async def test_stream_in_order_then_result_then_closed() -> None:
+    async with gateway_client(config(SERVICES)) as client:
+        task_id = await submit(client, "stream", {"before": 5})
+        events = await _events_of(client, task_id)
+        assert summary(events) == [
+            "status:pending",
+            "status:running",
+            *_ticks(0, 5),
+            "result:completed",
+        ]
+        assert all(data["task_id"] == task_id for _, data in events)
+        times = [data["at"] for _, data in events]
+        assert times == sorted(times)
+        final = events[-1][1]["data"]
+        assert final["result"]["data"]["result"] == {"ticks": 5, "note": "auto"}
+        # a late subscriber (after the end) gets the same replay, and its stream ends too
+        assert summary(await _events_of(client, task_id)) == summary(events)
+
+
+async def test_two_subscribers_connected_before_the_start_get_everything() -> None:
+    apps: list = []
+    async with gateway_client(config(SERVICES), app_out=apps) as client:
+        cp = apps[0].state.runtime.control_plane
+        task_id = await submit(client, "stream", {"before": 2, "wait": True})
+        await _paused(cp, task_id)
+        got: list[list[tuple[str, dict]]] = []
+
+        async def subscriber() -> None:
+            got.append(await _events_of(client, task_id))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(subscriber)
+            tg.start_soon(subscriber)
+            with anyio.fail_after(5):
+                while cp.events.subscriber_count < 2:
+                    await anyio.sleep(0.01)
+            sent = await client.post(
+                f"{CP}/tasks/{task_id}/events", json={"event": "Go", "data": {"extra_ticks": 3}}
+            )
+            assert sent.status_code == 202
+        expected = [
+            "status:pending",
+            "status:running",
+            *_ticks(0, 2),
+            "event:Paused",
+            *_ticks(2, 5),
+            "result:completed",
+        ]
+        assert [summary(g) for g in got] == [expected, expected]
+        assert cp.events.subscriber_count == 0
+
+
+async def test_replay_buffer_is_bounded_by_config() -> None:
+    cfg = config(SERVICES, events={"replay_size": 4, "subscriber_buffer": 64})
+    async with gateway_client(cfg) as client:
+        task_id = await submit(client, "stream", {"before": 10})
+        await wait_result(client, task_id)
+        assert summary(await _events_of(client, task_id)) == [
+            *_ticks(7, 10),
+            "result:completed",
+        ]
+
+
+async def test_a_late_subscriber_of_a_task_whose_events_are_gone_still_gets_its_end() -> None:
+    apps: list = []
+    async with gateway_client(config(SERVICES), app_out=apps) as client:
+        cp = apps[0].state.runtime.control_plane
+        cp.events.retain_closed = 1
+        first = await submit(client, "stream", {"before": 1})
+        await wait_result(client, first)
+        second = await submit(client, "stream", {"before": 1})
+        await wait_result(client, second)
+        assert first not in cp.events  # its replay was dropped
+        events = await _events_of(client, first)
+        assert summary(events) == ["result:completed"]
+        assert events[0][1]["data"]["result"]["data"]["result"]["ticks"] == 1
+
+
+async def test_send_event_into_a_step_that_accepts_it() -> None:
+    apps: list = []
+    async with gateway_client(config(SERVICES), app_out=apps) as client:
+        cp = apps[0].state.runtime.control_plane
+        task_id = await submit(client, "stream", {"before": 1, "wait": True})
+        await _paused(cp, task_id)
+        url = f"{CP}/tasks/{task_id}/events"
+
+        unknown = await client.post(url, json={"event": "Nope", "data": {}})
+        assert unknown.status_code == 422
+        assert "Nope" in unknown.json()["detail"] and "Go" in unknown.json()["detail"]
+        start = await client.post(url, json={"event": "StartEvent", "data": {}})
+        assert start.status_code == 422
+        bad_field = await client.post(url, json={"event": "Go", "data": {"extra_ticks": "x"}})
+        assert bad_field.status_code == 422
+        for body in ({}, {"event": ""}, {"event": "Go", "data": [1]}):
+            assert (await client.post(url, json=body)).status_code == 422, body
+        missing = await client.post(f"{CP}/tasks/nope/events", json={"event": "Go"})
+        assert missing.status_code == 404
+        # none of the refused events reached the run
+        assert (await client.get(f"{CP}/tasks/{task_id}")).json()["status"] == "running"
+
+        sent = await client.post(
+            url, json={"event": "Go", "data": {"note": "hi", "extra_ticks": 2}}
+        )
+        assert sent.status_code == 202
+        assert sent.json() == {"sent": "Go"}
+        result = await wait_result(client, task_id)
+        assert result["status"] == "completed"
+        assert result["result"]["data"]["result"] == {"ticks": 3, "note": "hi"}
+
+        ended = await client.post(url, json={"event": "Go", "data": {}})
+        assert ended.status_code == 409
+        assert ended.json()["error"] == "conflict"
+
+
+async def test_send_event_to_a_workflow_waiting_with_wait_for_event() -> None:
+    apps: list = []
+    async with gateway_client(config(SERVICES), app_out=apps) as client:
+        cp = apps[0].state.runtime.control_plane
+        task_id = await submit(client, "waiter", {})
+        await _paused(cp, task_id)
+        url = f"{CP}/tasks/{task_id}/events"
+        assert (await client.post(url, json={"event": "Nope"})).status_code == 422
+        sent = await client.post(url, json={"event": "Go", "data": {"note": "yes"}})
+        assert sent.status_code == 202, sent.text
+        result = await wait_result(client, task_id)
+        assert result["status"] == "completed"
+        assert result["result"]["result"] == "answered:yes"
+
+
+async def test_run_with_stream_true_answers_with_the_events() -> None:
+    async with gateway_client(config(SERVICES)) as client:
+        with anyio.fail_after(10):
+            response = await client.post("/services/stream/run?stream=true", json={"kwargs": {}})
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = parse_sse(response.text.splitlines())
+        assert summary(events) == ["status:pending", "status:running", *_ticks(0, 3)] + [
+            "result:completed"
+        ]
+        task_id = events[0][1]["task_id"]
+        record = (await client.get(f"{CP}/tasks/{task_id}")).json()
+        assert record["status"] == "completed"
+        assert events[-1][1]["data"]["result"]["data"]["result"]["ticks"] == 3
+
+
+# -- the hub: slow subscribers ------------------------------------------------------------------
+async def test_a_slow_subscriber_is_dropped_with_an_error_and_nobody_else_waits() -> None:
+    hub = TaskEventHub(replay_size=100, subscriber_buffer=2)
+    slow = hub.subscribe("t")
+    fast = hub.subscribe("t")
+    received: list[TaskEvent] = []
+    got_one = anyio.Event()
+
+    async def read_fast() -> None:
+        nonlocal got_one
+        async for event in fast:
+            received.append(event)
+            got_one.set()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(read_fast)
+            for n in range(10):
+                hub.publish(TaskEvent(task_id="t", name="Tick", data={"n": n}))  # never waits
+                await got_one.wait()
+                got_one = anyio.Event()
+            assert hub.subscriber_count == 1  # the slow one is gone, the fast one is not
+            hub.publish(TaskEvent(task_id="t", kind="result", status=TaskStatus.COMPLETED))
+            hub.close("t")
+
+    assert [e.data.get("n") for e in received[:-1]] == list(range(10))
+    assert received[-1].kind == "result"
+    # the slow reader gets what fitted in its buffer, then an error event, then the end
+    with anyio.fail_after(5):
+        late = [event async for event in slow]
+    assert [e.data.get("n") for e in late[:2]] == [0, 1]
+    assert late[-1].kind == "error" and late[-1].name == "subscriber_lagged"
+    assert len(late) == 3
+    # a subscriber arriving now replays everything
+    replay = [event async for event in hub.subscribe("t")]
+    assert len(replay) == 11 and replay[-1].kind == "result"
+
+
+# -- through a real uvicorn server --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    tmp: Path = tmp_path_factory.mktemp("events-server")
+    with running_server(config(SERVICES), tmp, env={"GATEWAY_SECRET": "events"}) as running:
+        yield running
+
+
+async def _post_go(http: httpx.AsyncClient, task_id: str, extra: int = 0) -> None:
+    response = await http.post(
+        f"{CP}/tasks/{task_id}/events", json={"event": "Go", "data": {"extra_ticks": extra}}
+    )
+    assert response.status_code == 202, response.text
+
+
+async def test_live_sse_order_subscribers_late_replay_and_disconnect(server) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        task_id = await submit(http, "stream", {"before": 3, "wait": True})
+        url = f"{CP}/tasks/{task_id}/events"
+        with anyio.fail_after(20):
+            async with (
+                http.stream("GET", url) as first_response,
+                http.stream("GET", url) as leaver_response,
+            ):
+                assert first_response.headers["content-type"].startswith("text/event-stream")
+                first, leaver = SseReader(first_response), SseReader(leaver_response)
+                await first.until(lambda e: e[1].get("name") == "Paused")
+                await leaver.until(lambda e: e[1].get("name") == "Paused")
+                paused = summary(first.events)
+                assert paused == ["status:pending", "status:running", *_ticks(0, 3)] + [
+                    "event:Paused"
+                ]
+                assert summary(leaver.events) == paused
+                # the task is live: nothing more has been sent, and it has not ended
+                assert (await http.get(f"{CP}/tasks/{task_id}")).json()["status"] == "running"
+
+                # the second subscriber disconnects mid-stream
+                await leaver_response.aclose()
+
+                # a late subscriber first gets what it missed
+                async with http.stream("GET", url) as late_response:
+                    late = SseReader(late_response)
+                    await late.until(lambda e: e[1].get("name") == "Paused")
+                    assert summary(late.events) == paused
+
+                    await _post_go(http, task_id, extra=2)
+                    rest = summary(await first.rest())
+                    late_rest = summary(await late.rest())
+                expected = [*paused, *_ticks(3, 5), "result:completed"]
+                assert rest == expected  # the result came last, then the stream closed
+                assert late_rest == expected
+        result = await wait_result(http, task_id)
+        assert result["status"] == "completed"
+        assert result["result"]["data"]["result"] == {"ticks": 5, "note": ""}
+
+        # after the end: a new subscriber gets the whole replay and the stream closes
+        with anyio.fail_after(10):
+            response = await http.get(url)
+        assert summary(parse_sse(response.text.splitlines())) == expected
+
+
+async def test_live_disconnect_of_the_only_subscriber_leaves_the_task_running(server) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        task_id = await submit(http, "stream", {"before": 1, "wait": True})
+        with anyio.fail_after(10):
+            async with http.stream("GET", f"{CP}/tasks/{task_id}/events") as response:
+                await SseReader(response).until(lambda e: e[1].get("name") == "Paused")
+        # nobody listens any more; the run goes on and can still be driven to its end
+        await wait_status(http, task_id, "running")
+        await _post_go(http, task_id, extra=1)
+        result = await wait_result(http, task_id)
+        assert result["status"] == "completed"
+        assert result["result"]["data"]["result"]["ticks"] == 2
+
+
+async def test_live_run_stream_true_streams_while_running(server) -> None:
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+        body = {"kwargs": {"before": 2, "wait": True}}
+        with anyio.fail_after(15):
+            async with http.stream("POST", "/services/stream/run?stream=true", json=body) as resp:
+                assert resp.status_code == 200
+                reader = SseReader(resp)
+                kind, first = await reader.next()
+                assert (kind, first["status"]) == ("status", "pending")
+                task_id = first["task_id"]
+                await reader.until(lambda e: e[1].get("name") == "Paused")
+                # the answer is still open while the run waits: drive it with the task id
+                await _post_go(http, task_id, extra=1)
+                events = summary(await reader.rest())
+        assert events == [
+            "status:pending",
+            "status:running",
+            *_ticks(0, 2),
+            "event:Paused",
+            *_ticks(2, 3),
+            "result:completed",
+        ]
+        result = reader.events[-1][1]
+        assert result["data"]["result"]["data"]["result"]["ticks"] == 3

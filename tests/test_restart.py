@@ -1,0 +1,145 @@
+"""Tasks survive a restart: a real server on a sqlite store is killed (SIGKILL) and started again.
+
+Before the kill: one task finished, one running (it would sleep for an hour), one queued behind
+it (the service runs one task at a time), and in a session a running task with the next one
+waiting in the session's lane; a counting workflow has counted to 2 in a session. After the
+restart on the same database: the finished task and its result are intact, the running ones
+ended `failed` with `interrupted by restart`, the queued ones ran to completion, and the count
+goes on at 3 (same GATEWAY_SECRET).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from tests.conftest import running_server
+from tests.fixtures_sessions import (
+    config,
+    create_session,
+    parse_sse,
+    submit,
+    summary,
+    wait_result,
+    wait_status,
+)
+
+pytestmark = pytest.mark.anyio
+
+CP = "/control_plane"
+ENV = {"GATEWAY_SECRET": "restart-test-secret"}
+
+
+def _config(db: Path) -> dict:
+    return config(
+        {
+            "sleeper": {"source": "sleeper", "max_concurrent_tasks": 1},
+            "lanes": {"source": "sleeper", "max_concurrent_tasks": 4},
+            "counter": {"source": "examples.counter:workflow"},
+        },
+        store={"kind": "sqlite", "path": str(db)},
+    )
+
+
+async def _committed(db: Path, expected: dict[str, str], session_id: str) -> None:
+    """Bounded polling of the database file until the statuses (and the session's saved
+    context) are committed, so the kill cannot race the store's writer."""
+    deadline = time.monotonic() + 10
+    while True:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            rows = dict(conn.execute("SELECT task_id, status FROM tasks").fetchall())
+            contexts = conn.execute(
+                "SELECT count(*) FROM contexts WHERE session_id = ?", (session_id,)
+            ).fetchone()[0]
+        if all(rows.get(k) == v for k, v in expected.items()) and contexts:
+            return
+        assert time.monotonic() < deadline, f"not committed: {rows} / contexts={contexts}"
+        await anyio.sleep(0.02)
+
+
+async def _count(http: httpx.AsyncClient, session_id: str) -> int:
+    body = {"kwargs": {"message": "again"}, "session_id": session_id, "wait": 10}
+    answer = (await http.post("/services/counter/run", json=body)).json()
+    assert answer["status"] == "completed", answer
+    return answer["data"]["result"]["turns"]
+
+
+async def test_tasks_and_session_state_survive_sigkill(tmp_path: Path) -> None:
+    db = tmp_path / "gw.db"
+    cfg = _config(db)
+
+    with running_server(cfg, tmp_path, env=ENV) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            done = await submit(http, "sleeper", {"label": "done"})
+            finished = await wait_result(http, done)
+            assert finished["status"] == "completed"
+            blocker = await submit(http, "sleeper", {"block": True})
+            await wait_status(http, blocker, "running")
+            queued = await submit(http, "sleeper", {"label": "queued"})
+
+            lane_session = await create_session(http)
+            lane_first = await submit(http, "lanes", {"block": True}, lane_session)
+            await wait_status(http, lane_first, "running")
+            lane_next = await submit(http, "lanes", {"label": "lane"}, lane_session)
+
+            counting = await create_session(http)
+            assert [await _count(http, counting) for _ in range(2)] == [1, 2]
+
+            # the queued tasks really are waiting, not running
+            for task_id in (queued, lane_next):
+                assert (await http.get(f"{CP}/tasks/{task_id}")).json()["status"] == "pending"
+            await _committed(
+                db,
+                {
+                    done: "completed",
+                    blocker: "running",
+                    queued: "pending",
+                    lane_first: "running",
+                    lane_next: "pending",
+                },
+                counting,
+            )
+        server.process.kill()
+        server.process.wait(timeout=10)
+
+    with running_server(cfg, tmp_path, env=ENV) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            # the finished task and its result, intact
+            assert (await http.get(f"{CP}/tasks/{done}")).json() == finished
+            assert (await wait_result(http, done)) == finished
+
+            # the running ones: failed, with the reason
+            for task_id in (blocker, lane_first):
+                record = (await http.get(f"{CP}/tasks/{task_id}")).json()
+                assert record["status"] == "failed", record
+                assert record["error"] == "interrupted by restart"
+
+            # the queued ones ran (each ended, none is left without a terminal state)
+            ran = await wait_result(http, queued)
+            assert ran["status"] == "completed"
+            assert ran["result"]["result"] == "done:queued"
+            lane_ran = await wait_result(http, lane_next)
+            assert lane_ran["status"] == "completed"
+            assert lane_ran["result"]["result"] == "done:lane"
+
+            # the sessions came back with their tasks and statuses
+            listing = (await http.get(f"{CP}/sessions/{lane_session}/tasks")).json()
+            assert [(t["task_id"], t["status"]) for t in listing] == [
+                (lane_first, "failed"),
+                (lane_next, "completed"),
+            ]
+            # and the counter resumes from its saved, signed context
+            assert await _count(http, counting) == 3
+
+            # event streams of tasks from before the restart still end
+            with anyio.fail_after(10):
+                old = parse_sse((await http.get(f"{CP}/tasks/{done}/events")).text.splitlines())
+                cut = parse_sse((await http.get(f"{CP}/tasks/{blocker}/events")).text.splitlines())
+            assert summary(old) == ["result:completed"]
+            assert summary(cut) == ["result:failed"]
+            assert cut[-1][1]["data"]["error"] == "interrupted by restart"

@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute
 from workflows import Context, Workflow
 from workflows.context.serializers import JsonSerializer
 from workflows.errors import WorkflowTimeoutError
-from workflows.events import Event, StartEvent, StopEvent
+from workflows.events import Event, InputRequiredEvent, StartEvent, StopEvent
 
 from gateway.http import api_route
 from gateway.jsonable import result_text, to_jsonable
@@ -44,6 +44,7 @@ from gateway.messages import (
 )
 from gateway.signing import sign, verify
 from services.base import BaseService, RunQuery, RunResponse
+from services.human_bridge import HumanBridge
 
 logger = logging.getLogger("services.workflow")
 
@@ -132,6 +133,7 @@ class WorkflowService(BaseService):
     human_service: str | None = None
 
     _handlers: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _human: HumanBridge | None = PrivateAttr(default=None)
 
     @field_validator("workflow")
     @classmethod
@@ -212,15 +214,41 @@ class WorkflowService(BaseService):
         )
 
     async def on_stream_event(self, task: TaskDefinition, handler: Any, event: Event) -> None:
-        """Forward an event the workflow wrote to its stream (the control plane's SSE feed)."""
+        """Forward an event the workflow wrote to its stream (the control plane's SSE feed).
+
+        With a `human_service`, an InputRequiredEvent also becomes a task there (its id is added
+        to the forwarded event) and the answer comes back as a HumanResponseEvent.
+        """
+        data = _event_fields(event)
+        if self._human is not None and isinstance(event, InputRequiredEvent):
+            data.update(await self._human.ask(task, handler, event))
         await self.publish_event(
             TaskEvent(
                 task_id=task.task_id,
                 kind="event",
                 name=type(event).__name__,
-                data=to_jsonable(_event_fields(event)),
+                data=to_jsonable(data),
             )
         )
+
+    # -- human in the loop ----------------------------------------------------------------------
+    async def on_start(self) -> None:
+        if self.human_service:
+            if self.human_service not in self.service_host.services:
+                logger.warning(
+                    "%s: human_service %r is not in this gateway; reached over the bus if it "
+                    "registers remotely",
+                    self.service_name,
+                    self.human_service,
+                )
+            self._human = HumanBridge(self, self.human_service)
+            self._human.start()
+
+    async def finish_task(self, result: TaskResult) -> None:
+        """Report the end, then withdraw the run's unanswered questions from the human service."""
+        await super().finish_task(result)
+        if self._human is not None:
+            await self._human.withdraw(result.task_id)
 
     # -- sessions (state across tasks) ----------------------------------------------------------
     async def restore_context(self, task: TaskDefinition) -> Context | None:

@@ -358,9 +358,8 @@ class ToolService(BaseService):
     async def process_message(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.NEW_TOOL_CALL:
             try:
-                tool_call = ToolCall.model_validate(
-                    {"source_id": message.publisher_id, **message.data}
-                )
+                tool_call = ToolCall.model_validate(message.data)
+                tool_call.source_id = tool_call.source_id or message.publisher_id
             except ValidationError as exc:
                 await self._refuse(message, exc)
                 return

@@ -285,6 +285,9 @@ class ControlPlane:
         record = self.task(task_id)
         if record.is_terminal:
             raise ApiError(409, f"task {task_id!r} already ended as {record.status.value}")
+        if record.status is TaskStatus.PENDING:
+            # no run exists yet to receive it: refuse rather than let the service drop it
+            raise ApiError(409, f"task {task_id!r} has not started yet; retry once it runs")
         entry = self.registry.get(record.service)
         service = entry.service if entry is not None else None
         if service is not None:

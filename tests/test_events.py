@@ -193,6 +193,30 @@ async def test_send_event_to_a_workflow_waiting_with_wait_for_event() -> None:
         assert result["result"]["result"] == "answered:yes"
 
 
+async def test_an_event_for_a_task_that_has_not_started_is_refused_not_lost() -> None:
+    apps: list = []
+    cfg = config({"one": {"source": "stream", "max_concurrent_tasks": 1}})
+    async with gateway_client(cfg, app_out=apps) as client:
+        cp = apps[0].state.runtime.control_plane
+        first = await submit(client, "one", {"before": 0, "wait": True})
+        await _paused(cp, first)
+        second = await submit(client, "one", {"before": 0, "wait": True})
+        assert (await client.get(f"{CP}/tasks/{second}")).json()["status"] == "pending"
+        # the second run does not exist yet: a 202 here would be an event silently dropped
+        early = await client.post(f"{CP}/tasks/{second}/events", json={"event": "Go"})
+        assert early.status_code == 409, early.text
+        assert "not started" in early.json()["detail"]
+
+        go = {"event": "Go", "data": {"note": "1"}}
+        assert (await client.post(f"{CP}/tasks/{first}/events", json=go)).status_code == 202
+        assert (await wait_result(client, first))["status"] == "completed"
+        await _paused(cp, second)
+        go = {"event": "Go", "data": {"note": "2"}}
+        assert (await client.post(f"{CP}/tasks/{second}/events", json=go)).status_code == 202
+        result = await wait_result(client, second)
+        assert result["result"]["data"]["result"] == {"ticks": 0, "note": "2"}
+
+
 async def test_run_with_stream_true_answers_with_the_events() -> None:
     async with gateway_client(config(SERVICES)) as client:
         with anyio.fail_after(10):

@@ -20,7 +20,7 @@ from pydantic import field_validator
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
-from gateway.http import ApiError, api_route
+from gateway.http import api_route
 from gateway.jsonable import to_jsonable
 from gateway.messages import ActionTypes, NewTask, QueueMessage, TaskDefinition, TaskResult
 from services.base import BaseService, RunQuery, RunResponse
@@ -133,7 +133,7 @@ class ComponentService(BaseService):
                 task = task.model_copy(update={"input": json.dumps({"input": task.input})})
             self.spawn(task, lambda: self.execute(task, {}), tool_call=tool_call)
         else:
-            raise ApiError(400, f"{self.service_name} does not handle {message.action!r}")
+            raise ValueError(f"{self.service_name} does not handle {message.action!r}")
 
     async def execute(self, task: TaskDefinition, state: dict[str, Any]) -> TaskResult:
         """Decode the inputs (the reference put them in `state["__input_dict__"]`) and run."""

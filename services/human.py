@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, Field, PrivateAttr, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, TypeAdapter, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
@@ -267,26 +267,23 @@ class HumanService(BaseService):
         await super().handle_message(message)
 
     async def process_message(self, message: QueueMessage) -> None:
-        try:
-            if message.action == ActionTypes.NEW_TASK:
-                task = self._accept(NewTask.model_validate(message.data).task)
-                if task is None:
-                    return  # created over REST already, or delivered twice
-                await self.report_status(task.task_id, TaskStatus.WAITING_FOR_HUMAN)
-            elif message.action == ActionTypes.NEW_TOOL_CALL:
-                task_def, tool_call = self.task_as_tool_call(message)
-                requested_by = message.data.get("requested_by")
-                task = self._accept(
-                    task_def,
-                    caller=tool_call.source_id,
-                    requested_by=requested_by if isinstance(requested_by, dict) else None,
-                )
-                if task is None:
-                    return
-            else:
-                raise ApiError(400, f"{self.service_name} does not handle {message.action!r}")
-        except ValidationError as exc:
-            raise ApiError(422, f"invalid {message.action} message: {exc.errors()}") from None
+        if message.action == ActionTypes.NEW_TASK:
+            task = self._accept(NewTask.model_validate(message.data).task)
+            if task is None:
+                return  # created over REST already, or delivered twice
+            await self.report_status(task.task_id, TaskStatus.WAITING_FOR_HUMAN)
+        elif message.action == ActionTypes.NEW_TOOL_CALL:
+            task_def, tool_call = self.task_as_tool_call(message)
+            requested_by = message.data.get("requested_by")
+            task = self._accept(
+                task_def,
+                caller=tool_call.source_id,
+                requested_by=requested_by if isinstance(requested_by, dict) else None,
+            )
+            if task is None:
+                return
+        else:
+            raise ValueError(f"{self.service_name} does not handle {message.action!r}")
         self._start_fn_input(task)
 
     # -- the queue ------------------------------------------------------------------------------

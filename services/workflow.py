@@ -267,6 +267,8 @@ class WorkflowService(BaseService):
         """Serialize the Context as JSON (never pickle), sign it, write it through the store."""
         if not task.session_id or ctx is None:
             return
+        if self.service_host.control_plane.sessions.get(task.session_id) is None:
+            return  # the session was deleted while this task ran: its state goes with it
         try:
             state = json.dumps(ctx.to_dict(serializer=JsonSerializer()))
         except Exception as exc:

@@ -144,7 +144,7 @@ async def test_process_message_and_tool_call_mode() -> None:
         refused = await client.post(
             "/services/old/process_message", content=wrong.model_dump_json()
         )
-        assert refused.status_code == 400
+        assert refused.status_code == 422
 
         bus = apps[0].state.runtime.bus
         send, receive = anyio.create_memory_object_stream[QueueMessage](1)

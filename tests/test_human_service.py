@@ -174,7 +174,13 @@ async def test_process_message_endpoint_accepts_bus_messages() -> None:
         refused = await client.post(
             "/services/desk/process_message", content=wrong.model_dump_json()
         )
-        assert refused.status_code == 400
+        assert refused.status_code == 422
+        malformed = QueueMessage(type="desk", action=ActionTypes.NEW_TASK, data={"task": "x"})
+        bad = await client.post(
+            "/services/desk/process_message", content=malformed.model_dump_json()
+        )
+        assert bad.status_code == 422
+        assert len((await client.get("/services/desk/tasks")).json()) == 1
 
 
 async def test_tool_call_mode_answers_the_caller_not_the_control_plane() -> None:

@@ -18,7 +18,14 @@ from workflows import Context
 from gateway.messages import WorkflowState
 from gateway.signing import sign
 from tests.conftest import gateway_client
-from tests.fixtures_sessions import config, create_session
+from tests.fixtures_sessions import (
+    config,
+    create_session,
+    new_probe,
+    submit,
+    wait_result,
+    wait_status,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -109,6 +116,23 @@ async def test_deleting_a_session_drops_its_saved_context() -> None:
         assert store.load_context(session_id, "counter") is not None
         await client.delete(f"/control_plane/sessions/{session_id}")
         assert store.load_context(session_id, "counter") is None
+
+
+async def test_a_task_ending_after_its_session_was_deleted_saves_no_state() -> None:
+    probe = new_probe("deleted")
+    apps: list = []
+    cfg = config({"gated": {"source": "gated"}})
+    async with gateway_client(cfg, app_out=apps) as client:
+        store = apps[0].state.runtime.control_plane.store
+        session_id = await create_session(client)
+        task_id = await submit(client, "gated", {"key": "deleted", "label": "x"}, session_id)
+        await wait_status(client, task_id, "running")
+        assert (await client.delete(f"/control_plane/sessions/{session_id}")).status_code == 200
+        probe.gate("x").set()
+        assert (await wait_result(client, task_id))["status"] == "completed"
+        # "delete a session and its saved state": the run that was in flight does not bring
+        # the state back
+        assert store.load_context(session_id, "gated") is None
 
 
 async def test_a_tampered_context_is_refused_and_never_loaded(from_dict_calls) -> None:

@@ -271,6 +271,27 @@ async def test_a_slow_subscriber_is_dropped_with_an_error_and_nobody_else_waits(
     assert len(replay) == 11 and replay[-1].kind == "result"
 
 
+async def test_a_subscriber_that_never_reads_cannot_stall_a_task_of_the_app() -> None:
+    apps: list = []
+    cfg = config(SERVICES, events={"subscriber_buffer": 2})
+    async with gateway_client(cfg, app_out=apps) as client:
+        cp = apps[0].state.runtime.control_plane
+        task_id = await submit(client, "stream", {"before": 1, "wait": True})
+        await _paused(cp, task_id)
+        stuck = cp.subscribe(task_id)  # replay so far, then a 2-event buffer nobody drains
+        await client.post(
+            f"{CP}/tasks/{task_id}/events", json={"event": "Go", "data": {"extra_ticks": 20}}
+        )
+        result = await wait_result(client, task_id)
+        assert result["result"]["data"]["result"]["ticks"] == 21
+        everything = summary(await _events_of(client, task_id))
+        assert everything[-2:] == ["event:Tick:20", "result:completed"]
+        with anyio.fail_after(5):
+            seen = summary([(e.kind, e.model_dump(mode="json")) async for e in stuck])
+        replayed = everything[: everything.index("event:Paused") + 1]
+        assert seen == [*replayed, "event:Tick:1", "event:Tick:2", "error:subscriber_lagged"]
+
+
 # -- through a real uvicorn server --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:

@@ -13,17 +13,20 @@ import functools
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.to_thread
+from anyio.abc import TaskGroup
 from llama_index.core.tools import AsyncBaseTool, BaseTool, FunctionTool, ToolOutput
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from gateway.bus import BusError
+from gateway.bus import BusError, MessageBus
 from gateway.http import ApiError, api_route
 from gateway.jsonable import to_jsonable
 from gateway.messages import (
@@ -43,6 +46,7 @@ from services.base import BaseService
 logger = logging.getLogger("services.tool")
 
 RETAINED_HTTP_RESULTS = 1024
+REPLY_TIMEOUT = 10.0  # a caller whose inbox stays full this long is not listening
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -136,6 +140,71 @@ def check_arguments(tool: AsyncBaseTool, args: list[Any], kwargs: dict[str, Any]
         raise BadArguments(f"bad arguments for tool {name!r}: {problems}") from None
 
 
+class WorkerPool:
+    """Up to `size` long-lived workers fed by a bounded FIFO queue.
+
+    Cheaper than a task per call (anyio's `start_soon` is the largest single cost of a bus
+    round trip) and the number of workers is the concurrency bound. Workers start on demand and
+    live as long as the task group; `run` must answer its item itself and never raise.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        queue_size: int,
+        run: Callable[[ToolCall], Awaitable[None]],
+        task_group: TaskGroup,
+        name: str,
+    ) -> None:
+        self._size = size
+        self._run = run
+        self._task_group = task_group
+        self._name = name
+        self._send, self._receive = anyio.create_memory_object_stream[ToolCall](queue_size)
+        self._workers = 0
+        self._free = 0  # idle workers that no queued item has been promised to yet
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    async def submit(self, item: ToolCall) -> None:
+        """Queue `item`; waits only when `queue_size` items are already waiting."""
+        if self._free:
+            self._free -= 1
+        elif self._workers < self._size:
+            self._workers += 1
+            self._task_group.start_soon(self._work, name=f"{self._name}-{self._workers}")
+        try:
+            self._send.send_nowait(item)
+        except anyio.WouldBlock:
+            await self._send.send(item)
+
+    async def _work(self) -> None:
+        while True:
+            item = await self._receive.receive()
+            await self._run(item)
+            self._free += 1
+
+
+@dataclass
+class _Calls:
+    """A tool service's call bookkeeping as one plain object.
+
+    Pydantic private attributes cost about a microsecond per access and the call path touches
+    these a dozen times per call, so they live here rather than as separate PrivateAttrs.
+    """
+
+    by_name: dict[str, AsyncBaseTool] = field(default_factory=dict)
+    outstanding: dict[str, ToolCall] = field(default_factory=dict)
+    http_done: dict[str, anyio.Event] = field(default_factory=dict)
+    http_results: OrderedDict[str, ToolCallResult] = field(default_factory=OrderedDict)
+    limiter: anyio.CapacityLimiter | None = None
+    pool: WorkerPool | None = None
+    bus: MessageBus | None = None
+    publisher_id: str = ""
+
+
 # -- HTTP models ----------------------------------------------------------------------------------
 class ToolServiceInfo(BaseModel):
     service_name: str
@@ -223,11 +292,7 @@ class ToolService(BaseService):
     description: str = "A service that runs tools for other services."
     max_concurrent_calls: int = Field(default=32, ge=1)
 
-    _by_name: dict[str, AsyncBaseTool] = PrivateAttr(default_factory=dict)
-    _call_limiter: anyio.CapacityLimiter | None = PrivateAttr(default=None)
-    _outstanding: dict[str, ToolCall] = PrivateAttr(default_factory=dict)
-    _http_done: dict[str, anyio.Event] = PrivateAttr(default_factory=dict)
-    _http_results: OrderedDict[str, ToolCallResult] = PrivateAttr(default_factory=OrderedDict)
+    _calls: _Calls = PrivateAttr(default_factory=lambda: _Calls())
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -244,14 +309,24 @@ class ToolService(BaseService):
         return tools
 
     def model_post_init(self, context: Any) -> None:
-        self._by_name = {t.metadata.get_name(): t for t in self.tools}
+        self._calls.by_name = {t.metadata.get_name(): t for t in self.tools}
 
     @property
     def tool_names(self) -> list[str]:
-        return list(self._by_name)
+        return list(self._calls.by_name)
 
     async def on_start(self) -> None:
-        self._call_limiter = anyio.CapacityLimiter(self.max_concurrent_calls)
+        calls = self._calls
+        calls.limiter = anyio.CapacityLimiter(self.max_concurrent_calls)
+        calls.pool = WorkerPool(
+            self.max_concurrent_calls,
+            self.max_queued_tasks,
+            self._run_call,
+            self.service_host.task_group,
+            f"{self.service_name}:tool-worker",
+        )
+        calls.bus = self.bus
+        calls.publisher_id = self.publisher_id
 
     # -- HTTP -----------------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
@@ -300,37 +375,37 @@ class ToolService(BaseService):
             **base,
             num_tools=len(self.tools),
             tools=[ToolInfo.of(t) for t in self.tools],
-            num_outstanding_tool_calls=len(self._outstanding),
-            tool_calls=list(self._outstanding.values()),
+            num_outstanding_tool_calls=len(self._calls.outstanding),
+            tool_calls=list(self._calls.outstanding.values()),
             max_concurrent_calls=self.max_concurrent_calls,
         ).model_dump(mode="json")
 
     async def _get_tool(self, request: Request, query: ToolQuery) -> ToolMetadataResponse:
         """One tool's metadata, 404 if there is no such tool."""
-        tool = self._by_name.get(query.name)
+        tool = self._calls.by_name.get(query.name)
         if tool is None:
             raise ApiError(404, self._unknown(query.name))
         return ToolMetadataResponse(tool_metadata=ToolInfo.of(tool))
 
     async def _create_tool_call(self, request: Request, body: ToolCall) -> ToolCallAccepted:
         """Start a tool call; a call without `source_id` keeps its result for GET."""
-        if body.id_ in self._outstanding or body.id_ in self._http_results:
+        if body.id_ in self._calls.outstanding or body.id_ in self._calls.http_results:
             raise ApiError(409, f"a tool call with id {body.id_!r} already exists")
-        self._http_done[body.id_] = anyio.Event()
-        self.submit_call(body)
+        self._calls.http_done[body.id_] = anyio.Event()
+        await self.submit_call(body)
         return ToolCallAccepted(tool_call_id=body.id_)
 
     async def _get_tool_call(self, request: Request, query: ToolCallQuery) -> Any:
         """The kept result of an HTTP-started tool call."""
         call_id = request.path_params["tool_call_id"]
-        done = self._http_done.get(call_id)
+        done = self._calls.http_done.get(call_id)
         if done is not None:
             with anyio.move_on_after(query.wait):
                 await done.wait()
-        result = self._http_results.get(call_id)
+        result = self._calls.http_results.get(call_id)
         if result is not None:
             return result
-        if call_id in self._http_done:
+        if call_id in self._calls.http_done:
             return JSONResponse(ToolCallPending(tool_call_id=call_id).model_dump(), 202)
         raise ApiError(404, f"no tool call {call_id!r} started over HTTP")
 
@@ -363,7 +438,7 @@ class ToolService(BaseService):
             except ValidationError as exc:
                 await self._refuse(message, exc)
                 return
-            self.submit_call(tool_call)
+            await self.submit_call(tool_call)
         elif message.action == ActionTypes.NEW_TASK:
             task = NewTask.model_validate(message.data).task
             self.spawn(task, lambda: self.execute_task(task))
@@ -385,64 +460,101 @@ class ToolService(BaseService):
             tool_call, f"Error: malformed tool call: {exc.error_count()} error(s)", True
         )
 
-    def submit_call(self, tool_call: ToolCall) -> None:
+    async def submit_call(self, tool_call: ToolCall) -> None:
         """Run `tool_call` in the background; its caller always gets an answer."""
-        self._outstanding[tool_call.id_] = tool_call
-        self.service_host.task_group.start_soon(
-            self._run_call, tool_call, name=f"{self.service_name}:tool:{tool_call.id_}"
-        )
+        calls = self._calls
+        assert calls.pool is not None, "service not started"
+        calls.outstanding[tool_call.id_] = tool_call
+        await calls.pool.submit(tool_call)
 
     async def _run_call(self, tool_call: ToolCall) -> None:
-        text, is_error = "Error: the tool call was cancelled", True
         try:
             output = await self.run_tool(tool_call.tool_call_bundle)
             text, is_error = output.content, output.is_error
         except ToolError as exc:
-            text = f"Error: {exc}"
+            text, is_error = f"Error: {exc}", True
         except Exception as exc:
-            text = f"Error: tool {tool_call.tool_call_bundle.tool_name!r} raised {_describe(exc)}"
-        finally:
-            self._outstanding.pop(tool_call.id_, None)
+            name = tool_call.tool_call_bundle.tool_name
+            text, is_error = f"Error: tool {name!r} raised {_describe(exc)}", True
+        except BaseException:  # cancelled (shutdown): the caller still hears about it
+            self._calls.outstanding.pop(tool_call.id_, None)
             with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self._answer(tool_call, text, is_error)
+                await self._answer(tool_call, "Error: the tool call was cancelled", True)
+            raise
+        self._calls.outstanding.pop(tool_call.id_, None)
+        await self._answer(tool_call, text, is_error)
 
     async def _answer(self, tool_call: ToolCall, text: str, is_error: bool) -> None:
-        done = self._http_done.pop(tool_call.id_, None)
+        """COMPLETED_TOOL_CALL to the caller (and kept, for calls started over HTTP)."""
+        calls = self._calls
+        done = calls.http_done.pop(tool_call.id_, None)
         if done is not None:
-            self._http_results[tool_call.id_] = ToolCallResult(
+            calls.http_results[tool_call.id_] = ToolCallResult(
                 id_=tool_call.id_,
                 tool_message=_tool_message(tool_call, text),
                 result=text,
                 is_error=is_error,
             )
-            while len(self._http_results) > RETAINED_HTTP_RESULTS:
-                self._http_results.popitem(last=False)
+            while len(calls.http_results) > RETAINED_HTTP_RESULTS:
+                calls.http_results.popitem(last=False)
             done.set()
         if not tool_call.source_id:
             return
-        try:
-            await self.answer_tool_call(tool_call, text, is_error=is_error)
+        # The ToolCallResult wire shape, built as a dict: this is the hot path of every call.
+        data = {
+            "id_": tool_call.id_,
+            "tool_message": {
+                "role": "tool",
+                "content": text,
+                "additional_kwargs": {
+                    "name": tool_call.tool_call_bundle.tool_name,
+                    "tool_call_id": tool_call.id_,
+                },
+            },
+            "result": text,
+            "is_error": is_error,
+        }
+        assert calls.bus is not None, "service not started"
+        message = QueueMessage(
+            publisher_id=calls.publisher_id,
+            type=tool_call.source_id,
+            action=ActionTypes.COMPLETED_TOOL_CALL,
+            data=data,
+        )
+        try:  # replies go to a bus inbox, never to a remote control plane: straight to the bus
+            await calls.bus.publish(message, timeout=REPLY_TIMEOUT)
         except BusError as exc:
             logger.warning("could not answer tool call %s: %s", tool_call.id_, exc)
 
     async def run_tool(self, bundle: ToolCallBundle) -> ToolOutput:
         """Run one tool: waits while stopped, bounded by the limiter and `timeout`."""
-        tool = self._by_name.get(bundle.tool_name)
+        tool = self._calls.by_name.get(bundle.tool_name)
         if tool is None:
             raise UnknownTool(self._unknown(bundle.tool_name))
         check_arguments(tool, bundle.tool_args, bundle.tool_kwargs)
-        await self._wait_until_running()
-        assert self._call_limiter is not None, "service not started"
-        async with self._call_limiter:
-            with anyio.move_on_after(self.timeout) as scope:
-                try:
-                    return await tool.acall(*bundle.tool_args, **bundle.tool_kwargs)
-                except TypeError as exc:
-                    raise BadArguments(
-                        f"bad arguments for tool {bundle.tool_name!r}: {exc}"
-                    ) from exc
-        assert scope.cancelled_caught
-        raise ToolTimeout(f"tool {bundle.tool_name!r} did not finish within {self.timeout}s")
+        if not self.running:
+            await self._wait_until_running()
+        limiter = self._calls.limiter
+        assert limiter is not None, "service not started"
+        try:
+            limiter.acquire_nowait()  # the common case costs no extra trip round the loop
+        except anyio.WouldBlock:
+            await limiter.acquire()
+        try:
+            if self.timeout is None:
+                return await self._call(tool, bundle)
+            with anyio.move_on_after(self.timeout):
+                return await self._call(tool, bundle)
+            raise ToolTimeout(f"tool {bundle.tool_name!r} did not finish within {self.timeout}s")
+        finally:
+            limiter.release()
+
+    @staticmethod
+    async def _call(tool: AsyncBaseTool, bundle: ToolCallBundle) -> ToolOutput:
+        try:
+            return await tool.acall(*bundle.tool_args, **bundle.tool_kwargs)
+        except TypeError as exc:
+            raise BadArguments(f"bad arguments for tool {bundle.tool_name!r}: {exc}") from exc
 
     async def execute_task(self, task: TaskDefinition) -> TaskResult:
         """A control-plane task whose input is `{"tool": name, "kwargs": {...}}`."""
@@ -457,7 +569,8 @@ class ToolService(BaseService):
         )
 
     def _unknown(self, name: str) -> str:
-        return f"unknown tool {name!r}; {self.service_name} has: {', '.join(self._by_name) or '-'}"
+        names = ", ".join(self._calls.by_name) or "-"
+        return f"unknown tool {name!r}; {self.service_name} has: {names}"
 
 
 def _describe(exc: BaseException) -> str:

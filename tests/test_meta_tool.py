@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from services.meta_tool import MetaServiceTool, ReplyInbox, ServiceAsTool
+from services.meta_tool import MetaServiceTool, Reply, ReplyInbox, ServiceAsTool, read_reply
 from tests import fixtures_agents
 from tests.conftest import gateway_client
 
@@ -93,3 +93,9 @@ async def test_service_as_tool_asks_an_agent_service() -> None:
     assert (answer.content, answer.is_error) == ("The answer is 42.", False)
     assert failure.is_error and "the model is down" in failure.content
     assert tasks["total"] == 0  # tool calls answer their caller, not the control plane
+
+
+def test_replies_are_read_by_hand_and_malformed_ones_become_errors() -> None:
+    assert read_reply({"id_": "1", "result": "7", "is_error": False}) == Reply("7", False)
+    broken = read_reply({"id_": "1", "result": 7})
+    assert broken.is_error and "malformed tool call result" in broken.result

@@ -11,6 +11,7 @@ goes on at 3 (same GATEWAY_SECRET).
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -18,10 +19,12 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import running_server
+from gateway.sqlite_store import SqliteStore
+from tests.conftest import gateway_client, running_server
 from tests.fixtures_sessions import (
     config,
     create_session,
+    new_probe,
     parse_sse,
     submit,
     summary,
@@ -143,3 +146,35 @@ async def test_tasks_and_session_state_survive_sigkill(tmp_path: Path) -> None:
             assert summary(old) == ["result:completed"]
             assert summary(cut) == ["result:failed"]
             assert cut[-1][1]["data"]["error"] == "interrupted by restart"
+
+
+async def test_an_accepted_task_is_committed_before_the_answer_and_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What makes a SIGKILL right after a 202 safe, without the loop ever waiting on disk."""
+    loop_thread = threading.get_ident()
+    writer_threads: set[int] = set()
+    original = SqliteStore._write_batch
+
+    def recording(self, batch):
+        writer_threads.add(threading.get_ident())
+        return original(self, batch)
+
+    monkeypatch.setattr(SqliteStore, "_write_batch", recording)
+    probe = new_probe("durable")
+    db = tmp_path / "gw.db"
+    cfg = config({"gated": {"source": "gated"}}, store={"kind": "sqlite", "path": str(db)})
+    async with gateway_client(cfg) as client:
+        session_id = await create_session(client)
+        task_id = await submit(client, "gated", {"key": "durable", "label": "x"}, session_id)
+        # no waiting: the 202 came after the commit
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT status FROM tasks WHERE task_id = ?", (task_id,))
+            assert row.fetchone() is not None
+            body = conn.execute(
+                "SELECT body FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+        assert body is not None and task_id in body[0]
+        probe.gate("x").set()
+        await wait_result(client, task_id)
+    assert writer_threads and loop_thread not in writer_threads

@@ -8,6 +8,7 @@ subscribers, disconnects) is tested through a real uvicorn server with httpx str
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -307,6 +308,18 @@ async def _post_go(http: httpx.AsyncClient, task_id: str, extra: int = 0) -> Non
     assert response.status_code == 202, response.text
 
 
+async def _subscribers_become(http: httpx.AsyncClient, count: int) -> None:
+    """Bounded polling of the server's open-subscriber gauge."""
+    deadline = time.monotonic() + 10
+    while True:
+        text = (await http.get("/metrics")).text
+        line = next(x for x in text.splitlines() if x.startswith("gateway_sse_subscribers "))
+        if float(line.split()[1]) == count:
+            return
+        assert time.monotonic() < deadline, line
+        await anyio.sleep(0.02)
+
+
 async def test_live_sse_order_subscribers_late_replay_and_disconnect(server) -> None:
     async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
         task_id = await submit(http, "stream", {"before": 3, "wait": True})
@@ -359,7 +372,9 @@ async def test_live_disconnect_of_the_only_subscriber_leaves_the_task_running(se
         with anyio.fail_after(10):
             async with http.stream("GET", f"{CP}/tasks/{task_id}/events") as response:
                 await SseReader(response).until(lambda e: e[1].get("name") == "Paused")
-        # nobody listens any more; the run goes on and can still be driven to its end
+        # the server let go of the subscriber ...
+        await _subscribers_become(http, 0)
+        # ... and, nobody listening any more, the run goes on and can be driven to its end
         await wait_status(http, task_id, "running")
         await _post_go(http, task_id, extra=1)
         result = await wait_result(http, task_id)

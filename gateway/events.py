@@ -6,7 +6,7 @@ event), so a slow reader can stall neither the task nor the other readers.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -16,15 +16,17 @@ from anyio.streams.memory import MemoryObjectSendStream
 from gateway.messages import TaskEvent
 
 
-@dataclass
+@dataclass(slots=True)
 class _Subscriber:
     send: MemoryObjectSendStream[TaskEvent]
     lagged: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class _Channel:
-    replay: deque[TaskEvent]
+    """Replay is kept as compact JSON (a waiting task costs bytes, not pydantic objects)."""
+
+    replay: list[str] = field(default_factory=list)
     subscribers: list[_Subscriber] = field(default_factory=list)
     closed: bool = False
     dropped_from_replay: int = 0
@@ -83,7 +85,7 @@ class TaskEventHub:
     def _channel(self, task_id: str) -> _Channel:
         channel = self._channels.get(task_id)
         if channel is None:
-            channel = _Channel(replay=deque(maxlen=self.replay_size))
+            channel = _Channel()
             self._channels[task_id] = channel
         return channel
 
@@ -91,9 +93,13 @@ class TaskEventHub:
         channel = self._channel(event.task_id)
         if channel.closed:
             return
-        if len(channel.replay) == channel.replay.maxlen:
+        if self.replay_size:
+            channel.replay.append(event.model_dump_json())
+            if len(channel.replay) > self.replay_size:
+                del channel.replay[0]
+                channel.dropped_from_replay += 1
+        else:
             channel.dropped_from_replay += 1
-        channel.replay.append(event)
         for sub in list(channel.subscribers):
             try:
                 sub.send.send_nowait(event)
@@ -123,7 +129,7 @@ class TaskEventHub:
 
     def subscribe(self, task_id: str) -> Subscription:
         channel = self._channel(task_id)
-        backlog = list(channel.replay)
+        backlog = [TaskEvent.model_validate_json(raw) for raw in channel.replay]
         if channel.closed:
             return Subscription(self, task_id, backlog, None)
         send, receive = anyio.create_memory_object_stream[TaskEvent](self.subscriber_buffer)

@@ -73,7 +73,6 @@ class TaskTable:
         if record.is_terminal:
             self._remember_finished(record.task_id)
         else:
-            self._done[record.task_id] = anyio.Event()
             self._active_by_service[record.service] = self.active_count(record.service) + 1
         return record
 
@@ -118,8 +117,12 @@ class TaskTable:
 
     async def wait(self, task_id: str, timeout: float | None) -> TaskRecord | None:
         """Block until the task ends or `timeout` passes; returns its record either way."""
-        event = self._done.get(task_id)
-        if event is not None:
+        record = self._records.get(task_id)
+        if record is not None and not record.is_terminal:
+            # Created on demand: 10,000 waiting tasks nobody waits on cost no events.
+            event = self._done.get(task_id)
+            if event is None:
+                event = self._done[task_id] = anyio.Event()
             with anyio.move_on_after(timeout):
                 await event.wait()
         return self._records.get(task_id)

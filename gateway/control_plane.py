@@ -192,7 +192,8 @@ class ControlPlane:
         entry = self.registry.get(target)
         assert entry is not None
         session = self.session(task.session_id) if task.session_id else None
-        if task.task_id in self.tasks:
+        # Ids of tasks no longer in memory (from before a restart, or evicted) stay taken too.
+        if task.task_id in self.tasks or self.store.load_task(task.task_id) is not None:
             raise ApiError(409, f"a task with id {task.task_id!r} already exists")
         if self.tasks.active_count(target) >= entry.max_queued_tasks:
             raise ApiError(

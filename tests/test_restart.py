@@ -116,6 +116,13 @@ async def test_tasks_and_session_state_survive_sigkill(tmp_path: Path) -> None:
             assert (await http.get(f"{CP}/tasks/{done}")).json() == finished
             assert (await wait_result(http, done)) == finished
 
+            # its id is still taken: a new task cannot overwrite it
+            reused = await http.post(
+                f"{CP}/tasks", json={"service": "sleeper", "task_id": done, "input": {}}
+            )
+            assert reused.status_code == 409, reused.text
+            assert (await http.get(f"{CP}/tasks/{done}")).json() == finished
+
             # the running ones: failed, with the reason
             for task_id in (blocker, lane_first):
                 record = (await http.get(f"{CP}/tasks/{task_id}")).json()

@@ -4,8 +4,6 @@
 `multiplicative_tools` split them so an agent can use two tool services at once.
 """
 
-from __future__ import annotations
-
 from llama_index.core.tools import FunctionTool
 
 

@@ -235,6 +235,16 @@ class AgentService(BaseService):
     # -- HTTP -------------------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
         tags = ("agent",)
+        toggle = api_route(
+            "/toggle_agent_running",
+            self._toggle,
+            methods=["POST"],
+            response=RunningState,
+            summary='Pause or resume: `{"state": "running"|"stopped"}` (or `?state=`)',
+            errors=(400, 422),
+            tags=tags,
+        )
+        toggle.doc.body = ToggleRunning  # type: ignore[attr-defined]  # documented form
         return [
             *self.common_routes(),
             api_route(
@@ -255,15 +265,7 @@ class AgentService(BaseService):
                 summary="The chat history (default memory, or `?session_id=`)",
                 tags=tags,
             ),
-            api_route(
-                "/toggle_agent_running",
-                self._toggle,
-                methods=["POST"],
-                response=RunningState,
-                summary='Pause or resume: `{"state": "running"|"stopped"}` (or `?state=`)',
-                errors=(400, 422),
-                tags=tags,
-            ),
+            toggle,
             api_route(
                 "/is_worker_running",
                 self._is_running,

@@ -127,6 +127,24 @@ async def test_tool_call_endpoint_accepts_and_delivers_the_result() -> None:
     assert unknown.status_code == 404
 
 
+async def test_process_message_endpoint_takes_a_bus_message_over_http() -> None:
+    apps: list = []
+    async with gateway_client(CALC, app_out=apps) as client:
+        inbox = BusInbox(apps[0].state.runtime.bus)
+        message = tool_call("subtract", source=inbox.name, a=10, b=4)
+        accepted = await client.post(
+            "/services/calc/process_message", content=message.model_dump_json()
+        )
+        results = await inbox.results(1)
+        wrong = await client.post(
+            "/services/calc/process_message",
+            json={"type": "calc", "action": "completed_task", "data": {}},
+        )
+    assert accepted.status_code == 200 and accepted.json() == {"accepted": message.id_}
+    assert results[message.data["id_"]].result == "6"
+    assert wrong.status_code == 422 and "does not handle" in wrong.json()["detail"]
+
+
 async def test_unknown_bad_and_raising_calls_answer_the_caller_with_errors() -> None:
     apps: list = []
     async with gateway_client(CALC, app_out=apps) as client:

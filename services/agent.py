@@ -197,6 +197,8 @@ class AgentService(BaseService):
         remote: list[AsyncBaseTool] = []
         for name in self.tools:
             service = services.get(name)
+            if name == self.service_name:
+                raise ValueError(f"{self.service_name}: an agent cannot be its own tool")
             if service is None:
                 raise LookupError(f"{self.service_name}: no service named {name!r} for its tools")
             if isinstance(service, ToolService):

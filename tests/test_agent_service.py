@@ -222,3 +222,22 @@ def test_agent_task_through_the_real_server(tmp_path: Path) -> None:
         assert done.status_code == 200, server.log()
     assert done.json()["status"] == "completed"
     assert done.json()["result"]["result"] == "The answer is 35."
+
+
+@pytest.mark.anyio
+async def test_start_refuses_two_tools_with_one_name() -> None:
+    config = {
+        "services": {
+            "all": {"type": "tool", "source": "examples.tools:tools"},
+            "some": {"type": "tool", "source": "examples.tools:additive_tools"},
+            "assistant": {
+                "type": "agent",
+                "source": "examples.agent:build_agent",
+                "tools": ["all", "some"],
+            },
+        }
+    }
+    clash = pytest.RaisesExc(ValueError, match="add, subtract appear twice")
+    with pytest.RaisesGroup(clash, allow_unwrapped=True, flatten_subgroups=True):
+        async with gateway_client(config):
+            pass

@@ -60,6 +60,7 @@ class ControlPlane:
         self.tasks = TaskTable(retain_finished=retain_finished)
         self.sessions = SessionTable()
         self.accepting = True
+        self._stopped = False
         self._lanes: dict[LaneKey, deque[str]] = {}
         self._lane_busy: dict[LaneKey, str] = {}  # lane -> the task holding it
         self._task_group: TaskGroup | None = None
@@ -97,7 +98,11 @@ class ControlPlane:
         self.accepting = False
 
     async def drain(self, grace: float) -> list[str]:
-        """Let in-flight tasks end within `grace` seconds, then cancel the rest."""
+        """Let in-flight tasks end within `grace` seconds, then cancel the rest.
+
+        With a durable store, tasks that never started are not cancelled: they stay pending in
+        the store, and `recover()` runs them after the restart.
+        """
         self.stop_accepting()
         with anyio.move_on_after(grace):
             while self.tasks.active_count():
@@ -105,9 +110,16 @@ class ControlPlane:
                 if not self.tasks.active_count():
                     break
                 await self._idle.wait()
-        leftover = [r.task_id for r in self.tasks.active()]
-        for task_id in leftover:
-            await self._end(task_id, TaskStatus.CANCELLED, error="cancelled at shutdown")
+        # From here on nothing moves: no lane releases its next task, late reports are ignored.
+        self._stopped = True
+        leftover = []
+        for record in self.tasks.active():
+            if self.store.durable and record.status is TaskStatus.PENDING:
+                # Never started: it stays accepted in the store and runs after the restart.
+                self.events.close(record.task_id)
+                continue
+            leftover.append(record.task_id)
+            await self._end(record.task_id, TaskStatus.CANCELLED, error="cancelled at shutdown")
         return leftover
 
     # -- services ----------------------------------------------------------------------------
@@ -320,6 +332,8 @@ class ControlPlane:
 
     # -- messages from services -------------------------------------------------------------
     async def process_message(self, message: QueueMessage) -> None:
+        if self._stopped:
+            return
         if message.action == ActionTypes.COMPLETED_TASK:
             result = TaskResult.model_validate(message.data)
             await self._end(result.task_id, result.status, result=result, error=result.error)
@@ -393,6 +407,8 @@ class ControlPlane:
             self._idle.set()
 
     def _advance_lane(self, lane: LaneKey) -> None:
+        if self._stopped:
+            return
         queue = self._lanes.get(lane)
         while queue:
             next_id = queue.popleft()

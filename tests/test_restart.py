@@ -155,6 +155,35 @@ async def test_tasks_and_session_state_survive_sigkill(tmp_path: Path) -> None:
             assert cut[-1][1]["data"]["error"] == "interrupted by restart"
 
 
+async def test_a_graceful_restart_keeps_tasks_that_never_started(tmp_path: Path) -> None:
+    """SIGTERM: the running task is cancelled after the grace period (1 s here), but tasks that
+    were accepted and never started are not thrown away: they run after the restart."""
+    db = tmp_path / "gw.db"
+    cfg = _config(db)
+    with running_server(cfg, tmp_path, env=ENV) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            blocker = await submit(http, "sleeper", {"block": True})
+            await wait_status(http, blocker, "running")
+            queued = await submit(http, "sleeper", {"label": "queued"})
+            session_id = await create_session(http)
+            lane_first = await submit(http, "lanes", {"block": True}, session_id)
+            await wait_status(http, lane_first, "running")
+            lane_next = await submit(http, "lanes", {"label": "lane"}, session_id)
+    # (leaving the block sent SIGTERM and waited for the process to exit)
+    assert server.process.returncode is not None
+
+    with running_server(cfg, tmp_path, env=ENV) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            for task_id in (blocker, lane_first):
+                record = (await http.get(f"{CP}/tasks/{task_id}")).json()
+                assert record["status"] == "cancelled", record
+                assert record["error"] == "cancelled at shutdown"
+            for task_id, label in ((queued, "queued"), (lane_next, "lane")):
+                result = await wait_result(http, task_id)
+                assert result["status"] == "completed", result
+                assert result["result"]["result"] == f"done:{label}"
+
+
 async def test_an_accepted_task_is_committed_before_the_answer_and_off_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -84,7 +84,7 @@ async def test_stream_in_order_then_result_then_closed() -> None:
         assert summary(await _events_of(client, task_id)) == summary(events)
 
 
-async def test_two_subscribers_connected_before_the_start_get_everything() -> None:
+async def test_two_subscribers_each_get_every_event_in_order() -> None:
     apps: list = []
     async with gateway_client(config(SERVICES), app_out=apps) as client:
         cp = apps[0].state.runtime.control_plane

@@ -4,7 +4,8 @@ Every `NEW_TOOL_CALL` runs in its own task in the host's task group, bounded by 
 CapacityLimiter (`max_concurrent_calls`), and always answers its caller (`source_id`) with a
 `COMPLETED_TOOL_CALL`: an unknown tool, bad arguments or a raising tool give an error
 ToolCallResult, never silence. `POST /run` calls a tool directly and answers its output; there,
-errors are HTTP errors (404 unknown tool, 422 bad arguments, 500 tool error, 504 timeout).
+requests it cannot serve are HTTP errors (404 unknown tool, 422 bad arguments); a tool that
+raises or times out answers 200 with `is_error` and the error text.
 """
 
 from __future__ import annotations
@@ -365,7 +366,7 @@ class ToolService(BaseService):
                 body=ToolRunRequest,
                 response=ToolRunResponse,
                 summary="Call a tool and wait for its output",
-                errors=(404, 422, 500, 504),
+                errors=(404, 422),
             ),
         ]
 
@@ -410,23 +411,28 @@ class ToolService(BaseService):
         raise ApiError(404, f"no tool call {call_id!r} started over HTTP")
 
     async def _run_http(self, request: Request, body: ToolRunRequest) -> ToolRunResponse:
-        """Call a tool now and answer its output (errors are HTTP errors)."""
+        """Call a tool now and answer its output.
+
+        A request the service cannot serve is an HTTP error (404 unknown tool, 422 bad
+        arguments); a tool that raises or overruns `wait` is the tool's failure, not the
+        gateway's: 200 with `is_error` and the error text, like a ToolCallResult.
+        """
         try:
             bundle = body.bundle()
             with anyio.fail_after(body.wait):
                 output = await self.run_tool(bundle)
-        except ToolError as exc:
+        except (UnknownTool, BadArguments) as exc:
             raise ApiError(exc.status, str(exc), code=exc.code) from None
         except TimeoutError:
-            raise ApiError(504, f"no output within {body.wait}s") from None
+            output_text = f"no output within {body.wait}s"
+            return ToolRunResponse(tool=bundle.tool_name, output=output_text, is_error=True)
         except Exception as exc:
-            raise ApiError(500, _describe(exc), code="tool_error") from None
-        if output.is_error:
-            raise ApiError(500, output.content, code="tool_error")
+            return ToolRunResponse(tool=bundle.tool_name, output=_describe(exc), is_error=True)
         return ToolRunResponse(
             tool=bundle.tool_name,
             output=output.content,
-            raw_output=to_jsonable(output.raw_output),
+            raw_output=None if output.is_error else to_jsonable(output.raw_output),
+            is_error=bool(output.is_error),
         )
 
     # -- bus --------------------------------------------------------------------------------------

@@ -92,10 +92,13 @@ async def test_run_answers_the_output_and_maps_errors_to_http() -> None:
     assert (missing.status_code, extra.status_code, wrong_type.status_code) == (422, 422, 422)
     assert "b: Field required" in missing.json()["detail"]
     assert "c" in extra.json()["detail"]
-    assert raising.status_code == 500
+    # the tool's failure is its answer, not a gateway error
+    assert raising.status_code == 200
     assert raising.json() == {
-        "error": "tool_error",
-        "detail": "ZeroDivisionError: division by zero",
+        "tool": "divide",
+        "output": "ZeroDivisionError: division by zero",
+        "raw_output": None,
+        "is_error": True,
     }
 
 
@@ -231,8 +234,19 @@ async def test_sync_tools_run_in_a_worker_thread_and_raising_tools_error() -> No
         )
     assert thread.status_code == 200
     assert thread.json()["output"] != threading.current_thread().name
-    assert raising.status_code == 500
-    assert raising.json()["detail"] == "RuntimeError: kaput"
+    assert raising.status_code == 200
+    assert raising.json()["is_error"] is True
+    assert raising.json()["output"] == "RuntimeError: kaput"
+
+
+async def test_a_tool_that_overruns_the_wait_answers_an_error_not_a_5xx() -> None:
+    async with gateway_client(gate_config(2)) as client:
+        held = await client.post(
+            "/services/gate/run", json={"tool": "hold", "kwargs": {"label": "x"}, "wait": 0.05}
+        )
+    assert held.status_code == 200
+    assert held.json()["is_error"] is True
+    assert held.json()["output"] == "no output within 0.05s"
 
 
 async def test_control_plane_task_runs_a_tool() -> None:

@@ -144,6 +144,8 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
 
     async def process_message(request: Request, body: QueueMessage) -> GatewayAck:
         """Publish a message from a remote service onto the bus (results, events, tool calls)."""
+        if not cp.bus.has_consumer(body.type):
+            raise ApiError(404, f"no consumer is registered for message type {body.type!r}")
         await cp.bus.publish(body)
         return GatewayAck(accepted=body.id_)
 
@@ -317,7 +319,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             methods=["POST"],
             body=QueueMessage,
             response=GatewayAck,
-            errors=(422, 503),
+            errors=(404, 422, 503),
             tags=tags,
         ),
         api_route(

@@ -8,6 +8,8 @@ return value is serialized, and every failure becomes one JSON error shape:
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -117,6 +119,49 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return seen
 
 
+# Deeper documents are refused: pydantic cannot serialize past ~250 levels and the stdlib json
+# module recurses, so a deeper body accepted now would make later reads of it fail with 500.
+MAX_JSON_DEPTH = 128
+
+# A `\\uD800`-`\\uDFFF` escape: the body may hold a lone surrogate, which no response can encode.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _reject_constant(name: str) -> Any:
+    raise ApiError(400, f"{name} is not valid JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ApiError(400, f"the number {text[:40]!r} is out of range")
+    return value
+
+
 async def read_json(request: Request) -> Any:
     """The request body as JSON, or a 4xx saying what is wrong with it."""
     content_type = request.headers.get("content-type", "")
@@ -131,13 +176,25 @@ async def read_json(request: Request) -> Any:
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"the body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+        value = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicate_keys,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
     except RecursionError:
         raise ApiError(400, "the JSON body is nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise ApiError(
             400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except ValueError as exc:  # e.g. an integer literal longer than int() accepts
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    if text.count("{") + text.count("[") > MAX_JSON_DEPTH and _deeper_than(value, MAX_JSON_DEPTH):
+        raise ApiError(400, f"the JSON body is nested deeper than {MAX_JSON_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        raise ApiError(400, "the JSON body holds a lone UTF-16 surrogate (\\uD800-\\uDFFF)")
+    return value
 
 
 async def parse_body(request: Request, model: type[M]) -> M:

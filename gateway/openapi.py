@@ -15,6 +15,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway.http import ERROR_CODES, ErrorBody, RouteDoc
+from gateway.messages import TaskEvent
 
 PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(:[A-Za-z_]+)?}")
 REF = "#/components/schemas/{model}"
@@ -27,6 +28,35 @@ _PLAIN_DOCS: dict[str, str] = {
     "/openapi.json": "This document",
     "/docs": "Interactive API documentation",
 }
+
+# Plain routes whose success body is not JSON.
+_PLAIN_MEDIA: dict[str, str] = {"/metrics": "text/plain", "/docs": "text/html"}
+
+
+def _sse_content(event_ref: dict[str, Any]) -> dict[str, Any]:
+    """`text/event-stream`: each event is `event: <kind>` + `data: <TaskEvent as JSON>`."""
+    kinds = list(get_args(TaskEvent.model_fields["kind"].annotation))
+    return {
+        "text/event-stream": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string", "enum": kinds},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": event_ref,
+                    },
+                },
+                "required": ["event", "data"],
+            }
+        }
+    }
+
+
+def _may_stream(doc: RouteDoc | None) -> bool:
+    """A route whose query has `stream` answers with Server-Sent Events when it is true."""
+    return bool(doc and doc.query is not None and "stream" in doc.query.model_fields)
 
 
 def _walk(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str, Route]]:
@@ -85,6 +115,7 @@ def build_openapi(
     found = _walk(routes)
     schemas = _Schemas()
     schemas.want(ErrorBody, "serialization")
+    schemas.want(TaskEvent, "serialization")
     for _, route in found:
         doc: RouteDoc | None = getattr(route, "doc", None)
         if doc is not None:
@@ -93,6 +124,7 @@ def build_openapi(
             schemas.want(doc.response, "serialization")
     refs, components = schemas.build()
     error_ref = refs[(ErrorBody, "serialization")]
+    event_ref = refs[(TaskEvent, "serialization")]
 
     paths: dict[str, dict[str, Any]] = {}
     used_ids: set[str] = set()
@@ -100,7 +132,7 @@ def build_openapi(
         path = PARAM.sub(lambda m: "{" + m.group(1) + "}", raw_path)
         doc = getattr(route, "doc", None)
         for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
-            operation = _operation(path, method, doc, refs, error_ref, auth, used_ids)
+            operation = _operation(path, method, doc, refs, error_ref, event_ref, auth, used_ids)
             paths.setdefault(path, {})[method.lower()] = operation
 
     document: dict[str, Any] = {
@@ -122,6 +154,7 @@ def _operation(
     doc: RouteDoc | None,
     refs: dict,
     error_ref: dict,
+    event_ref: dict,
     auth: bool,
     used_ids: set[str],
 ) -> dict[str, Any]:
@@ -160,14 +193,19 @@ def _operation(
     if doc and doc.stream:
         responses[status] = {
             "description": "Server-Sent Events",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": _sse_content(event_ref),
+        }
+    elif doc is None and path in _PLAIN_MEDIA:
+        responses[status] = {
+            "description": "Success",
+            "content": {_PLAIN_MEDIA[path]: {"schema": {"type": "string"}}},
         }
     else:
         schema = _schema_for(doc.response if doc else None, "serialization", refs)
-        responses[status] = {
-            "description": "Success",
-            "content": {"application/json": {"schema": schema}},
-        }
+        content: dict[str, Any] = {"application/json": {"schema": schema}}
+        if _may_stream(doc):
+            content.update(_sse_content(event_ref))
+        responses[status] = {"description": "Success", "content": content}
     for extra_status, annotation in (doc.responses if doc else {}).items():
         responses[str(extra_status)] = {
             "description": ERROR_CODES.get(extra_status, "Accepted"),

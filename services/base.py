@@ -23,7 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.bus import Consumer, MessageBus, RemoteConsumer
 from gateway.events import sse_response
-from gateway.http import api_route
+from gateway.http import ApiError, api_route
 from gateway.messages import (
     CONTROL_PLANE_NAME,
     ActionTypes,
@@ -173,7 +173,10 @@ class BaseService(BaseModel, ABC):
         ).model_dump()
 
     async def _process_message_http(self, request: Request, body: QueueMessage) -> dict:
-        await self.handle_message(body)
+        try:
+            await self.handle_message(body)
+        except ValueError as exc:  # an action this service does not take, or malformed data
+            raise ApiError(422, f"{self.service_name} cannot handle this message: {exc}") from None
         return {"accepted": body.id_}
 
     # -- bus --------------------------------------------------------------------------------
@@ -330,13 +333,28 @@ class BaseService(BaseModel, ABC):
                 )
             # Report even while the host is shutting down, but never hang it.
             with anyio.move_on_after(2, shield=True):
-                try:
-                    await self.finish_task(result)
-                except Exception:
-                    logger.exception("could not report the end of task %s", task.task_id)
+                await self._report_end(task, result)
         finally:
             self._scopes.pop(task.task_id, None)
             self._tool_calls.pop(task.task_id, None)
+
+    async def _report_end(self, task: TaskDefinition, result: TaskResult) -> None:
+        """Report `result`; if it cannot be (e.g. it does not serialize), report a failure."""
+        tool_call = self._tool_calls.get(task.task_id)
+        try:
+            await self.finish_task(result)
+            return
+        except Exception as exc:
+            logger.exception("could not report the end of task %s", task.task_id)
+            error = f"the result could not be reported: {type(exc).__name__}: {exc}"
+        if tool_call is not None:
+            self._tool_calls[task.task_id] = tool_call
+        try:
+            await self.finish_task(
+                TaskResult(task_id=task.task_id, status=TaskStatus.FAILED, error=error)
+            )
+        except Exception:
+            logger.exception("could not report the failure of task %s", task.task_id)
 
     async def _run_with_timeout(self, task: TaskDefinition, work: Work) -> TaskResult:
         with anyio.move_on_after(self.timeout) as deadline:

@@ -156,6 +156,7 @@ class WorkflowService(BaseService):
                 body=WorkflowRunRequest,
                 query=RunQuery,
                 response=RunResponse,
+                responses={202: RunResponse},  # still running when `wait` ran out
                 summary="Run the workflow and wait for its result",
                 errors=(400, 404, 415, 422, 503),
             ),

@@ -59,6 +59,7 @@ class AgentEntry(ServiceEntry):
     source: str
     tools: list[str] = Field(default_factory=list)
     tool_timeout: float | None = Field(default=None, gt=0)
+    max_cached_sessions: int | None = Field(default=None, ge=1)
 
 
 class ToolEntry(ServiceEntry):

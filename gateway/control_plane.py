@@ -171,6 +171,10 @@ class ControlPlane:
         record = self.session(session_id)
         self.sessions.delete(session_id)
         self.store.delete_session(session_id)
+        for service in self.registry.local_services():
+            forget = getattr(service, "forget_session", None)
+            if forget is not None:
+                forget(session_id)
         return record
 
     def merge_session_state(self, session_id: str, patch: dict[str, Any]) -> SessionRecord:

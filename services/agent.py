@@ -14,6 +14,7 @@ stopped they wait, in order, on the running switch.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict
 from typing import Any, Literal
@@ -37,7 +38,7 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute
 from workflows.events import Event, StopEvent
 
-from gateway.http import api_route, parse_body, parse_query
+from gateway.http import ApiError, api_route, parse_body, parse_query
 from gateway.jsonable import to_jsonable
 from gateway.messages import (
     ActionTypes,
@@ -48,7 +49,10 @@ from gateway.messages import (
     TaskEvent,
     TaskResult,
     TaskStatus,
+    WorkflowState,
 )
+from gateway.signing import SignatureError, sign, verify
+from gateway.store import Store
 from services.base import BaseService, RunResponse, ServiceInfo
 from services.meta_tool import DEFAULT_TOOL_TIMEOUT, MetaServiceTool, ServiceAsTool
 
@@ -173,8 +177,9 @@ class AgentService(BaseService):
     tools: list[str] = Field(default_factory=list, description="services whose tools to attach")
     tool_timeout: float = Field(default=DEFAULT_TOOL_TIMEOUT, gt=0)
     max_concurrent_tasks: int = Field(default=1, ge=1)
+    max_cached_sessions: int = Field(default=1024, ge=1)
 
-    _sessions: dict[str, _Session] = PrivateAttr(default_factory=dict)
+    _sessions: OrderedDict[str, _Session] = PrivateAttr(default_factory=OrderedDict)
     _task_status: OrderedDict[str, AgentTaskInfo] = PrivateAttr(default_factory=OrderedDict)
     _own_tools: dict[int, list[Any]] = PrivateAttr(default_factory=dict)
     _attached: list[AsyncBaseTool] = PrivateAttr(default_factory=list)
@@ -338,14 +343,68 @@ class AgentService(BaseService):
 
     # -- memory -----------------------------------------------------------------------------------
     def _session(self, session_id: str | None) -> _Session:
+        """The session's memory: cached here, else loaded (and verified) from the store."""
         key = session_id or DEFAULT_SESSION
         session = self._sessions.get(key)
         if session is None:
+            history = self._load_history(key) if key != DEFAULT_SESSION else []
             session = self._sessions[key] = _Session()
+            session.messages = history
+            self._evict_idle_sessions()
+        else:
+            self._sessions.move_to_end(key)
         return session
 
+    def _evict_idle_sessions(self) -> None:
+        """Keep at most `max_cached_sessions` in memory; the store keeps the rest."""
+        for key in list(self._sessions):
+            if len(self._sessions) <= self.max_cached_sessions:
+                return
+            session = self._sessions[key]
+            if key != DEFAULT_SESSION and not session.lock.locked():
+                del self._sessions[key]
+
+    def _store(self) -> Store | None:
+        return self._host.control_plane.store if self._host is not None else None
+
+    def _load_history(self, session_id: str) -> list[LlamaChatMessage]:
+        store = self._store()
+        payload = store.load_context(session_id, self.service_name) if store else None
+        if payload is None:
+            return []
+        saved = WorkflowState.model_validate_json(payload)
+        verify(self.service_host.secret, saved.state or "", saved.hash)
+        return [LlamaChatMessage.model_validate(m) for m in json.loads(saved.state or "[]")]
+
+    def _save_history(self, session_id: str | None, messages: list[LlamaChatMessage]) -> None:
+        """Write a session's history through the store, signed like workflow contexts."""
+        store = self._store()
+        if not session_id or store is None:
+            return
+        state = json.dumps([m.model_dump(mode="json") for m in messages])
+        saved = WorkflowState(
+            hash=sign(self.service_host.secret, state), state=state, session_id=session_id
+        )
+        store.save_context(session_id, self.service_name, saved.model_dump_json())
+
+    def _store_has_history(self, session_id: str) -> bool:
+        store = self._store()
+        return bool(store and store.load_context(session_id, self.service_name))
+
+    def forget_session(self, session_id: str) -> None:
+        """The control plane deleted the session: drop its cached memory too."""
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            session.generation += 1
+
     def messages(self, session_id: str | None = None) -> list[ChatMessage]:
-        session = self._sessions.get(session_id or DEFAULT_SESSION)
+        key = session_id or DEFAULT_SESSION
+        session = self._sessions.get(key)
+        if session is None and key != DEFAULT_SESSION:
+            try:
+                return [history_message(m) for m in self._load_history(key)]
+            except SignatureError as exc:
+                raise ApiError(409, f"session {key!r}: {exc}") from None
         return [history_message(m) for m in session.messages] if session else []
 
     def reset(self, session_id: str | None = None) -> int:
@@ -358,6 +417,9 @@ class AgentService(BaseService):
                 session.messages = []
                 session.generation += 1
                 cleared += 1
+            elif session is None and key != DEFAULT_SESSION:
+                cleared += int(self._store_has_history(key))
+            self._save_history(key, [])
         return cleared
 
     def make_memory(self, history: list[LlamaChatMessage]) -> ChatMemoryBuffer:
@@ -421,6 +483,7 @@ class AgentService(BaseService):
             messages = list(memory.get_all())
             if session.generation == generation:
                 session.messages = messages
+                self._save_history(task.session_id, messages)
         text = _response_text(output)
         return TaskResult(
             task_id=task.task_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ CREATE TABLE IF NOT EXISTS contexts (
 """
 
 UNFINISHED = ("pending", "running", "waiting_for_human")
+CONTEXT_CACHE_SIZE = 4096
 
 logger = logging.getLogger("gateway.sqlite_store")
 
@@ -55,7 +57,7 @@ class SqliteStore(Store):
         self._task_status: dict[str, str] = {}
         self._sessions: dict[str, str | None] = {}
         self._contexts: dict[tuple[str, str], str | None] = {}
-        self._context_cache: dict[tuple[str, str], str | None] = {}
+        self._context_cache: OrderedDict[tuple[str, str], str | None] = OrderedDict()
         self._dirty = anyio.Event()
         self._committed = anyio.Event()
         self._recorded = 0
@@ -119,8 +121,15 @@ class SqliteStore(Store):
 
     def save_context(self, session_id: str, service: str, payload: str) -> None:
         self._contexts[(session_id, service)] = payload
-        self._context_cache[(session_id, service)] = payload
+        self._cache_context((session_id, service), payload)
         self._touch()
+
+    def _cache_context(self, key: tuple[str, str], payload: str | None) -> None:
+        """A bounded read cache; evicted entries are read back from the database."""
+        self._context_cache[key] = payload
+        self._context_cache.move_to_end(key)
+        while len(self._context_cache) > CONTEXT_CACHE_SIZE:
+            self._context_cache.popitem(last=False)
 
     # -- reading -----------------------------------------------------------------------------
     def load_task(self, task_id: str) -> TaskRecord | None:
@@ -143,13 +152,16 @@ class SqliteStore(Store):
 
     def load_context(self, session_id: str, service: str) -> str | None:
         key = (session_id, service)
+        if key in self._contexts:  # written since the last commit
+            return self._contexts[key]
         if key in self._context_cache:
+            self._context_cache.move_to_end(key)
             return self._context_cache[key]
         row = self._query_one(
             "SELECT payload FROM contexts WHERE session_id = ? AND service = ?", key
         )
         payload = row[0] if row else None
-        self._context_cache[key] = payload
+        self._cache_context(key, payload)
         return payload
 
     def _query_one(self, sql: str, args: tuple) -> Any:

@@ -1,0 +1,49 @@
+"""The SQLite store on its own: durable commits, bounded context cache, reads see the latest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from gateway import sqlite_store
+from gateway.sessions import SessionRecord
+from gateway.sqlite_store import SqliteStore
+from gateway.tasks import TaskRecord
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_commits_survive_reopening_and_the_context_cache_is_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "CONTEXT_CACHE_SIZE", 3)
+    db = tmp_path / "store.db"
+    async with anyio.create_task_group() as tg:
+        store = SqliteStore(db)
+        await store.open(tg)
+        for n in range(10):
+            store.save_context("s", f"svc{n}", f"payload-{n}")
+        # not yet committed: reads still see what was just written
+        assert store.load_context("s", "svc9") == "payload-9"
+        store.save_task(TaskRecord(task_id="t1", service="svc0", input="x"))
+        store.save_session(SessionRecord(session_id="s"))
+        await store.flush()
+        assert len(store._context_cache) <= 3
+        # an evicted entry comes back from the database
+        assert store.load_context("s", "svc0") == "payload-0"
+        await store.close()
+
+    async with anyio.create_task_group() as tg:
+        reopened = SqliteStore(db)
+        await reopened.open(tg)
+        assert reopened.load_context("s", "svc5") == "payload-5"
+        assert reopened.load_task("t1").service == "svc0"
+        assert [t.task_id for t in reopened.unfinished_tasks()] == ["t1"]
+        assert [s.session_id for s in reopened.load_sessions()] == ["s"]
+        reopened.delete_session("s")
+        await reopened.flush()
+        assert reopened.load_context("s", "svc5") is None
+        assert reopened.load_sessions() == []
+        await reopened.close()

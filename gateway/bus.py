@@ -46,11 +46,17 @@ class BusFull(BusError):
 
 @dataclass
 class Consumer:
-    """Something that handles messages of one type. `handler` must not block the loop for long."""
+    """Something that handles messages of one type. `handler` must not block the loop for long.
+
+    `inline`: the handler only hands the message on (sets an event, feeds a bounded worker
+    queue), so `publish` calls it directly instead of through a stream and a receive loop; that
+    saves two event-loop hops per message. Its own hand-off must bound what it buffers.
+    """
 
     message_type: str
     handler: Handler
     id_: str = field(default_factory=new_id)
+    inline: bool = False
 
     async def deliver(self, message: QueueMessage) -> None:
         await self.handler(message)
@@ -91,6 +97,7 @@ class _Registration:
     delivered: int = 0
     failed: int = 0
     restarts: int = 0
+    in_flight: QueueMessage | None = None
 
 
 class MessageBus:
@@ -116,7 +123,8 @@ class MessageBus:
         """Bind to the owner's task group and start the loops of consumers registered so far."""
         self._task_group = task_group
         for registration in self._by_id.values():
-            task_group.start_soon(self._supervise, registration, name=_loop_name(registration))
+            if not registration.consumer.inline:
+                task_group.start_soon(self._supervise, registration, name=_loop_name(registration))
 
     async def aclose(self) -> None:
         for registration in list(self._by_id.values()):
@@ -137,7 +145,7 @@ class MessageBus:
         registration = _Registration(consumer, send, receive)
         self._by_id[consumer.id_] = registration
         self._by_type.setdefault(consumer.message_type, []).append(registration)
-        if self._task_group is not None:
+        if self._task_group is not None and not consumer.inline:
             self._task_group.start_soon(
                 self._supervise, registration, name=_loop_name(registration)
             )
@@ -175,6 +183,9 @@ class MessageBus:
         registration = peers[index % len(peers)]
         self._next[message.type] = index + 1
         message.stats.publish_time = time.time()
+        if registration.consumer.inline:
+            await self._handle(registration, message)
+            return
         try:
             registration.send.send_nowait(message)
             return
@@ -218,15 +229,31 @@ class MessageBus:
             try:
                 await self._receive_loop(registration)
                 return
-            except Exception:
+            except Exception as exc:
                 registration.restarts += 1
                 logger.exception(
                     "receive loop of %s crashed; restarting", registration.consumer.id_
                 )
+                # The message the loop was handling is lost with it: report its failure.
+                message, registration.in_flight = registration.in_flight, None
+                if message is not None:
+                    registration.failed += 1
+                    await self._report_failure(message, exc)
+                # Never spin: a loop that dies at once every time must not starve the others.
+                await anyio.sleep(min(1.0, 0.01 * registration.restarts))
 
     async def _receive_loop(self, registration: _Registration) -> None:
         async for message in registration.receive:
+            registration.in_flight = message
             await self._handle(registration, message)
+            registration.in_flight = None
+
+    async def _report_failure(self, message: QueueMessage, exc: BaseException) -> None:
+        if self.on_handler_error is not None:
+            try:
+                await self.on_handler_error(message, exc)
+            except Exception:
+                logger.exception("error hook failed for message %s", message.id_)
 
     async def _handle(self, registration: _Registration, message: QueueMessage) -> None:
         message.stats.process_start_time = time.time()
@@ -241,11 +268,7 @@ class MessageBus:
                 message.id_,
                 message.action,
             )
-            if self.on_handler_error is not None:
-                try:
-                    await self.on_handler_error(message, exc)
-                except Exception:
-                    logger.exception("error hook failed for message %s", message.id_)
+            await self._report_failure(message, exc)
         finally:
             message.stats.process_end_time = time.time()
 

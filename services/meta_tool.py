@@ -77,7 +77,9 @@ class ReplyInbox:
         self.bus = bus
         self.id_ = f"tool-replies-{new_id()}"
         self._pending: dict[str, _Pending] = {}
-        bus.register_consumer(Consumer(message_type=self.id_, handler=self._on_reply, id_=self.id_))
+        bus.register_consumer(
+            Consumer(message_type=self.id_, handler=self._on_reply, id_=self.id_, inline=True)
+        )
 
     @classmethod
     def for_bus(cls, bus: MessageBus) -> ReplyInbox:

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from gateway.bus import BusError, MessageBus
+from gateway.bus import BusError, Consumer, MessageBus
 from gateway.http import ApiError, api_route
 from gateway.jsonable import to_jsonable
 from gateway.messages import (
@@ -436,6 +436,12 @@ class ToolService(BaseService):
         )
 
     # -- bus --------------------------------------------------------------------------------------
+    def as_consumer(self, remote: bool = False) -> Consumer:
+        """Inline: handling a message only feeds the bounded worker queue (or spawns a task)."""
+        consumer = super().as_consumer(remote)
+        consumer.inline = not remote
+        return consumer
+
     async def process_message(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.NEW_TOOL_CALL:
             try:

@@ -321,10 +321,18 @@ class BaseService(BaseModel, ABC):
             with scope:
                 try:
                     await self._wait_until_running()
-                    assert self._limiter is not None
-                    async with self._limiter:
+                    limiter = self._limiter
+                    assert limiter is not None
+                    # A free slot is taken at once (`async with` would yield to the loop first).
+                    try:
+                        limiter.acquire_nowait()
+                    except anyio.WouldBlock:
+                        await limiter.acquire()
+                    try:
                         await self.report_status(task.task_id, TaskStatus.RUNNING)
                         result = await self._run_with_timeout(task, work)
+                    finally:
+                        limiter.release()
                 except Exception as exc:
                     result = self.failure(task.task_id, exc)
             if result is None:
@@ -357,6 +365,11 @@ class BaseService(BaseModel, ABC):
             logger.exception("could not report the failure of task %s", task.task_id)
 
     async def _run_with_timeout(self, task: TaskDefinition, work: Work) -> TaskResult:
+        if self.timeout is None:  # no deadline: no cancel scope to set up
+            try:
+                return await work()
+            except Exception as exc:
+                return self.failure(task.task_id, exc)
         with anyio.move_on_after(self.timeout) as deadline:
             try:
                 return await work()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 import uvicorn
@@ -10,6 +11,10 @@ import uvicorn
 from gateway.app import build_app
 from gateway.config import ConfigError, load_config
 from gateway.logs import configure_logging
+
+
+def _stopped_gracefully(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # uvicorn re-raises the signal that stopped it once its graceful shutdown is complete; with
+    # the default handler that kills the process (exit -15) although everything ended in order.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _stopped_gracefully)
     uvicorn.run(
         app,
         host=args.host or config.host,

@@ -70,7 +70,11 @@ class ControlPlane:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def consumer(self) -> Consumer:
-        return Consumer(message_type=CONTROL_PLANE_NAME, handler=self.process_message, id_="cp")
+        # Inline: handling a result or a progress event only updates tables and wakes waiters
+        # (nothing in `process_message` suspends), so it runs in the publisher's task.
+        return Consumer(
+            message_type=CONTROL_PLANE_NAME, handler=self.process_message, id_="cp", inline=True
+        )
 
     def start(self, task_group: TaskGroup) -> None:
         self._task_group = task_group

@@ -14,7 +14,6 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -26,7 +25,7 @@ from gateway.docs import docs_routes
 from gateway.http import EXCEPTION_HANDLERS, error_response
 from gateway.logs import configure_logging
 from gateway.metrics import GatewayMetrics, metrics_endpoint
-from gateway.middleware import BearerAuth, BodyLimit
+from gateway.middleware import BearerAuth, BodyLimit, Cors
 from gateway.openapi import build_openapi
 from gateway.runtime import Runtime, RuntimeSettings
 from gateway.store import MemoryStore, Store
@@ -126,7 +125,7 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
         middleware.insert(
             0,
             Middleware(
-                CORSMiddleware,
+                Cors,
                 allow_origins=config.cors.allow_origins,
                 allow_methods=["GET", "POST", "DELETE"],
                 allow_headers=["Authorization", "Content-Type"],

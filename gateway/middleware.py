@@ -1,6 +1,6 @@
-"""Pure-ASGI middleware: bearer-token auth and request-body size limit.
+"""Pure-ASGI middleware: bearer-token auth, request-body size limit, CORS.
 
-Both answer with the gateway's one JSON error shape and never buffer streaming responses.
+All answer with the gateway's one JSON error shape and never buffer streaming responses.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ import hmac
 import json
 from collections.abc import Iterable
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.http import ApiError
@@ -63,6 +66,22 @@ class BearerAuth:
             "unauthorized",
             "a valid bearer token is required (Authorization: Bearer <token>)",
             [(b"www-authenticate", b"Bearer")],
+        )
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS, but a refused preflight answers in the gateway's JSON error shape."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {
+            k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")
+        }
+        detail = bytes(response.body).decode()
+        return JSONResponse(
+            {"error": "bad_request", "detail": detail}, response.status_code, headers=headers
         )
 
 

@@ -59,6 +59,18 @@ def _may_stream(doc: RouteDoc | None) -> bool:
     return bool(doc and doc.query is not None and "stream" in doc.query.model_fields)
 
 
+def _may_answer_unfinished(doc: RouteDoc | None) -> bool:
+    """A route that waits (`wait` in its body) and answers a `status`: 202 if time runs out."""
+    if doc is None or doc.body is None or "wait" not in doc.body.model_fields:
+        return False
+    response = doc.response
+    return (
+        isinstance(response, type)
+        and issubclass(response, BaseModel)
+        and ("status" in response.model_fields)
+    )
+
+
 def _walk(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str, Route]]:
     found: list[tuple[str, Route]] = []
     for route in routes:
@@ -206,7 +218,10 @@ def _operation(
         if _may_stream(doc):
             content.update(_sse_content(event_ref))
         responses[status] = {"description": "Success", "content": content}
-    for extra_status, annotation in (doc.responses if doc else {}).items():
+    extra = dict(doc.responses) if doc else {}
+    if _may_answer_unfinished(doc) and status == "200":
+        extra.setdefault(202, doc.response)  # type: ignore[union-attr]
+    for extra_status, annotation in extra.items():
         responses[str(extra_status)] = {
             "description": ERROR_CODES.get(extra_status, "Accepted"),
             "content": {

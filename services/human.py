@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import string
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -110,7 +111,7 @@ class HumanTaskInfo(BaseModel):
 
 class TaskPage(BaseModel):
     limit: int = Field(default=100, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=sys.maxsize - 1000)  # islice refuses larger
 
 
 _TASK_LIST = TypeAdapter(list[HumanTaskInfo])

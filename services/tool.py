@@ -274,6 +274,8 @@ def bundle_from_input(text: str) -> ToolCallBundle:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadArguments(f"task input is not JSON: {exc.msg} at column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # over-long integers, absurd nesting
+        raise BadArguments(f"task input is not usable JSON: {exc}") from None
     if not isinstance(value, dict) or not isinstance(value.get("tool"), str):
         raise BadArguments('task input must be a JSON object {"tool": name, "kwargs": {...}}')
     kwargs = value.get("kwargs") or {}
@@ -417,8 +419,11 @@ class ToolService(BaseService):
         arguments); a tool that raises or overruns `wait` is the tool's failure, not the
         gateway's: 200 with `is_error` and the error text, like a ToolCallResult.
         """
-        try:
+        try:  # a request that names no tool (or a malformed one) is a 4xx, not a tool failure
             bundle = body.bundle()
+        except (UnknownTool, BadArguments) as exc:
+            raise ApiError(exc.status, str(exc), code=exc.code) from None
+        try:
             with anyio.fail_after(body.wait):
                 output = await self.run_tool(bundle)
         except (UnknownTool, BadArguments) as exc:

@@ -92,6 +92,8 @@ def decode_run_input(text: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"task input is not JSON: {exc.msg} at column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # over-long integers, absurd nesting
+        raise ValueError(f"task input is not usable JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError(
             f"task input must be a JSON object of run kwargs, got {type(value).__name__}"

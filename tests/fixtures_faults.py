@@ -179,3 +179,46 @@ async def wait_status(client: Any, task_id: str, status: str, timeout: float = 1
             if record["status"] == status:
                 return
             await anyio.sleep(0.01)
+
+
+# -- the demo deployment, as far as it builds today ----------------------------------------------
+DEMO_WORKFLOWS = {
+    "echo": {"type": "workflow", "source": "examples.echo:workflow"},
+    "stats": {"type": "workflow", "source": "examples.pipeline:build"},
+    "counter": {"type": "workflow", "source": "examples.counter:workflow"},
+}
+
+
+def demo_services(run_timeout: float = 2.0) -> dict[str, dict[str, Any]]:
+    """The services of `config.yaml` (the demo) whose modules import and build cleanly.
+
+    Always the three example workflows; then every other demo service (tool, agent, human,
+    component, ...) that builds on its own, dropping those that refer to a dropped one. Each gets
+    a short `timeout`, so a run that waits for a person ends instead of holding a request open.
+    """
+    import yaml
+
+    from gateway.config import build_services, parse_config
+    from tests.conftest import ROOT
+
+    demo = yaml.safe_load((ROOT / "config.yaml").read_text()).get("services", {})
+    services = {**DEMO_WORKFLOWS, **{k: v for k, v in demo.items() if k not in DEMO_WORKFLOWS}}
+    kept: dict[str, dict[str, Any]] = {}
+    progress = True
+    while progress:  # a service is tried once the services it refers to are in
+        progress = False
+        for name, entry in services.items():
+            refs = list(entry.get("tools", [])) + (
+                [entry["human_service"]] if entry.get("human_service") else []
+            )
+            if name in kept or not all(ref in kept for ref in refs):
+                continue
+            candidate = {name: {**entry, "timeout": run_timeout}}
+            candidate.update({ref: kept[ref] for ref in refs})
+            try:
+                build_services(parse_config({"services": candidate}))
+            except Exception:  # a module that does not import or build is left out
+                continue
+            kept[name] = candidate[name]
+            progress = True
+    return {name: kept[name] for name in services if name in kept}

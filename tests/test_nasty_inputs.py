@@ -18,7 +18,7 @@ import pytest
 from gateway.app import build_app
 from gateway.config import ConfigError, parse_config
 from tests.conftest import gateway_client, running_server
-from tests.fixtures_faults import assert_error, wait_ended
+from tests.fixtures_faults import assert_error, demo_services, wait_ended
 
 pytestmark = pytest.mark.anyio
 
@@ -390,3 +390,27 @@ async def test_unknown_routes_and_methods_use_the_error_shape() -> None:
         assert_error(await client.get("/services/echo/run"), 405)
         assert_error(await client.put("/healthz"), 405)
         assert_error(await client.post("/control_plane/tasks", content=b""), 400)
+
+
+async def test_nasty_json_inside_input_strings_is_a_4xx_or_a_failed_task() -> None:
+    # The body is flat JSON; the nesting or the huge number hides in the `input` string that a
+    # service decodes itself (workflow and component run kwargs, tool calls).
+    services = demo_services()
+    deep, big = nested(5000, ""), "9" * 5000
+    texts = [
+        deep,
+        big,
+        '{"message": ' + big + "}",
+        '{"tool": "add", "kwargs": {"a": ' + deep + "}}",
+    ]
+    runs = [f"/services/{name}/run" for name in services if name in ("echo", "wordstats")]
+    runs += [f"/services/{name}/run" for name, e in services.items() if e["type"] == "tool"]
+    async with gateway_client({"default_service": "echo", "services": services}) as client:
+        for text in texts:
+            for path in runs:
+                response = await client.post(path, json={"input": text, "wait": 5})
+                assert_error(response, 422 if response.status_code == 422 else 400)
+            response = await client.post("/control_plane/tasks", json={"input": text})
+            record = await wait_ended(client, response.json()["task_id"])
+            assert record["status"] == "failed"
+            assert "JSON" in record["error"]

@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host or config.host,
         port=args.port or config.port,
         log_level=args.log_level,
+        log_config=None,  # uvicorn's loggers go through ours (queued, never blocking the loop)
         timeout_graceful_shutdown=config.shutdown_grace + 5,
     )
     return 0

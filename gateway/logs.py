@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
+import queue
+from logging.handlers import QueueHandler, QueueListener
 
 CONTEXT_FIELDS = ("task_id", "service", "status")
+LOG_QUEUE_SIZE = 10_000
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,11 +44,36 @@ class TextFormatter(logging.Formatter):
         return f"{line} [{' '.join(context)}]" if context else line
 
 
+class _BoundedQueueHandler(QueueHandler):
+    """Hands records to the writer thread; when its queue is full, drops and counts them."""
+
+    dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            type(self).dropped += 1
+
+
+_listener: QueueListener | None = None
+
+
 def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
-    """`GATEWAY_LOG_FORMAT=json` switches to JSON lines."""
+    """Log through a bounded queue to a writer thread, so no log line blocks the event loop.
+
+    `GATEWAY_LOG_FORMAT=json` switches to JSON lines.
+    """
+    global _listener
     fmt = fmt or os.environ.get("GATEWAY_LOG_FORMAT", "text")
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    writer = logging.StreamHandler()
+    writer.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if _listener is not None:
+        _listener.stop()
+    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=LOG_QUEUE_SIZE)
+    _listener = QueueListener(records, writer)
+    _listener.start()
+    atexit.register(_listener.stop)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [_BoundedQueueHandler(records)]
     root.setLevel(level.upper())

@@ -35,5 +35,11 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# A longer schemathesis run against the real server than `make test` does (FUZZ_EXAMPLES per
+# operation; the default test run uses 5).
+FUZZ_EXAMPLES ?= 200
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q --timeout=1800 tests/test_fuzz.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

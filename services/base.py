@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.bus import Consumer, MessageBus, RemoteConsumer
+from gateway.bus import Consumer, MessageBus, NoConsumer, RemoteConsumer
 from gateway.events import sse_response
 from gateway.http import ApiError, api_route
 from gateway.messages import (
@@ -417,15 +417,22 @@ class BaseService(BaseModel, ABC):
                 "tool_call_id": tool_call.id_,
             },
         )
-        await self.publish(
-            QueueMessage(
-                type=tool_call.source_id,
-                action=ActionTypes.COMPLETED_TOOL_CALL,
-                data=ToolCallResult(
-                    id_=tool_call.id_, tool_message=message, result=text, is_error=is_error
-                ).model_dump(mode="json"),
+        try:
+            await self.publish(
+                QueueMessage(
+                    type=tool_call.source_id,
+                    action=ActionTypes.COMPLETED_TOOL_CALL,
+                    data=ToolCallResult(
+                        id_=tool_call.id_, tool_message=message, result=text, is_error=is_error
+                    ).model_dump(mode="json"),
+                )
             )
-        )
+        except NoConsumer:  # the caller is gone (or never was): nobody is waiting for this
+            logger.warning(
+                "tool call %s: its caller %r is not on the bus; answer dropped",
+                tool_call.id_,
+                tool_call.source_id,
+            )
 
     def task_as_tool_call(self, message: QueueMessage) -> tuple[TaskDefinition, ToolCall]:
         """A NEW_TOOL_CALL addressed to a whole service, read as a task (service as tool)."""

@@ -17,15 +17,11 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import field_validator
-from starlette.requests import Request
-from starlette.routing import BaseRoute
 
-from gateway.http import api_route
 from gateway.jsonable import to_jsonable
-from gateway.messages import ActionTypes, NewTask, QueueMessage, TaskDefinition, TaskResult
-from services.base import BaseService, RunQuery, RunResponse
+from gateway.messages import TaskDefinition, TaskResult
 from services.calling import call, is_async_callable
-from services.workflow import WorkflowRunRequest, decode_run_input
+from services.kwargs_service import KwargsRunRequest, KwargsService, decode_run_input
 
 # The kwarg that carries the query of a query engine or retriever (or the only kwarg given).
 QUERY_KEYS = ("query", "query_str", "str_or_query_bundle", "input", "question")
@@ -74,14 +70,16 @@ def package_output(task_id: str, value: Any) -> TaskResult:
     return TaskResult(task_id=task_id, result=text, data=data)
 
 
-class ComponentRunRequest(WorkflowRunRequest):
+class ComponentRunRequest(KwargsRunRequest):
     """Body of `POST /run`: `kwargs`, or the task form's `input` (a JSON object string)."""
 
 
-class ComponentService(BaseService):
+class ComponentService(KwargsService):
     """Serves one component: NEW_TASK input and `/run` kwargs are its keyword inputs."""
 
     service_type = "component"
+    run_request = ComponentRunRequest
+    run_summary = "Run the component and wait for its result"
 
     component: Any
     description: str = "A service that wraps a component."
@@ -96,44 +94,10 @@ class ComponentService(BaseService):
     def kind(self) -> ComponentKind:
         return component_kind(self.component)
 
-    def routes(self) -> list[BaseRoute]:
-        return [
-            *self.common_routes(),
-            api_route(
-                "/run",
-                self._run_http,
-                methods=["POST"],
-                body=ComponentRunRequest,
-                query=RunQuery,
-                response=RunResponse,
-                summary="Run the component and wait for its result",
-                errors=(400, 404, 415, 422, 503),
-            ),
-        ]
-
     async def home(self) -> dict[str, Any]:
         info = await super().home()
         info.update(component_kind=self.kind.value, component=type(self.component).__name__)
         return info
-
-    async def _run_http(self, request: Request, body: ComponentRunRequest, query: RunQuery) -> Any:
-        task = TaskDefinition(input=json.dumps(body.run_kwargs()), session_id=body.session_id)
-        return await self.run_and_wait(task, body.wait, stream=query.stream)
-
-    # -- bus ------------------------------------------------------------------------------------
-    async def process_message(self, message: QueueMessage) -> None:
-        if message.action == ActionTypes.NEW_TASK:
-            new_task = NewTask.model_validate(message.data)
-            self.spawn(new_task.task, lambda: self.execute(new_task.task, new_task.state))
-        elif message.action == ActionTypes.NEW_TOOL_CALL:
-            task, tool_call = self.task_as_tool_call(message)
-            try:
-                decode_run_input(task.input)
-            except ValueError:  # plain text from an agent: the component's `input`
-                task = task.model_copy(update={"input": json.dumps({"input": task.input})})
-            self.spawn(task, lambda: self.execute(task, {}), tool_call=tool_call)
-        else:
-            raise ValueError(f"{self.service_name} does not handle {message.action!r}")
 
     async def execute(self, task: TaskDefinition, state: dict[str, Any]) -> TaskResult:
         """Decode the inputs (the reference put them in `state["__input_dict__"]`) and run."""

@@ -15,26 +15,19 @@ from typing import Any
 
 import anyio
 from pydantic import (
-    BaseModel,
-    Field,
     PrivateAttr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from starlette.requests import Request
-from starlette.routing import BaseRoute
 from workflows import Context, Workflow
 from workflows.context.serializers import JsonSerializer
 from workflows.errors import WorkflowTimeoutError
 from workflows.events import Event, InputRequiredEvent, StartEvent, StopEvent
 
-from gateway.http import api_route
 from gateway.jsonable import result_text, to_jsonable
 from gateway.messages import (
     ActionTypes,
-    NewTask,
     QueueMessage,
     TaskDefinition,
     TaskEvent,
@@ -43,8 +36,8 @@ from gateway.messages import (
     WorkflowState,
 )
 from gateway.signing import sign, verify
-from services.base import BaseService, RunQuery, RunResponse
 from services.human_bridge import HumanBridge
+from services.kwargs_service import KwargsRunRequest, KwargsService, decode_run_input
 
 logger = logging.getLogger("services.workflow")
 
@@ -84,49 +77,16 @@ def workflow_env_defaults() -> dict[str, Any]:
     return _WorkflowEnvDefaults().model_dump(exclude_none=True)
 
 
-def decode_run_input(text: str) -> dict[str, Any]:
-    """A task's `input` for a workflow is a JSON object of run kwargs (empty means none)."""
-    if not text.strip():
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"task input is not JSON: {exc.msg} at column {exc.colno}") from None
-    except (ValueError, RecursionError) as exc:  # over-long integers, absurd nesting
-        raise ValueError(f"task input is not usable JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ValueError(
-            f"task input must be a JSON object of run kwargs, got {type(value).__name__}"
-        )
-    return value
-
-
-class WorkflowRunRequest(BaseModel):
+class WorkflowRunRequest(KwargsRunRequest):
     """Body of `POST /run`: `kwargs`, or the reference's `input` (a JSON object string)."""
 
-    kwargs: dict[str, Any] | None = None
-    input: str | None = Field(default=None, description="JSON-encoded run kwargs")
-    session_id: str | None = None
-    wait: float = Field(default=300.0, gt=0, le=3600, description="seconds to wait for the end")
 
-    @model_validator(mode="after")
-    def _one_form(self) -> WorkflowRunRequest:
-        if self.kwargs is not None and self.input is not None:
-            raise ValueError("give either `kwargs` or `input`, not both")
-        if self.input is not None:
-            decode_run_input(self.input)
-        return self
-
-    def run_kwargs(self) -> dict[str, Any]:
-        if self.input is not None:
-            return decode_run_input(self.input)
-        return self.kwargs or {}
-
-
-class WorkflowService(BaseService):
+class WorkflowService(KwargsService):
     """Serves one llama-index Workflow."""
 
     service_type = "workflow"
+    run_request = WorkflowRunRequest
+    run_summary = "Run the workflow and wait for its result"
 
     workflow: Any
     description: str = "A service that wraps a llama-index workflow."
@@ -148,45 +108,15 @@ class WorkflowService(BaseService):
     def from_config(cls, workflow: Workflow, config: WorkflowServiceConfig) -> WorkflowService:
         return cls(workflow=workflow, **config.model_dump())
 
-    def routes(self) -> list[BaseRoute]:
-        return [
-            *self.common_routes(),
-            api_route(
-                "/run",
-                self._run_http,
-                methods=["POST"],
-                body=WorkflowRunRequest,
-                query=RunQuery,
-                response=RunResponse,
-                responses={202: RunResponse},  # still running when `wait` ran out
-                summary="Run the workflow and wait for its result",
-                errors=(400, 404, 415, 422, 503),
-            ),
-        ]
-
-    async def _run_http(self, request: Request, body: WorkflowRunRequest, query: RunQuery) -> Any:
-        task = TaskDefinition(input=json.dumps(body.run_kwargs()), session_id=body.session_id)
-        return await self.run_and_wait(task, body.wait, stream=query.stream)
-
     # -- bus ------------------------------------------------------------------------------------
-    async def process_message(self, message: QueueMessage) -> None:
-        if message.action == ActionTypes.NEW_TASK:
-            new_task = NewTask.model_validate(message.data)
-            self.spawn(new_task.task, lambda: self.execute(new_task.task, new_task.state))
-        elif message.action == ActionTypes.NEW_TOOL_CALL:
-            task, tool_call = self.task_as_tool_call(message)
-            try:
-                decode_run_input(task.input)
-            except ValueError:
-                task = task.model_copy(update={"input": json.dumps({"input": task.input})})
-            self.spawn(task, lambda: self.execute(task, {}), tool_call=tool_call)
-        elif message.action == ActionTypes.SEND_EVENT:
+    async def process_other(self, message: QueueMessage) -> None:
+        if message.action == ActionTypes.SEND_EVENT:
             task_id = str(message.data.get("task_id"))
             name, data = str(message.data.get("event")), message.data.get("data") or {}
             if not self.send_event(task_id, name, data):
                 logger.warning("event %s for task %s: the run is not active", name, task_id)
         else:
-            raise ValueError(f"{self.service_name} does not handle {message.action!r}")
+            await super().process_other(message)
 
     # -- running --------------------------------------------------------------------------------
     async def execute(self, task: TaskDefinition, state: dict[str, Any]) -> TaskResult:

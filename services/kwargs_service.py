@@ -1,0 +1,108 @@
+"""Services whose task input is a JSON object of keyword arguments: workflows and components.
+
+They share the `/run` endpoint (`{"kwargs": {...}}`, or the reference's `input`: the kwargs as a
+JSON string), the rule for decoding a task's input, and how a NEW_TASK or a NEW_TOOL_CALL (plain
+text from an agent becomes `{"input": text}`) turns into one `execute` call.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field, model_validator
+from starlette.requests import Request
+from starlette.routing import BaseRoute
+
+from gateway.http import api_route
+from gateway.messages import ActionTypes, NewTask, QueueMessage, TaskDefinition, TaskResult
+from services.base import BaseService, RunQuery, RunResponse
+
+
+def decode_run_input(text: str) -> dict[str, Any]:
+    """A task's `input` here is a JSON object of keyword arguments (empty means none)."""
+    if not text.strip():
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"task input is not JSON: {exc.msg} at column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # over-long integers, absurd nesting
+        raise ValueError(f"task input is not usable JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"task input must be a JSON object of run kwargs, got {type(value).__name__}"
+        )
+    return value
+
+
+class KwargsRunRequest(BaseModel):
+    """Body of `POST /run`: `kwargs`, or the reference's `input` (a JSON object string)."""
+
+    kwargs: dict[str, Any] | None = None
+    input: str | None = Field(default=None, description="JSON-encoded run kwargs")
+    session_id: str | None = None
+    wait: float = Field(default=300.0, gt=0, le=3600, description="seconds to wait for the end")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> KwargsRunRequest:
+        if self.kwargs is not None and self.input is not None:
+            raise ValueError("give either `kwargs` or `input`, not both")
+        if self.input is not None:
+            decode_run_input(self.input)
+        return self
+
+    def run_kwargs(self) -> dict[str, Any]:
+        if self.input is not None:
+            return decode_run_input(self.input)
+        return self.kwargs or {}
+
+
+class KwargsService(BaseService):
+    """A service that runs `execute(task, state)` once per task of keyword inputs."""
+
+    run_request: ClassVar[type[KwargsRunRequest]] = KwargsRunRequest
+    run_summary: ClassVar[str] = "Run and wait for the result"
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            *self.common_routes(),
+            api_route(
+                "/run",
+                self._run_http,
+                methods=["POST"],
+                body=self.run_request,
+                query=RunQuery,
+                response=RunResponse,
+                responses={202: RunResponse},  # still running when `wait` ran out
+                summary=self.run_summary,
+                errors=(400, 404, 415, 422, 503),
+            ),
+        ]
+
+    async def _run_http(self, request: Request, body: KwargsRunRequest, query: RunQuery) -> Any:
+        task = TaskDefinition(input=json.dumps(body.run_kwargs()), session_id=body.session_id)
+        return await self.run_and_wait(task, body.wait, stream=query.stream)
+
+    async def process_message(self, message: QueueMessage) -> None:
+        if message.action == ActionTypes.NEW_TASK:
+            new_task = NewTask.model_validate(message.data)
+            self.spawn(new_task.task, lambda: self.execute(new_task.task, new_task.state))
+        elif message.action == ActionTypes.NEW_TOOL_CALL:
+            task, tool_call = self.task_as_tool_call(message)
+            try:
+                decode_run_input(task.input)
+            except ValueError:  # plain text from an agent
+                task = task.model_copy(update={"input": json.dumps({"input": task.input})})
+            self.spawn(task, lambda: self.execute(task, {}), tool_call=tool_call)
+        else:
+            await self.process_other(message)
+
+    async def process_other(self, message: QueueMessage) -> None:
+        """Actions beyond tasks and tool calls; none by default."""
+        raise ValueError(f"{self.service_name} does not handle {message.action!r}")
+
+    @abstractmethod
+    async def execute(self, task: TaskDefinition, state: dict[str, Any]) -> TaskResult:
+        """Run once for `task` (its input decoded with `decode_run_input`)."""

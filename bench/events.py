@@ -13,14 +13,8 @@ process, its events consumed directly with `handler.stream_events()`.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -28,13 +22,11 @@ import httpx
 from workflows import Context, Workflow, step
 from workflows.events import Event, StartEvent, StopEvent
 
-from bench.common import Row, print_rows
+from bench.common import Row, run_and_print, serve_gateway
 
-ROOT = Path(__file__).resolve().parent.parent
 EVENTS = 2000
 ROUNDS = 3
 SUBSCRIBERS = (1, 10)
-UVICORN_ARGS = ["--log-level", "warning", "--no-access-log"]
 
 
 # -- the workflow (served as bench.events:build) ------------------------------------------------
@@ -65,55 +57,6 @@ class BurstWorkflow(Workflow):
 
 def build() -> BurstWorkflow:
     return BurstWorkflow(timeout=120)
-
-
-# -- a gateway under uvicorn ---------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def serve_gateway(config_yaml: str, folder: Path, name: str) -> Iterator[str]:
-    """`uvicorn gateway.app:app` serving `config_yaml`; yields the base URL."""
-    config = folder / f"{name}.yaml"
-    config.write_text(config_yaml)
-    log = folder / f"{name}.log"
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GATEWAY_CONFIG": str(config)}
-    env.setdefault("GATEWAY_SECRET", "bench")
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "gateway.app:app", "--port", str(port)]
-            + UVICORN_ARGS,
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited early:\n{log.read_text()}")
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start:\n{log.read_text()}")
-            time.sleep(0.05)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # -- measurements ---------------------------------------------------------------------------------
@@ -227,12 +170,9 @@ def run() -> list[Row]:
 
 
 def main() -> None:
-    started = time.monotonic()
-    rows = run()
-    print_rows(
-        "events: SSE through uvicorn (value) vs the same stream read in process (baseline)", rows
+    run_and_print(
+        "events: SSE through uvicorn (value) vs the same stream read in process (baseline)", run
     )
-    print(f"\n({time.monotonic() - started:.1f} s)")
 
 
 if __name__ == "__main__":

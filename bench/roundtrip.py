@@ -12,28 +12,26 @@ gateway; the round with the best throughput is reported for each (its p50/p99 wi
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
-import httpx
+from bench.common import (
+    Load,
+    Row,
+    UvicornApp,
+    answer_has,
+    gateway_app,
+    run_and_print,
+    run_load,
+    serve,
+)
 
-from bench.common import Row, percentile, print_rows
-
-ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = "examples.echo:workflow"
 PAYLOAD = {"kwargs": {"message": "ping"}}
 # (concurrency, warm-up requests, measured requests per round)
 PLAN = [(1, 150, 400), (32, 200, 600)]
 ROUNDS = 3
-UVICORN_ARGS = ["--log-level", "warning", "--no-access-log"]
 
 
 # -- the baseline app: uvicorn bench.roundtrip:bare_app ------------------------------------------
@@ -63,129 +61,55 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-# -- servers ---------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def _serve(app: str, env: dict[str, str], log: Path):
-    port = _free_port()
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", app, "--port", str(port), *UVICORN_ARGS],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{app} exited early:\n{log.read_text()}")
-            try:
-                httpx.get(base + "/", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{app} did not start:\n{log.read_text()}") from None
-                time.sleep(0.05)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-# -- load generator --------------------------------------------------------------------------------
-async def _load(url: str, concurrency: int, requests: int) -> tuple[float, list[float]]:
-    """`requests` POSTs by `concurrency` workers; returns (elapsed seconds, latencies in s)."""
-    latencies: list[float] = []
-    remaining = requests
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                response = await client.post(url, json=PAYLOAD)
-                latencies.append(time.perf_counter() - started)
-                if response.status_code != 200 or response.json()["result"] != "ping":
-                    raise RuntimeError(f"bad answer from {url}: {response.text}")
-
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for _ in range(concurrency):
-                tg.start_soon(worker)
-        elapsed = time.perf_counter() - started
-    return elapsed, latencies
-
-
-def _measure(url: str, concurrency: int, requests: int) -> dict[str, float]:
-    elapsed, latencies = anyio.run(_load, url, concurrency, requests)
-    return {
-        "rps": requests / elapsed,
-        "p50": percentile(latencies, 50) * 1000,
-        "p99": percentile(latencies, 99) * 1000,
-    }
+# -- measurements --------------------------------------------------------------------------------
+def _measure(url: str, concurrency: int, requests: int) -> Load:
+    return run_load(url, PAYLOAD, answer_has("result", "ping"), concurrency, requests)
 
 
 def _compare(bare: str, gateway: str, concurrency: int, warmup: int, requests: int):
     """Best-throughput round of each, measured in alternating rounds."""
     for url in (bare, gateway):
-        anyio.run(_load, url, concurrency, warmup)
-    rounds: dict[str, list[dict[str, float]]] = {bare: [], gateway: []}
+        _measure(url, concurrency, warmup)
+    rounds: dict[str, list[Load]] = {bare: [], gateway: []}
     for n in range(ROUNDS):
         order = (bare, gateway) if n % 2 == 0 else (gateway, bare)
         for url in order:
             rounds[url].append(_measure(url, concurrency, requests))
-    best = {url: max(results, key=lambda r: r["rps"]) for url, results in rounds.items()}
+    best = {url: max(results, key=lambda r: r.rps) for url, results in rounds.items()}
     return best[bare], best[gateway]
 
 
 def run() -> list[Row]:
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+    config = (
+        "default_service: echo\n"
+        "services:\n"
+        f"  echo: {{type: workflow, source: '{WORKFLOW}', max_concurrent_tasks: 64}}\n"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        config = folder / "bench.yaml"
-        config.write_text(
-            "default_service: echo\n"
-            "services:\n"
-            f"  echo: {{type: workflow, source: '{WORKFLOW}', max_concurrent_tasks: 64}}\n"
+        apps = (
+            gateway_app("gateway", config, folder),
+            UvicornApp("bare", ("bench.roundtrip:bare_app",)),
         )
-        gateway = stack.enter_context(
-            _serve("gateway.app:app", {"GATEWAY_CONFIG": str(config)}, folder / "gateway.log")
-        )
-        bare = stack.enter_context(_serve("bench.roundtrip:bare_app", {}, folder / "bare.log"))
-        for concurrency, warmup, requests in PLAN:
-            base, gw = _compare(
-                bare + "/run", gateway + "/services/echo/run", concurrency, warmup, requests
-            )
-            c = f"c={concurrency}"
-            latency_goal = "well under 5 ms" if concurrency == 1 else ""
-            rows += [
-                Row(f"roundtrip {c} throughput", gw["rps"], base["rps"], "req/s", ">= 0.8x"),
-                Row(f"roundtrip {c} p50", gw["p50"], base["p50"], "ms", latency_goal, False),
-                Row(f"roundtrip {c} p99", gw["p99"], base["p99"], "ms", "", False),
-            ]
+        with serve(folder, *apps) as bases:
+            gateway_url = bases["gateway"] + "/services/echo/run"
+            bare_url = bases["bare"] + "/run"
+            for concurrency, warmup, requests in PLAN:
+                base, gw = _compare(bare_url, gateway_url, concurrency, warmup, requests)
+                c = f"c={concurrency}"
+                p50, p99 = gw.latency_ms(50), gw.latency_ms(99)
+                latency_goal = "well under 5 ms" if concurrency == 1 else ""
+                rows += [
+                    Row(f"roundtrip {c} throughput", gw.rps, base.rps, "req/s", ">= 0.8x"),
+                    Row(f"roundtrip {c} p50", p50, base.latency_ms(50), "ms", latency_goal, False),
+                    Row(f"roundtrip {c} p99", p99, base.latency_ms(99), "ms", "", False),
+                ]
     return rows
 
 
 def main() -> None:
-    started = time.monotonic()
-    rows = run()
-    print_rows("roundtrip: gateway (value) vs bare Starlette + same workflow (baseline)", rows)
-    print(f"\n({time.monotonic() - started:.1f} s)")
+    run_and_print("roundtrip: gateway (value) vs bare Starlette + same workflow (baseline)", run)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,9 @@ of each is reported. Goal: sqlite >= 0.7x memory.
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
-import anyio
-import httpx
-
-from bench.common import Row, percentile, print_rows
-from bench.events import serve_gateway
+from bench.common import Load, Row, answer_has, run_and_print, run_load, serve_gateway
 
 CONCURRENCY = 8
 WARMUP = 150
@@ -37,28 +32,8 @@ def _config(store: str, folder: Path) -> str:
     )
 
 
-async def _load(url: str, requests: int) -> tuple[float, list[float]]:
-    """`requests` POSTs by CONCURRENCY workers; returns (elapsed seconds, latencies)."""
-    latencies: list[float] = []
-    remaining = requests
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                response = await client.post(url, json=PAYLOAD)
-                latencies.append(time.perf_counter() - started)
-                if response.status_code != 200 or response.json()["result"] != "ping":
-                    raise RuntimeError(f"bad answer from {url}: {response.text}")
-
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for _ in range(CONCURRENCY):
-                tg.start_soon(worker)
-        return time.perf_counter() - started, latencies
+def _load(url: str, requests: int) -> Load:
+    return run_load(url, PAYLOAD, answer_has("result", "ping"), CONCURRENCY, requests)
 
 
 def _rows_count(db: Path) -> int:
@@ -76,38 +51,33 @@ def run() -> list[Row]:
             serve_gateway(_config("sqlite", folder), folder, "sqlite") as sqlite,
         ):
             urls = {"memory": memory, "sqlite": sqlite}
-            best: dict[str, tuple[float, list[float]]] = {}
+            best: dict[str, Load] = {}
             for base in urls.values():
-                anyio.run(_load, base + "/services/echo/run", WARMUP)
+                _load(base + "/services/echo/run", WARMUP)
             for _ in range(ROUNDS):
                 for name, base in urls.items():
-                    elapsed, latencies = anyio.run(_load, base + "/services/echo/run", REQUESTS)
-                    if name not in best or elapsed < best[name][0]:
-                        best[name] = (elapsed, latencies)
+                    load = _load(base + "/services/echo/run", REQUESTS)
+                    if name not in best or load.elapsed < best[name].elapsed:
+                        best[name] = load
         # every task went through the file (the server flushed it on shutdown)
         written = _rows_count(folder / "bench.db")
         expected = WARMUP + ROUNDS * REQUESTS
         if written != expected:
             raise RuntimeError(f"sqlite holds {written} completed tasks, expected {expected}")
 
-    mem_s, mem_lat = best["memory"]
-    sql_s, sql_lat = best["sqlite"]
+    mem, sql = best["memory"], best["sqlite"]
     c = f"c={CONCURRENCY}"
     return [
-        Row(f"run {c} throughput, sqlite vs memory", REQUESTS / sql_s, REQUESTS / mem_s, "req/s",
-            ">= 0.7x"),
-        Row(f"run {c} p50, sqlite vs memory", percentile(sql_lat, 50) * 1000,
-            percentile(mem_lat, 50) * 1000, "ms", "", False),
-        Row(f"run {c} p99, sqlite vs memory", percentile(sql_lat, 99) * 1000,
-            percentile(mem_lat, 99) * 1000, "ms", "", False),
+        Row(f"run {c} throughput, sqlite vs memory", sql.rps, mem.rps, "req/s", ">= 0.7x"),
+        Row(f"run {c} p50, sqlite vs memory", sql.latency_ms(50), mem.latency_ms(50), "ms", "",
+            False),
+        Row(f"run {c} p99, sqlite vs memory", sql.latency_ms(99), mem.latency_ms(99), "ms", "",
+            False),
     ]  # fmt: skip
 
 
 def main() -> None:
-    started = time.monotonic()
-    rows = run()
-    print_rows("store: task round trip with sqlite (value) vs memory (baseline)", rows)
-    print(f"\n({time.monotonic() - started:.1f} s)")
+    run_and_print("store: task round trip with sqlite (value) vs memory (baseline)", run)
 
 
 if __name__ == "__main__":

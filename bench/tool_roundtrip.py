@@ -15,29 +15,20 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 
-from bench.common import Row, print_rows
+from bench.common import Row, UvicornApp, answer_has, gateway_app, run_and_print, run_load, serve
 
-ROOT = Path(__file__).resolve().parent.parent
 CALLS = 1200  # sequential calls per round, in process
 ROUNDS = 3
 # (concurrency, warm-up requests, measured requests)
 HTTP_PLAN = [(1, 100, 600), (32, 150, 1000)]
 PAYLOAD = {"tool": "add", "kwargs": {"a": 2, "b": 3}}
-UVICORN_ARGS = ["--log-level", "warning", "--no-access-log"]
 
 
 async def async_add(a: float, b: float) -> float:
@@ -164,106 +155,36 @@ def build_bare_app() -> Any:
     return Starlette(routes=[Route("/run", run, methods=["POST"])])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def _servers(
-    specs: dict[str, tuple[list[str], dict[str, str], str]], folder: Path
-) -> Iterator[dict]:
-    """Start one uvicorn subprocess per spec (args, env, ready path) on free loopback ports,
-    all at once; yield their base URLs once every one answers; stop them all at the end."""
-    processes: dict[str, subprocess.Popen] = {}
-    bases: dict[str, str] = {}
-    try:
-        for name, (args, env, _) in specs.items():
-            port = _free_port()
-            with (folder / f"{name}.log").open("w") as out:
-                processes[name] = subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", *args]
-                    + ["--host", "127.0.0.1", "--port", str(port), *UVICORN_ARGS],
-                    cwd=ROOT,
-                    env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            bases[name] = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        for name, (_, _, ready_path) in specs.items():
-            while True:
-                if processes[name].poll() is not None:
-                    log = (folder / f"{name}.log").read_text()
-                    raise RuntimeError(f"{name} exited early:\n{log}")
-                try:
-                    httpx.get(bases[name] + ready_path, timeout=1)
-                    break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"{name} did not start") from None
-                    time.sleep(0.05)
-        yield bases
-    finally:
-        for process in processes.values():
-            process.terminate()
-        for process in processes.values():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-async def _load(url: str, concurrency: int, requests: int) -> float:
-    """req/s of `requests` POSTs made by `concurrency` workers, each with its own connection
-    (one shared httpx pool is itself the bottleneck at 32 connections)."""
-    remaining = requests
-
-    async def worker() -> None:
-        nonlocal remaining
-        async with httpx.AsyncClient(timeout=30) as client:
-            while remaining > 0:
-                remaining -= 1
-                response = await client.post(url, json=PAYLOAD)
-                if response.status_code != 200 or response.json()["output"] != "5":
-                    raise RuntimeError(f"bad answer from {url}: {response.text}")
-
-    started = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for _ in range(concurrency):
-            tg.start_soon(worker)
-    return requests / (time.perf_counter() - started)
+def _rate(url: str, concurrency: int, requests: int) -> float:
+    """req/s of `requests` POSTs made by `concurrency` workers, each with its own connection."""
+    load = run_load(
+        url, PAYLOAD, answer_has("output", "5"), concurrency, requests, client_per_worker=True
+    )
+    return load.rps
 
 
 def _over_http() -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        config = folder / "tools.yaml"
-        config.write_text(
+        config = (
             "services:\n"
             "  calc: {type: tool, source: 'examples.tools:tools', max_concurrent_calls: 64}\n"
         )
-        specs = {
-            "gateway": (
-                ["gateway.app:app"],
-                {"GATEWAY_CONFIG": str(config), "GATEWAY_SECRET": "bench"},
-                "/healthz",
-            ),
-            "bare": (["--factory", "bench.tool_roundtrip:build_bare_app"], {}, "/"),
-        }
-        with _servers(specs, folder) as bases:
+        apps = (
+            gateway_app("gateway", config, folder),
+            UvicornApp("bare", ("--factory", "bench.tool_roundtrip:build_bare_app")),
+        )
+        with serve(folder, *apps) as bases:
             targets = {"gateway": bases["gateway"] + "/services/calc/run"}
             targets["bare"] = bases["bare"] + "/run"
             for concurrency, warmup, requests in HTTP_PLAN:
                 for url in targets.values():
-                    anyio.run(_load, url, concurrency, warmup)
+                    _rate(url, concurrency, warmup)
                 best = {"gateway": 0.0, "bare": 0.0}
                 for _ in range(2):  # alternate, best of two, so drift hits both alike
                     for name, url in targets.items():
-                        rate = anyio.run(_load, url, concurrency, requests // 2)
+                        rate = _rate(url, concurrency, requests // 2)
                         best[name] = max(best[name], rate)
                 rows.append(
                     Row(
@@ -282,10 +203,7 @@ def run() -> list[Row]:
 
 
 def main() -> None:
-    started = time.monotonic()
-    rows = run()
-    print_rows("tool round trip: bus vs direct call; gateway /run vs bare Starlette", rows)
-    print(f"\n({time.monotonic() - started:.1f} s)")
+    run_and_print("tool round trip: bus vs direct call; gateway /run vs bare Starlette", run)
 
 
 if __name__ == "__main__":

@@ -355,6 +355,11 @@ class ControlPlane:
             elif event.task_id not in self.tasks:
                 return
             self.events.publish(event)
+            if self.events.has_subscribers(event.task_id):
+                # This handler runs in the publisher's task. A workflow writing a burst of
+                # events would otherwise fill every reader's buffer before any reader runs, and
+                # even fast readers would be dropped as "lagging": let them drain each event.
+                await anyio.lowlevel.checkpoint()
         else:
             raise ValueError(f"the control plane does not handle {message.action!r}")
 

@@ -78,6 +78,10 @@ class TaskEventHub:
     def subscriber_count(self) -> int:
         return sum(len(c.subscribers) for c in self._channels.values())
 
+    def has_subscribers(self, task_id: str) -> bool:
+        channel = self._channels.get(task_id)
+        return bool(channel and channel.subscribers)
+
     def __contains__(self, task_id: str) -> bool:
         """Whether events of this task are kept (live, or the replay of a recently closed one)."""
         return task_id in self._channels

@@ -237,17 +237,20 @@ class BaseService(BaseModel, ABC):
     async def on_start(self) -> None:
         """Hook for subclasses that wire themselves to other services once all are mounted."""
 
-    async def processing_loop(self) -> None:
+    async def processing_loop(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         """Serve this service alone, in-process, until cancelled (a one-service gateway)."""
         from gateway.runtime import Runtime
 
         runtime = Runtime.for_services([self])
         async with runtime.running():
+            task_status.started()
             await anyio.sleep_forever()
 
     async def launch_local(self, task_group: anyio.abc.TaskGroup) -> None:
-        """Run `processing_loop` inside the caller's task group (no orphan tasks)."""
-        task_group.start_soon(self.processing_loop, name=f"service:{self.service_name}")
+        """Run `processing_loop` inside the caller's task group; returns once it is serving."""
+        await task_group.start(self.processing_loop, name=f"service:{self.service_name}")
 
     async def launch_server(self, host: str | None = None, port: int | None = None) -> None:
         """Serve this service alone over HTTP with uvicorn (its routes under its prefix)."""

@@ -69,14 +69,16 @@ class Consumer:
 class RemoteConsumer(Consumer):
     """A service in another process: messages are POSTed to its `/process_message` URL."""
 
+    handler: Handler | None = None  # type: ignore[assignment]  # always `_post`
     url: str = ""
     client: httpx.AsyncClient | None = None
 
+    def __post_init__(self) -> None:
+        self.handler = self._post
+
     @classmethod
     def for_url(cls, message_type: str, url: str) -> RemoteConsumer:
-        consumer = cls(message_type=message_type, handler=_unused_handler, url=url)
-        consumer.handler = consumer._post
-        return consumer
+        return cls(message_type=message_type, url=url)
 
     async def _post(self, message: QueueMessage) -> None:
         client = self.client or httpx.AsyncClient(timeout=30)
@@ -86,10 +88,6 @@ class RemoteConsumer(Consumer):
         finally:
             if self.client is None:
                 await client.aclose()
-
-
-async def _unused_handler(message: QueueMessage) -> None:  # pragma: no cover - replaced at once
-    raise RuntimeError("remote consumer without URL")
 
 
 @dataclass
@@ -165,10 +163,6 @@ class MessageBus:
             self._by_type.pop(registration.consumer.message_type, None)
         registration.send.close()
 
-    def deregister_type(self, message_type: str) -> None:
-        for registration in list(self._by_type.get(message_type, [])):
-            self.deregister_consumer(registration.consumer.id_)
-
     def has_consumer(self, message_type: str) -> bool:
         return bool(self._by_type.get(message_type))
 
@@ -206,12 +200,6 @@ class MessageBus:
             raise NoConsumer(message.type) from None
 
     # -- observability ---------------------------------------------------------------------
-    def queue_depths(self) -> dict[str, int]:
-        return {
-            f"{r.consumer.message_type}/{r.consumer.id_}": r.send.statistics().current_buffer_used
-            for r in self._by_id.values()
-        }
-
     def stats(self) -> list[dict[str, Any]]:
         return [
             {

@@ -70,8 +70,9 @@ class ControlPlane:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def consumer(self) -> Consumer:
-        # Inline: handling a result or a progress event only updates tables and wakes waiters
-        # (nothing in `process_message` suspends), so it runs in the publisher's task.
+        # Inline: handling a result or a progress event only updates tables and wakes waiters,
+        # so it runs in the publisher's task (it yields once after a stream event that has
+        # readers, see `process_message`).
         return Consumer(
             message_type=CONTROL_PLANE_NAME, handler=self.process_message, id_="cp", inline=True
         )
@@ -90,10 +91,9 @@ class ControlPlane:
             if record.task_id in self.tasks:
                 continue
             if record.status is TaskStatus.PENDING and record.service in self.registry:
-                record.status = TaskStatus.PENDING
                 self.tasks.add(record)
                 self._idle = anyio.Event()
-                await self._route(self._definition(record), None, wait=True)
+                await self._route(record.definition(), None, wait=True)
             else:
                 self.tasks.add(record)
                 await self._end(record.task_id, TaskStatus.FAILED, error="interrupted by restart")
@@ -111,8 +111,6 @@ class ControlPlane:
         with anyio.move_on_after(grace):
             while self.tasks.active_count():
                 self._idle = anyio.Event()
-                if not self.tasks.active_count():
-                    break
                 await self._idle.wait()
         # From here on nothing moves: no lane releases its next task, late reports are ignored.
         self._stopped = True
@@ -261,15 +259,6 @@ class ControlPlane:
             if lane is not None and self._lane_busy.get(lane) == task.task_id:
                 self._advance_lane(lane)
             raise
-
-    @staticmethod
-    def _definition(record: TaskRecord) -> TaskDefinition:
-        return TaskDefinition(
-            task_id=record.task_id,
-            input=record.input,
-            session_id=record.session_id,
-            agent_id=record.service,
-        )
 
     async def _dispatch(
         self, task: TaskDefinition, state: dict | None = None, wait: bool = False
@@ -430,7 +419,7 @@ class ControlPlane:
                 continue
             assert self._task_group is not None, "control plane not started"
             self._lane_busy[lane] = next_id
-            self._task_group.start_soon(self._dispatch_queued, self._definition(record))
+            self._task_group.start_soon(self._dispatch_queued, record.definition())
             return
         self._lanes.pop(lane, None)
         self._lane_busy.pop(lane, None)

@@ -241,13 +241,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             record = cp.tasks.get(task_id) or cp.store.load_task(task_id)
             if record is not None:
                 infos.append(
-                    SessionTaskInfo(
-                        task_id=record.task_id,
-                        input=record.input,
-                        session_id=record.session_id,
-                        agent_id=record.service,
-                        status=record.status,
-                    )
+                    SessionTaskInfo(**record.definition().model_dump(), status=record.status)
                 )
         return infos
 
@@ -257,13 +251,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         for task_id in session.task_ids:
             record = cp.tasks.get(task_id)
             if record is not None and not record.is_terminal:
-                definition = TaskDefinition(
-                    task_id=record.task_id,
-                    input=record.input,
-                    session_id=record.session_id,
-                    agent_id=record.service,
-                )
-                return JSONResponse(definition.model_dump(mode="json"))
+                return JSONResponse(record.definition().model_dump(mode="json"))
         return JSONResponse(None)
 
     async def session_task_result(request: Request) -> Response:

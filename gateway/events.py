@@ -29,7 +29,6 @@ class _Channel:
     replay: list[str] = field(default_factory=list)
     subscribers: list[_Subscriber] = field(default_factory=list)
     closed: bool = False
-    dropped_from_replay: int = 0
 
 
 class Subscription:
@@ -101,9 +100,6 @@ class TaskEventHub:
             channel.replay.append(event.model_dump_json())
             if len(channel.replay) > self.replay_size:
                 del channel.replay[0]
-                channel.dropped_from_replay += 1
-        else:
-            channel.dropped_from_replay += 1
         for sub in list(channel.subscribers):
             try:
                 sub.send.send_nowait(event)

@@ -42,9 +42,6 @@ class ServiceRegistry:
     def __contains__(self, name: str) -> bool:
         return name in self._services
 
-    def names(self) -> list[str]:
-        return list(self._services)
-
     def definitions(self) -> dict[str, ServiceDefinition]:
         return {name: entry.definition for name, entry in self._services.items()}
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import anyio
 from pydantic import BaseModel, Field
 
-from gateway.messages import TaskResult, TaskStatus
+from gateway.messages import TaskDefinition, TaskResult, TaskStatus
 
 
 class TaskRecord(BaseModel):
@@ -34,6 +34,15 @@ class TaskRecord(BaseModel):
     def is_terminal(self) -> bool:
         return self.status.is_terminal
 
+    def definition(self) -> TaskDefinition:
+        """The task as its service received it (the reference's TaskDefinition shape)."""
+        return TaskDefinition(
+            task_id=self.task_id,
+            input=self.input,
+            session_id=self.session_id,
+            agent_id=self.service,
+        )
+
 
 class TaskTable:
     """In-memory index of tasks; finished ones past `retain_finished` are dropped oldest first."""
@@ -44,7 +53,6 @@ class TaskTable:
         self._done: dict[str, anyio.Event] = {}
         self._finished_order: OrderedDict[str, None] = OrderedDict()
         self._active_by_service: dict[str, int] = {}
-        self.on_evict: Callable[[str], None] | None = None
 
     def __contains__(self, task_id: str) -> bool:
         return task_id in self._records
@@ -132,5 +140,3 @@ class TaskTable:
         while len(self._finished_order) > self.retain_finished:
             old, _ = self._finished_order.popitem(last=False)
             self._records.pop(old, None)
-            if self.on_evict is not None:
-                self.on_evict(old)

@@ -369,21 +369,22 @@ class BaseService(BaseModel, ABC):
 
     async def _run_with_timeout(self, task: TaskDefinition, work: Work) -> TaskResult:
         if self.timeout is None:  # no deadline: no cancel scope to set up
-            try:
-                return await work()
-            except Exception as exc:
-                return self.failure(task.task_id, exc)
+            return await self._attempt(task, work)
         with anyio.move_on_after(self.timeout) as deadline:
-            try:
-                return await work()
-            except Exception as exc:
-                return self.failure(task.task_id, exc)
+            return await self._attempt(task, work)
         assert deadline.cancelled_caught
         return TaskResult(
             task_id=task.task_id,
             status=TaskStatus.TIMED_OUT,
             error=f"{self.service_name} did not finish within {self.timeout}s",
         )
+
+    async def _attempt(self, task: TaskDefinition, work: Work) -> TaskResult:
+        """Run `work`; an exception becomes this task's failed result."""
+        try:
+            return await work()
+        except Exception as exc:
+            return self.failure(task.task_id, exc)
 
     def failure(self, task_id: str, exc: BaseException) -> TaskResult:
         """A failed TaskResult carrying the error text (and the traceback if asked for)."""

@@ -46,7 +46,8 @@ async def _per_call(call: Any, calls: int) -> float:
 
 async def _bare_bus_round_trip(calls: int) -> float:
     """µs per publish -> consumer -> publish back -> Event, with no service in between."""
-    from gateway.bus import Consumer, MessageBus
+    from gateway.bus import Consumer
+    from gateway.bus.memory import MessageBus
     from gateway.messages import ActionTypes, QueueMessage, new_id
 
     async with anyio.create_task_group() as tg:
@@ -93,8 +94,8 @@ async def _in_process() -> list[Row]:
 
     from examples.tools import add
     from gateway.runtime import Runtime
-    from services.meta_tool import MetaServiceTool
-    from services.tool import ToolService
+    from services.tool.meta_tool import MetaServiceTool
+    from services.tool.service import ToolService
 
     tools = {
         "async tool": FunctionTool.from_defaults(async_fn=async_add, name="async_add"),

@@ -10,7 +10,7 @@ import uvicorn
 
 from gateway.app import build_app
 from gateway.config import ConfigError, load_config
-from gateway.logs import configure_logging
+from gateway.observe.logs import configure_logging
 
 
 def _stopped_gracefully(signum: int, frame: object) -> None:

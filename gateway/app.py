@@ -20,22 +20,23 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, build_services, load_config
-from gateway.control_plane_routes import routes as control_plane_routes
-from gateway.docs import docs_routes
-from gateway.http import EXCEPTION_HANDLERS, error_response
-from gateway.logs import configure_logging
-from gateway.metrics import GatewayMetrics, metrics_endpoint
-from gateway.middleware import BearerAuth, BodyLimit, Cors
-from gateway.openapi import build_openapi
+from gateway.control_plane.routes import routes as control_plane_routes
+from gateway.observe.logs import configure_logging
+from gateway.observe.metrics import GatewayMetrics, metrics_endpoint
 from gateway.runtime import Runtime, RuntimeSettings
-from gateway.store import MemoryStore, Store
+from gateway.store import Store
+from gateway.store.memory import MemoryStore
+from gateway.web.docs import docs_routes
+from gateway.web.errors import EXCEPTION_HANDLERS, error_response
+from gateway.web.middleware import BearerAuth, BodyLimit, Cors
+from gateway.web.openapi import build_openapi
 
 logger = logging.getLogger("gateway.app")
 
 
 def make_store(config: GatewayConfig) -> Store:
     if config.store.kind == "sqlite":
-        from gateway.sqlite_store import SqliteStore
+        from gateway.store.sqlite import SqliteStore
 
         return SqliteStore(config.store.path)
     return MemoryStore()

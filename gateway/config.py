@@ -107,8 +107,8 @@ class ServiceKind(NamedTuple):
 SERVICE_CLASSES: dict[str, ServiceKind] = {
     "workflow": ServiceKind("services.workflow:WorkflowService", "workflow"),
     "agent": ServiceKind("services.agent:AgentService", "agent"),
-    "tool": ServiceKind("services.tool:ToolService", "tools"),
-    "human": ServiceKind("services.human:HumanService", "fn_input", True),
+    "tool": ServiceKind("services.tool.service:ToolService", "tools"),
+    "human": ServiceKind("services.human.service:HumanService", "fn_input", True),
     "component": ServiceKind("services.component:ComponentService", "component", True),
 }
 

@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from gateway.bus import MessageBus
-from gateway.control_plane import ControlPlane
-from gateway.events import TaskEventHub
-from gateway.signing import load_secret
-from gateway.store import MemoryStore, Store
+from gateway.bus.memory import MessageBus
+from gateway.control_plane.events import TaskEventHub
+from gateway.control_plane.plane import ControlPlane
+from gateway.store import Store
+from gateway.store.memory import MemoryStore
+from gateway.store.signing import load_secret
 
 if TYPE_CHECKING:
     from services.base import BaseService

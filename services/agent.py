@@ -38,7 +38,6 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute
 from workflows.events import Event, StopEvent
 
-from gateway.http import ApiError, api_route, parse_body, parse_query
 from gateway.jsonable import to_jsonable
 from gateway.messages import (
     ActionTypes,
@@ -51,10 +50,12 @@ from gateway.messages import (
     TaskStatus,
     WorkflowState,
 )
-from gateway.signing import SignatureError, sign, verify
 from gateway.store import Store
+from gateway.store.signing import SignatureError, sign, verify
+from gateway.web.errors import ApiError
+from gateway.web.routing import api_route, parse_body, parse_query
 from services.base import BaseService, RunResponse, ServiceInfo
-from services.meta_tool import DEFAULT_TOOL_TIMEOUT, MetaServiceTool, ServiceAsTool
+from services.tool.meta_tool import DEFAULT_TOOL_TIMEOUT, MetaServiceTool, ServiceAsTool
 
 logger = logging.getLogger("services.agent")
 
@@ -196,7 +197,7 @@ class AgentService(BaseService):
 
     # -- start: tools across the bus --------------------------------------------------------------
     async def on_start(self) -> None:
-        from services.tool import ToolService
+        from services.tool.service import ToolService
 
         services = self.service_host.services
         remote: list[AsyncBaseTool] = []

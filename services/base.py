@@ -21,9 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gateway.bus import Consumer, MessageBus, NoConsumer, RemoteConsumer
-from gateway.events import sse_response
-from gateway.http import ApiError, api_route
+from gateway.bus import Consumer, NoConsumer
+from gateway.bus.http_remote import RemoteConsumer
+from gateway.bus.memory import MessageBus
+from gateway.control_plane.events import sse_response
 from gateway.messages import (
     CONTROL_PLANE_NAME,
     ActionTypes,
@@ -39,6 +40,8 @@ from gateway.messages import (
     ToolCallResult,
     new_id,
 )
+from gateway.web.errors import ApiError
+from gateway.web.routing import api_route
 
 if TYPE_CHECKING:
     from gateway.runtime import ServiceHost

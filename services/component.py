@@ -21,7 +21,7 @@ from pydantic import field_validator
 from gateway.jsonable import to_jsonable
 from gateway.messages import TaskDefinition, TaskResult
 from services.calling import call, is_async_callable
-from services.kwargs_service import KwargsRunRequest, KwargsService, decode_run_input
+from services.kwargs import KwargsRunRequest, KwargsService, decode_run_input
 
 # The kwarg that carries the query of a query engine or retriever (or the only kwarg given).
 QUERY_KEYS = ("query", "query_str", "str_or_query_bundle", "input", "question")

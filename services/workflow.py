@@ -35,9 +35,9 @@ from gateway.messages import (
     TaskStatus,
     WorkflowState,
 )
-from gateway.signing import sign, verify
-from services.human_bridge import HumanBridge
-from services.kwargs_service import KwargsRunRequest, KwargsService, decode_run_input
+from gateway.store.signing import sign, verify
+from services.human.bridge import HumanBridge
+from services.kwargs import KwargsRunRequest, KwargsService, decode_run_input
 
 logger = logging.getLogger("services.workflow")
 

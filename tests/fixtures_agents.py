@@ -13,7 +13,8 @@ from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.tools import BaseTool, FunctionTool, ToolMetadata, ToolOutput
 from pydantic import BaseModel
 
-from gateway.bus import Consumer, MessageBus
+from gateway.bus import Consumer
+from gateway.bus.memory import MessageBus
 from gateway.messages import ActionTypes, QueueMessage, ToolCallResult
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 import pytest
 
-from gateway.tasks import TaskRecord
+from gateway.control_plane.tasks import TaskRecord
 from tests.conftest import gateway_client
 from tests.fixtures_faults import assert_error, gate, reset_gates, wait_ended
 

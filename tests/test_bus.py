@@ -8,7 +8,8 @@ import time
 import anyio
 import pytest
 
-from gateway.bus import BusFull, Consumer, MessageBus, NoConsumer
+from gateway.bus import BusFull, Consumer, NoConsumer
+from gateway.bus.memory import MessageBus
 from gateway.messages import QueueMessage
 
 pytestmark = pytest.mark.anyio

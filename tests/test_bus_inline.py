@@ -5,7 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from gateway.bus import Consumer, MessageBus
+from gateway.bus import Consumer
+from gateway.bus.memory import MessageBus
 from gateway.messages import QueueMessage
 
 pytestmark = pytest.mark.anyio

@@ -17,8 +17,8 @@ import pytest
 
 from gateway.app import build_app
 from gateway.config import parse_config
+from gateway.control_plane.tasks import TaskRecord
 from gateway.messages import ActionTypes, QueueMessage, ServiceDefinition, TaskResult, TaskStatus
-from gateway.tasks import TaskRecord
 from tests import fixtures_workflows as fw
 from tests.conftest import ROOT, free_port, gateway_client, running_server
 

@@ -16,7 +16,7 @@ import anyio
 import httpx
 import pytest
 
-from gateway.events import TaskEventHub
+from gateway.control_plane.events import TaskEventHub
 from gateway.messages import TaskEvent, TaskStatus
 from tests.conftest import RunningServer, gateway_client, running_server
 from tests.fixtures_sessions import (

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 import pytest
 
-from gateway.bus import MessageBus
+from gateway.bus.memory import MessageBus
 from tests.conftest import gateway_client
 from tests.fixtures_faults import assert_error, gate, reset_gates, wait_ended, wait_status
 
@@ -125,7 +125,7 @@ async def test_a_crashed_consumer_loop_is_restarted_and_fails_its_in_flight_task
 
 
 async def test_a_tool_service_that_never_answers_makes_the_caller_time_out() -> None:
-    meta_tool = pytest.importorskip("services.meta_tool")
+    meta_tool = pytest.importorskip("services.tool.meta_tool")
     from llama_index.core.tools import ToolMetadata
 
     apps: list = []

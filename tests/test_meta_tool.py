@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from services.meta_tool import MetaServiceTool, Reply, ReplyInbox, ServiceAsTool, read_reply
+from services.tool.meta_tool import MetaServiceTool, Reply, ReplyInbox, ServiceAsTool, read_reply
 from tests import fixtures_agents
 from tests.conftest import gateway_client
 

@@ -11,7 +11,7 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.logs import JsonFormatter, TextFormatter
+from gateway.observe.logs import JsonFormatter, TextFormatter
 from tests.conftest import gateway_client
 from tests.fixtures_faults import gate, reset_gates, wait_ended, wait_status
 
@@ -211,7 +211,7 @@ async def test_sse_subscriber_gauge_follows_open_streams() -> None:
 
 
 async def test_task_logs_carry_task_id_and_service(caplog) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.control_plane")
+    caplog.set_level(logging.INFO, logger="gateway.control_plane.plane")
     async with gateway_client({"services": SERVICES}) as client:
         done = await submit(client, "echo", {"message": "hi"})
         failed = await submit(client, "boom")
@@ -227,7 +227,7 @@ async def test_task_logs_carry_task_id_and_service(caplog) -> None:
     entry = json.loads(line)
     assert entry["task_id"] == failed and entry["service"] == "boom"
     assert entry["status"] == "failed" and entry["message"] == "task ended"
-    assert entry["level"] == "INFO" and entry["logger"] == "gateway.control_plane"
+    assert entry["level"] == "INFO" and entry["logger"] == "gateway.control_plane.plane"
     assert "\n" not in line  # one JSON object per line
 
     text = TextFormatter().format(ended[done])

@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from starlette.routing import Mount, Route
 
 from gateway import __version__
-from gateway.http import ErrorBody
 from gateway.messages import TaskEvent
+from gateway.web.errors import ErrorBody
 from tests.conftest import gateway_client
 from tests.fixtures_faults import demo_services
 

@@ -19,7 +19,7 @@ import anyio
 import httpx
 import pytest
 
-from gateway.sqlite_store import SqliteStore
+from gateway.store.sqlite import SqliteStore
 from tests.conftest import gateway_client, running_server
 from tests.fixtures_sessions import (
     config,

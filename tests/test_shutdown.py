@@ -21,7 +21,7 @@ import yaml
 
 from gateway.app import build_app
 from gateway.config import parse_config
-from gateway.sqlite_store import SqliteStore
+from gateway.store.sqlite import SqliteStore
 from tests.conftest import ROOT, free_port, running_server
 from tests.fixtures_faults import assert_error, gate, reset_gates, wait_status
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from gateway import sqlite_store
-from gateway.sessions import SessionRecord
-from gateway.sqlite_store import SqliteStore
-from gateway.tasks import TaskRecord
+from gateway.store import sqlite as sqlite_store
+from gateway.control_plane.sessions import SessionRecord
+from gateway.control_plane.tasks import TaskRecord
+from gateway.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
 

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from gateway.app import build_app_for_services
+from gateway.control_plane.tasks import TaskRecord
 from gateway.messages import ActionTypes, NewTask, QueueMessage, TaskDefinition
-from gateway.tasks import TaskRecord
 from services.workflow import WorkflowService
 from tests import fixtures_workflows as fw
 from tests.conftest import gateway_client

@@ -16,7 +16,7 @@ import pytest
 from workflows import Context
 
 from gateway.messages import WorkflowState
-from gateway.signing import sign
+from gateway.store.signing import sign
 from tests.conftest import gateway_client
 from tests.fixtures_sessions import (
     config,
@@ -201,7 +201,7 @@ async def test_gateway_secret_keys_the_state_across_instances(
 
     # no secret: a random key (with a warning), so nothing saved before can be trusted
     monkeypatch.delenv("GATEWAY_SECRET")
-    with caplog.at_level(logging.WARNING, logger="gateway.signing"):
+    with caplog.at_level(logging.WARNING, logger="gateway.store.signing"):
         async with gateway_client(cfg) as client:
             answer = await _turn(client, session_id)
             assert answer["status"] == "failed" and "HMAC" in answer["error"]

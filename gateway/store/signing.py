@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 
-logger = logging.getLogger("gateway.signing")
+logger = logging.getLogger("gateway.store.signing")
 
 SECRET_ENV = "GATEWAY_SECRET"
 

@@ -27,8 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from gateway.bus import BusError, Consumer, MessageBus
-from gateway.http import ApiError, api_route
+from gateway.bus import BusError, Consumer
+from gateway.bus.memory import MessageBus
 from gateway.jsonable import to_jsonable
 from gateway.messages import (
     ActionTypes,
@@ -42,9 +42,11 @@ from gateway.messages import (
     ToolCallBundle,
     ToolCallResult,
 )
+from gateway.web.errors import ApiError
+from gateway.web.routing import api_route
 from services.base import BaseService
 
-logger = logging.getLogger("services.tool")
+logger = logging.getLogger("services.tool.service")
 
 RETAINED_HTTP_RESULTS = 1024
 REPLY_TIMEOUT = 10.0  # a caller whose inbox stays full this long is not listening

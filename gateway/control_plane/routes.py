@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from gateway.control_plane import ControlPlane
-from gateway.events import sse_response
-from gateway.http import ApiError, api_route
+from gateway.control_plane.events import sse_response
+from gateway.control_plane.plane import ControlPlane
+from gateway.control_plane.tasks import TaskRecord
 from gateway.messages import (
     QueueMessage,
     ServiceDefinition,
@@ -25,7 +25,8 @@ from gateway.messages import (
     TaskResult,
     TaskStatus,
 )
-from gateway.tasks import TaskRecord
+from gateway.web.errors import ApiError
+from gateway.web.routing import api_route
 
 ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
 

@@ -21,7 +21,8 @@ import anyio.from_thread
 from llama_index.core.tools import AsyncBaseTool, ToolMetadata, ToolOutput
 from pydantic import BaseModel, Field
 
-from gateway.bus import BusError, Consumer, MessageBus
+from gateway.bus import BusError, Consumer
+from gateway.bus.memory import MessageBus
 from gateway.messages import (
     ActionTypes,
     QueueMessage,
@@ -32,9 +33,9 @@ from gateway.messages import (
 
 if TYPE_CHECKING:
     from services.base import BaseService
-    from services.tool import ToolService
+    from services.tool.service import ToolService
 
-logger = logging.getLogger("services.meta_tool")
+logger = logging.getLogger("services.tool.meta_tool")
 
 DEFAULT_TOOL_TIMEOUT = 60.0
 
@@ -204,7 +205,7 @@ class MetaServiceTool(_Unspanned, AsyncBaseTool):
         timeout: float | None = DEFAULT_TOOL_TIMEOUT,
     ) -> list[MetaServiceTool]:
         """One MetaServiceTool per tool of `service` (an object, or a name in `services`)."""
-        from services.tool import ToolService
+        from services.tool.service import ToolService
 
         if isinstance(service, str):
             if services is None or service not in services:

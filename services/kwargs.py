@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
-from gateway.http import api_route
 from gateway.messages import ActionTypes, NewTask, QueueMessage, TaskDefinition, TaskResult
+from gateway.web.routing import api_route
 from services.base import BaseService, RunQuery, RunResponse
 
 

@@ -25,8 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from gateway.control_plane_routes import ID_PATTERN
-from gateway.http import ApiError, api_route
+from gateway.control_plane.routes import ID_PATTERN
 from gateway.messages import (
     ActionTypes,
     ChatMessage,
@@ -39,10 +38,12 @@ from gateway.messages import (
     ToolCall,
     ToolCallBundle,
 )
+from gateway.web.errors import ApiError
+from gateway.web.routing import api_route
 from services.base import BaseService
 from services.calling import call
 
-logger = logging.getLogger("services.human")
+logger = logging.getLogger("services.human.service")
 
 DEFAULT_PROMPT = "Your help is needed. Please answer the request below.\n---\n{input_str}\n---\n"
 

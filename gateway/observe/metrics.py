@@ -7,9 +7,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.bus import MessageBus
-from gateway.events import TaskEventHub
-from gateway.tasks import TaskRecord
+from gateway.bus.memory import MessageBus
+from gateway.control_plane.events import TaskEventHub
+from gateway.control_plane.tasks import TaskRecord
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

@@ -14,8 +14,9 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.routing import BaseRoute, Mount, Route
 
-from gateway.http import ERROR_CODES, ErrorBody, RouteDoc
 from gateway.messages import TaskEvent
+from gateway.web.errors import ERROR_CODES, ErrorBody
+from gateway.web.routing import RouteDoc
 
 PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(:[A-Za-z_]+)?}")
 REF = "#/components/schemas/{model}"

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -20,74 +19,13 @@ import httpx
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from gateway.messages import QueueMessage, new_id
+from gateway.bus import BusFull, Consumer, ErrorHook, NoConsumer
+from gateway.bus.http_remote import RemoteConsumer
+from gateway.messages import QueueMessage
 
 logger = logging.getLogger("gateway.bus")
 
 RECEIVE_BURST = 64  # messages a receive loop takes in a row before letting other tasks run
-
-Handler = Callable[[QueueMessage], Awaitable[Any]]
-ErrorHook = Callable[[QueueMessage, BaseException], Awaitable[None]]
-
-
-class BusError(Exception):
-    """Base class of bus failures the HTTP layer knows how to answer."""
-
-
-class NoConsumer(BusError):
-    def __init__(self, message_type: str) -> None:
-        super().__init__(f"no consumer is registered for message type {message_type!r}")
-        self.message_type = message_type
-
-
-class BusFull(BusError):
-    def __init__(self, message_type: str, retry_after: float) -> None:
-        super().__init__(f"the queue of {message_type!r} is full; retry later")
-        self.message_type = message_type
-        self.retry_after = retry_after
-
-
-@dataclass
-class Consumer:
-    """Something that handles messages of one type. `handler` must not block the loop for long.
-
-    `inline`: the handler only hands the message on (sets an event, feeds a bounded worker
-    queue), so `publish` calls it directly instead of through a stream and a receive loop; that
-    saves two event-loop hops per message. Its own hand-off must bound what it buffers.
-    """
-
-    message_type: str
-    handler: Handler
-    id_: str = field(default_factory=new_id)
-    inline: bool = False
-
-    async def deliver(self, message: QueueMessage) -> None:
-        await self.handler(message)
-
-
-@dataclass
-class RemoteConsumer(Consumer):
-    """A service in another process: messages are POSTed to its `/process_message` URL."""
-
-    handler: Handler | None = None  # type: ignore[assignment]  # always `_post`
-    url: str = ""
-    client: httpx.AsyncClient | None = None
-
-    def __post_init__(self) -> None:
-        self.handler = self._post
-
-    @classmethod
-    def for_url(cls, message_type: str, url: str) -> RemoteConsumer:
-        return cls(message_type=message_type, url=url)
-
-    async def _post(self, message: QueueMessage) -> None:
-        client = self.client or httpx.AsyncClient(timeout=30)
-        try:
-            response = await client.post(self.url, content=message.model_dump_json())
-            response.raise_for_status()
-        finally:
-            if self.client is None:
-                await client.aclose()
 
 
 @dataclass

@@ -15,9 +15,13 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from gateway.bus import BusFull, Consumer, MessageBus, NoConsumer, RemoteConsumer
-from gateway.events import Subscription, TaskEventHub
-from gateway.http import ApiError
+from gateway.bus import BusFull, Consumer, NoConsumer
+from gateway.bus.http_remote import RemoteConsumer
+from gateway.bus.memory import MessageBus
+from gateway.control_plane.events import Subscription, TaskEventHub
+from gateway.control_plane.registry import RegisteredService, ServiceRegistry
+from gateway.control_plane.sessions import SessionRecord, SessionTable
+from gateway.control_plane.tasks import TaskRecord, TaskTable
 from gateway.messages import (
     CONTROL_PLANE_NAME,
     ActionTypes,
@@ -29,12 +33,11 @@ from gateway.messages import (
     TaskResult,
     TaskStatus,
 )
-from gateway.registry import RegisteredService, ServiceRegistry
-from gateway.sessions import SessionRecord, SessionTable
-from gateway.store import MemoryStore, Store
-from gateway.tasks import TaskRecord, TaskTable
+from gateway.store import Store
+from gateway.store.memory import MemoryStore
+from gateway.web.errors import ApiError
 
-logger = logging.getLogger("gateway.control_plane")
+logger = logging.getLogger("gateway.control_plane.plane")
 
 LaneKey = tuple[str, str]
 

@@ -29,7 +29,7 @@ from gateway.messages import (
 if TYPE_CHECKING:
     from services.base import BaseService
 
-logger = logging.getLogger("services.human_bridge")
+logger = logging.getLogger("services.human.bridge")
 
 # Where a request's text is looked for, in order (InputRequiredEvent(prefix=...) is the norm).
 PROMPT_KEYS = ("prefix", "prompt", "question", "message", "msg")

@@ -17,9 +17,9 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from gateway.sessions import SessionRecord
+from gateway.control_plane.sessions import SessionRecord
+from gateway.control_plane.tasks import TaskRecord
 from gateway.store import Store
-from gateway.tasks import TaskRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS contexts (
 UNFINISHED = ("pending", "running", "waiting_for_human")
 CONTEXT_CACHE_SIZE = 4096
 
-logger = logging.getLogger("gateway.sqlite_store")
+logger = logging.getLogger("gateway.store.sqlite")
 
 
 class SqliteStore(Store):

@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.http import ApiError
+from gateway.web.errors import ApiError
 
 
 async def _send_error(send: Send, status: int, code: str, detail: str, headers=()) -> None:

@@ -1,0 +1,52 @@
+"""The bus: how messages reach consumers, whatever carries them.
+
+It owns the `Consumer` contract and the errors every transport raises; the transports are
+`memory` (one process, objects by reference) and `http_remote` (a service that registered over
+HTTP). It knows messages, never services, the control plane or the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.messages import QueueMessage, new_id
+
+Handler = Callable[[QueueMessage], Awaitable[Any]]
+ErrorHook = Callable[[QueueMessage, BaseException], Awaitable[None]]
+
+
+class BusError(Exception):
+    """Base class of bus failures the HTTP layer knows how to answer."""
+
+
+class NoConsumer(BusError):
+    def __init__(self, message_type: str) -> None:
+        super().__init__(f"no consumer is registered for message type {message_type!r}")
+        self.message_type = message_type
+
+
+class BusFull(BusError):
+    def __init__(self, message_type: str, retry_after: float) -> None:
+        super().__init__(f"the queue of {message_type!r} is full; retry later")
+        self.message_type = message_type
+        self.retry_after = retry_after
+
+
+@dataclass
+class Consumer:
+    """Something that handles messages of one type. `handler` must not block the loop for long.
+
+    `inline`: the handler only hands the message on (sets an event, feeds a bounded worker
+    queue), so `publish` calls it directly instead of through a stream and a receive loop; that
+    saves two event-loop hops per message. Its own hand-off must bound what it buffers.
+    """
+
+    message_type: str
+    handler: Handler
+    id_: str = field(default_factory=new_id)
+    inline: bool = False
+
+    async def deliver(self, message: QueueMessage) -> None:
+        await self.handler(message)

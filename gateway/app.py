@@ -30,6 +30,7 @@ from gateway.web.docs import docs_routes
 from gateway.web.errors import EXCEPTION_HANDLERS, error_response
 from gateway.web.middleware import BearerAuth, BodyLimit, Cors
 from gateway.web.openapi import build_openapi
+from services.base import BaseService
 
 logger = logging.getLogger("gateway.app")
 
@@ -168,3 +169,11 @@ def __getattr__(name: str) -> Any:
             _default = default_app()
         return _default
     raise AttributeError(name)
+
+
+async def serve_over_http(service: BaseService, host: str, port: int) -> None:
+    """One service alone behind uvicorn, its routes under its prefix (`launch_server`)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(build_app_for_services([service]), host=host, port=port))
+    await server.serve()

@@ -12,10 +12,12 @@ import inspect
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from services import TYPES
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 DEFAULT_CONFIG = "config.yaml"
@@ -92,25 +94,7 @@ AnyEntry = Annotated[
 ]
 
 
-class ServiceKind(NamedTuple):
-    """Where a type's class lives and which field receives the imported `source` object.
-
-    `source_is_callable`: the source is itself the callable served (a component function, a
-    human input function), so it is never called as a factory at start-up.
-    """
-
-    class_path: str
-    source_field: str
-    source_is_callable: bool = False
-
-
-SERVICE_CLASSES: dict[str, ServiceKind] = {
-    "workflow": ServiceKind("services.workflow:WorkflowService", "workflow"),
-    "agent": ServiceKind("services.agent:AgentService", "agent"),
-    "tool": ServiceKind("services.tool.service:ToolService", "tools"),
-    "human": ServiceKind("services.human.service:HumanService", "fn_input", True),
-    "component": ServiceKind("services.component:ComponentService", "component", True),
-}
+SERVICE_CLASSES = TYPES
 
 
 ENTRY_TAGS = frozenset(SERVICE_CLASSES) | {"custom"}
@@ -358,10 +342,8 @@ def _build_one(name: str, entry: Any, base: type) -> Any:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"service type {entry.type!r} is not available: {exc}") from None
-    if entry.type == "workflow":
-        from services.workflow import workflow_env_defaults
-
-        settings = {**workflow_env_defaults(), **settings}
+    if kind.env_defaults:
+        settings = {**import_object(kind.env_defaults, call_factories=False)(), **settings}
     if entry.source:
         settings[kind.source_field] = import_object(
             entry.source, call_factories=not kind.source_is_callable

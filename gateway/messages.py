@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 CONTROL_PLANE_NAME = "control_plane"
+# Client-chosen ids (tasks, sessions, human tasks): safe in paths, logs and keys.
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
 
 
 def new_id() -> str:

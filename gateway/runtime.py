@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from gateway.bus.memory import MessageBus
 from gateway.control_plane.events import TaskEventHub
@@ -21,28 +20,9 @@ from gateway.control_plane.plane import ControlPlane
 from gateway.store import Store
 from gateway.store.memory import MemoryStore
 from gateway.store.signing import load_secret
-
-if TYPE_CHECKING:
-    from services.base import BaseService
+from services.base import BaseService, ServiceHost
 
 logger = logging.getLogger("gateway.runtime")
-
-
-@dataclass
-class ServiceHost:
-    """What a service gets from the gateway when it starts."""
-
-    bus: MessageBus
-    control_plane: ControlPlane
-    task_group: TaskGroup
-    secret: bytes
-    services: dict[str, BaseService] = field(default_factory=dict)
-
-    def service(self, name: str) -> BaseService:
-        try:
-            return self.services[name]
-        except KeyError:
-            raise LookupError(f"no service named {name!r} in this gateway") from None
 
 
 @dataclass
@@ -128,3 +108,13 @@ class Runtime:
                 task_group.cancel_scope.cancel()
         await self.bus.aclose()
         self.started = False
+
+
+async def serve_alone(
+    service: BaseService, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """A one-service gateway in the caller's task, until cancelled (`BaseService.launch_local`)."""
+    runtime = Runtime.for_services([service])
+    async with runtime.running():
+        task_status.started()
+        await anyio.sleep_forever()

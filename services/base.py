@@ -12,10 +12,12 @@ import logging
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 import httpx
+from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -24,7 +26,6 @@ from starlette.routing import BaseRoute, Route
 from gateway.bus import Consumer, NoConsumer
 from gateway.bus.http_remote import RemoteConsumer
 from gateway.bus.memory import MessageBus
-from gateway.control_plane.events import sse_response
 from gateway.messages import (
     CONTROL_PLANE_NAME,
     ActionTypes,
@@ -42,13 +43,31 @@ from gateway.messages import (
 )
 from gateway.web.errors import ApiError
 from gateway.web.routing import api_route
+from gateway.web.sse import sse_response
 
 if TYPE_CHECKING:
-    from gateway.runtime import ServiceHost
+    from gateway.control_plane.plane import ControlPlane
 
 logger = logging.getLogger("services")
 
 Work = Callable[[], Awaitable[TaskResult]]
+
+
+@dataclass
+class ServiceHost:
+    """What a service gets from the gateway when it starts: the host side of the contract."""
+
+    bus: MessageBus
+    control_plane: ControlPlane
+    task_group: TaskGroup
+    secret: bytes
+    services: dict[str, BaseService] = field(default_factory=dict)
+
+    def service(self, name: str) -> BaseService:
+        try:
+            return self.services[name]
+        except KeyError:
+            raise LookupError(f"no service named {name!r} in this gateway") from None
 
 
 class ServiceInfo(BaseModel):
@@ -240,16 +259,16 @@ class BaseService(BaseModel, ABC):
     async def on_start(self) -> None:
         """Hook for subclasses that wire themselves to other services once all are mounted."""
 
+    # The reference's standalone launchers. Launching is the host's job (gateway.runtime and
+    # gateway.app), so these are thin delegates that import the host lazily: a service module
+    # never imports the assembly at import time (tests/test_layout.py keeps it that way).
     async def processing_loop(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
         """Serve this service alone, in-process, until cancelled (a one-service gateway)."""
-        from gateway.runtime import Runtime
+        from gateway.runtime import serve_alone
 
-        runtime = Runtime.for_services([self])
-        async with runtime.running():
-            task_status.started()
-            await anyio.sleep_forever()
+        await serve_alone(self, task_status=task_status)
 
     async def launch_local(self, task_group: anyio.abc.TaskGroup) -> None:
         """Run `processing_loop` inside the caller's task group; returns once it is serving."""
@@ -257,15 +276,11 @@ class BaseService(BaseModel, ABC):
 
     async def launch_server(self, host: str | None = None, port: int | None = None) -> None:
         """Serve this service alone over HTTP with uvicorn (its routes under its prefix)."""
-        import uvicorn
+        from gateway.app import serve_over_http
 
-        from gateway.app import build_app_for_services
-
-        app = build_app_for_services([self])
         bind_host = host or getattr(self, "internal_host", None) or self.host or "127.0.0.1"
         bind_port = port or getattr(self, "internal_port", None) or self.port or 8000
-        server = uvicorn.Server(uvicorn.Config(app, host=bind_host, port=bind_port))
-        await server.serve()
+        await serve_over_http(self, bind_host, bind_port)
 
     async def register_to_control_plane(self, control_plane_url: str) -> None:
         """Join a gateway running elsewhere; results then go back to it over HTTP."""

@@ -7,9 +7,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from gateway.store import sqlite as sqlite_store
 from gateway.control_plane.sessions import SessionRecord
 from gateway.control_plane.tasks import TaskRecord
+from gateway.store import sqlite as sqlite_store
 from gateway.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio

@@ -144,21 +144,3 @@ class TaskEventHub:
         if channel is not None and sub in channel.subscribers:
             channel.subscribers.remove(sub)
         sub.send.close()
-
-
-def sse_response(subscription: Subscription):
-    """A Starlette streaming response writing each event as `event: kind` + `data: json`."""
-    from starlette.responses import StreamingResponse
-
-    async def stream():
-        try:
-            async for event in subscription:
-                yield f"event: {event.kind}\ndata: {event.model_dump_json()}\n\n"
-        finally:
-            subscription.close()
-
-    return StreamingResponse(
-        stream(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )

@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from gateway.control_plane.events import sse_response
 from gateway.control_plane.plane import ControlPlane
 from gateway.control_plane.tasks import TaskRecord
 from gateway.messages import (
+    ID_PATTERN,
     QueueMessage,
     ServiceDefinition,
     SessionDefinition,
@@ -27,8 +27,7 @@ from gateway.messages import (
 )
 from gateway.web.errors import ApiError
 from gateway.web.routing import api_route
-
-ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+from gateway.web.sse import sse_response
 
 
 # -- request / response models -------------------------------------------------------------------

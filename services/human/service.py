@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from gateway.control_plane.routes import ID_PATTERN
 from gateway.messages import (
+    ID_PATTERN,
     ActionTypes,
     ChatMessage,
     HumanResponse,

@@ -10,18 +10,15 @@ raises or times out answers 200 with `is_error` and the error text.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 import anyio.to_thread
-from anyio.abc import TaskGroup
-from llama_index.core.tools import AsyncBaseTool, BaseTool, FunctionTool, ToolOutput
+from llama_index.core.tools import AsyncBaseTool, BaseTool, ToolOutput
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -45,6 +42,16 @@ from gateway.messages import (
 from gateway.web.errors import ApiError
 from gateway.web.routing import api_route
 from services.base import BaseService
+from services.tool.adapt import (
+    BadArguments,
+    ToolError,
+    ToolInfo,
+    ToolTimeout,
+    UnknownTool,
+    as_async_tool,
+    check_arguments,
+)
+from services.tool.pool import WorkerPool
 
 logger = logging.getLogger("services.tool.service")
 
@@ -53,143 +60,6 @@ REPLY_TIMEOUT = 10.0  # a caller whose inbox stays full this long is not listeni
 
 
 # -- errors ---------------------------------------------------------------------------------------
-class ToolError(Exception):
-    """A tool call that could not produce an output; `status` is its HTTP mapping."""
-
-    status = 500
-    code = "tool_error"
-
-
-class UnknownTool(ToolError, LookupError):
-    status = 404
-    code = "not_found"
-
-
-class BadArguments(ToolError, ValueError):
-    status = 422
-    code = "validation_error"
-
-
-class ToolTimeout(ToolError, TimeoutError):
-    status = 504
-    code = "gateway_timeout"
-
-
-# -- tools ----------------------------------------------------------------------------------------
-class _SyncToolAdapter(AsyncBaseTool):
-    """A synchronous BaseTool run in a worker thread, so it never blocks the event loop."""
-
-    def __init__(self, tool: BaseTool) -> None:
-        self.base_tool = tool
-
-    @property
-    def metadata(self) -> Any:
-        return self.base_tool.metadata
-
-    def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        return self.base_tool(*args, **kwargs)
-
-    async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        return await anyio.to_thread.run_sync(functools.partial(self.call, *args, **kwargs))
-
-
-def as_async_tool(tool: Any) -> AsyncBaseTool:
-    """A tool, or a plain function (wrapped as a FunctionTool), as an async tool."""
-    if isinstance(tool, AsyncBaseTool):
-        return tool
-    if isinstance(tool, BaseTool):
-        return _SyncToolAdapter(tool)
-    if callable(tool):
-        return FunctionTool.from_defaults(fn=tool)
-    raise TypeError(f"expected a llama-index tool or a function, got {type(tool).__name__}")
-
-
-class ToolInfo(BaseModel):
-    """A tool as clients and LLMs see it: name, description, JSON schema of its arguments."""
-
-    name: str
-    description: str
-    parameters: dict[str, Any]
-    return_direct: bool = False
-
-    @classmethod
-    def of(cls, tool: AsyncBaseTool) -> ToolInfo:
-        meta = tool.metadata
-        return cls(
-            name=meta.get_name(),
-            description=meta.description,
-            parameters=meta.get_parameters_dict(),
-            return_direct=meta.return_direct,
-        )
-
-
-def check_arguments(tool: AsyncBaseTool, args: list[Any], kwargs: dict[str, Any]) -> None:
-    """Refuse arguments the tool's schema rejects, with a message naming each problem."""
-    schema = tool.metadata.fn_schema
-    if schema is None or args:
-        return
-    name = tool.metadata.get_name()
-    if schema.model_config.get("extra") != "allow":
-        unexpected = sorted(set(kwargs) - set(schema.model_fields))
-        if unexpected:
-            raise BadArguments(f"tool {name!r} got unexpected argument(s): {', '.join(unexpected)}")
-    try:
-        schema.model_validate(kwargs)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
-            for err in exc.errors(include_url=False)
-        )
-        raise BadArguments(f"bad arguments for tool {name!r}: {problems}") from None
-
-
-class WorkerPool:
-    """Up to `size` long-lived workers fed by a bounded FIFO queue.
-
-    Cheaper than a task per call (anyio's `start_soon` is the largest single cost of a bus
-    round trip) and the number of workers is the concurrency bound. Workers start on demand and
-    live as long as the task group; `run` must answer its item itself and never raise.
-    """
-
-    def __init__(
-        self,
-        size: int,
-        queue_size: int,
-        run: Callable[[ToolCall], Awaitable[None]],
-        task_group: TaskGroup,
-        name: str,
-    ) -> None:
-        self._size = size
-        self._run = run
-        self._task_group = task_group
-        self._name = name
-        self._send, self._receive = anyio.create_memory_object_stream[ToolCall](queue_size)
-        self._workers = 0
-        self._free = 0  # idle workers that no queued item has been promised to yet
-
-    @property
-    def workers(self) -> int:
-        return self._workers
-
-    async def submit(self, item: ToolCall) -> None:
-        """Queue `item`; waits only when `queue_size` items are already waiting."""
-        if self._free:
-            self._free -= 1
-        elif self._workers < self._size:
-            self._workers += 1
-            self._task_group.start_soon(self._work, name=f"{self._name}-{self._workers}")
-        try:
-            self._send.send_nowait(item)
-        except anyio.WouldBlock:
-            await self._send.send(item)
-
-    async def _work(self) -> None:
-        while True:
-            item = await self._receive.receive()
-            await self._run(item)
-            self._free += 1
-
-
 @dataclass
 class _Calls:
     """A tool service's call bookkeeping as one plain object.

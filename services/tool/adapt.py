@@ -1,0 +1,101 @@
+"""Tools as the tool service sees them: any llama-index tool made async, its metadata, argument
+checks against its schema, and the errors a call can end with."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import anyio.to_thread
+from llama_index.core.tools import AsyncBaseTool, BaseTool, FunctionTool, ToolOutput
+from pydantic import BaseModel, ValidationError
+
+
+class ToolError(Exception):
+    """A tool call that could not produce an output; `status` is its HTTP mapping."""
+
+    status = 500
+    code = "tool_error"
+
+
+class UnknownTool(ToolError, LookupError):
+    status = 404
+    code = "not_found"
+
+
+class BadArguments(ToolError, ValueError):
+    status = 422
+    code = "validation_error"
+
+
+class ToolTimeout(ToolError, TimeoutError):
+    status = 504
+    code = "gateway_timeout"
+
+
+# -- tools ----------------------------------------------------------------------------------------
+class _SyncToolAdapter(AsyncBaseTool):
+    """A synchronous BaseTool run in a worker thread, so it never blocks the event loop."""
+
+    def __init__(self, tool: BaseTool) -> None:
+        self.base_tool = tool
+
+    @property
+    def metadata(self) -> Any:
+        return self.base_tool.metadata
+
+    def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        return self.base_tool(*args, **kwargs)
+
+    async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
+        return await anyio.to_thread.run_sync(functools.partial(self.call, *args, **kwargs))
+
+
+def as_async_tool(tool: Any) -> AsyncBaseTool:
+    """A tool, or a plain function (wrapped as a FunctionTool), as an async tool."""
+    if isinstance(tool, AsyncBaseTool):
+        return tool
+    if isinstance(tool, BaseTool):
+        return _SyncToolAdapter(tool)
+    if callable(tool):
+        return FunctionTool.from_defaults(fn=tool)
+    raise TypeError(f"expected a llama-index tool or a function, got {type(tool).__name__}")
+
+
+class ToolInfo(BaseModel):
+    """A tool as clients and LLMs see it: name, description, JSON schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    return_direct: bool = False
+
+    @classmethod
+    def of(cls, tool: AsyncBaseTool) -> ToolInfo:
+        meta = tool.metadata
+        return cls(
+            name=meta.get_name(),
+            description=meta.description,
+            parameters=meta.get_parameters_dict(),
+            return_direct=meta.return_direct,
+        )
+
+
+def check_arguments(tool: AsyncBaseTool, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """Refuse arguments the tool's schema rejects, with a message naming each problem."""
+    schema = tool.metadata.fn_schema
+    if schema is None or args:
+        return
+    name = tool.metadata.get_name()
+    if schema.model_config.get("extra") != "allow":
+        unexpected = sorted(set(kwargs) - set(schema.model_fields))
+        if unexpected:
+            raise BadArguments(f"tool {name!r} got unexpected argument(s): {', '.join(unexpected)}")
+    try:
+        schema.model_validate(kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise BadArguments(f"bad arguments for tool {name!r}: {problems}") from None

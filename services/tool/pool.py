@@ -1,0 +1,57 @@
+"""A bounded pool of long-lived workers: the tool service's concurrency bound."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.abc import TaskGroup
+
+from gateway.messages import ToolCall
+
+
+class WorkerPool:
+    """Up to `size` long-lived workers fed by a bounded FIFO queue.
+
+    Cheaper than a task per call (anyio's `start_soon` is the largest single cost of a bus
+    round trip) and the number of workers is the concurrency bound. Workers start on demand and
+    live as long as the task group; `run` must answer its item itself and never raise.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        queue_size: int,
+        run: Callable[[ToolCall], Awaitable[None]],
+        task_group: TaskGroup,
+        name: str,
+    ) -> None:
+        self._size = size
+        self._run = run
+        self._task_group = task_group
+        self._name = name
+        self._send, self._receive = anyio.create_memory_object_stream[ToolCall](queue_size)
+        self._workers = 0
+        self._free = 0  # idle workers that no queued item has been promised to yet
+
+    @property
+    def workers(self) -> int:
+        return self._workers
+
+    async def submit(self, item: ToolCall) -> None:
+        """Queue `item`; waits only when `queue_size` items are already waiting."""
+        if self._free:
+            self._free -= 1
+        elif self._workers < self._size:
+            self._workers += 1
+            self._task_group.start_soon(self._work, name=f"{self._name}-{self._workers}")
+        try:
+            self._send.send_nowait(item)
+        except anyio.WouldBlock:
+            await self._send.send(item)
+
+    async def _work(self) -> None:
+        while True:
+            item = await self._receive.receive()
+            await self._run(item)
+            self._free += 1

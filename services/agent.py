@@ -10,6 +10,9 @@ other services as ServiceAsTools, so the agent's tool calls cross the bus. The a
 (tool calls, tool results, streamed text) go to the control plane's event stream as they happen.
 Tasks run one at a time by default (`max_concurrent_tasks: 1`), so they complete in order; while
 stopped they wait, in order, on the running switch.
+
+Size: one service type — per-session memory, the agent task API of the reference and the
+streaming of agent events share the session table.
 """
 
 from __future__ import annotations

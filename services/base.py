@@ -4,6 +4,9 @@ A service owns its Starlette routes (relative to its prefix), consumes messages 
 from the bus, and runs each task inside the host's task group under a CancelScope, a
 CapacityLimiter and an optional timeout. Nothing here polls: the bus pushes messages in, and the
 `running` switch is an event that paused tasks wait on.
+
+Size: the contract every service implements (routes, bus consumer, spawn with its cancel
+scope, the reference's registration and launcher methods) is read as one piece by service authors.
 """
 
 from __future__ import annotations

@@ -3,6 +3,10 @@
 The control plane is itself a bus consumer (`type == "control_plane"`): services answer with
 COMPLETED_TASK and report progress with TASK_STREAM. Tasks of one session run in submission
 order per service (a lane); other tasks go straight to their service.
+
+Size: one class on purpose — accept, dispatch, lanes and the terminal transition share the
+task table's invariants (exactly one terminal state), and splitting them would spread those over
+modules.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ arrival order, and no task, timer or limiter slot per waiting task, so 10,000 of
 Every way a task can end (answer, fn_input, cancel, timeout, failure) goes through `_end`, which
 removes the task before anything is awaited: a task ends exactly once, and a second answer is a
 409, never a crash.
+
+Size: the queue, its HTTP routes and its bus handler are one service; the models are small and
+kept beside the routes that document them.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ CapacityLimiter (`max_concurrent_calls`), and always answers its caller (`source
 ToolCallResult, never silence. `POST /run` calls a tool directly and answers its output; there,
 requests it cannot serve are HTTP errors (404 unknown tool, 422 bad arguments); a tool that
 raises or times out answers 200 with `is_error` and the error text.
+
+Size: the service class and the request/response models of its routes; tool adaptation lives in
+`adapt`, the worker pool in `pool`.
 """
 
 from __future__ import annotations

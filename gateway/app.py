@@ -93,11 +93,13 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        if not runtime.control_plane.store.writable:
+            return error_response(503, "the store cannot write", headers={"Retry-After": "2"})
         if runtime.ready and runtime.control_plane.accepting:
             return JSONResponse({"status": "ready"})
         return error_response(503, "not ready", headers={"Retry-After": "1"})
 
-    metrics = GatewayMetrics(runtime.bus, runtime.control_plane.events)
+    metrics = GatewayMetrics(runtime.bus, runtime.control_plane.events, runtime.control_plane.store)
     runtime.control_plane.on_task_end.append(metrics.task_ended)
     tokens = load_tokens(config)
 

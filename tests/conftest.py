@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -66,8 +66,10 @@ def running_server(
     env: dict[str, str] | None = None,
     port: int | None = None,
     startup_timeout: float = 30.0,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[RunningServer]:
-    """Start `uvicorn gateway.app:app` as a subprocess serving `config` from a temp YAML file."""
+    """Start `uvicorn gateway.app:app` as a subprocess serving `config` from a temp YAML file.
+    `preexec_fn` runs in the child before it starts (e.g. to set resource limits)."""
     config_path = tmp_path / f"gateway-{time.monotonic_ns()}.yaml"
     config_path.write_text(yaml.safe_dump(config))
     port = port or free_port()
@@ -96,6 +98,7 @@ def running_server(
             env=process_env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,
         )
     server = RunningServer(process, f"http://127.0.0.1:{port}", log_path)
     try:

@@ -37,7 +37,7 @@ from gateway.messages import (
     TaskResult,
     TaskStatus,
 )
-from gateway.store import Store
+from gateway.store import Store, StoreUnavailable
 from gateway.store.memory import MemoryStore
 from gateway.web.errors import ApiError
 
@@ -233,23 +233,66 @@ class ControlPlane:
             )
         )
         self._idle = anyio.Event()
+        if self.store.durable:
+            # Committed before it can run: a task the store refused must never have started.
+            await self._commit_new(record, session)
+            if record.is_terminal:  # cancelled by id while its commit was being written
+                return record
         self.events.publish(
             TaskEvent(task_id=task.task_id, kind="status", status=TaskStatus.PENDING)
         )
+        if self.store.durable:
+            await self._route_accepted(task, state)
+            return record
         try:
             await self._route(task, state, wait=False)
         except (BusFull, NoConsumer):
-            self.tasks.discard(task.task_id)
-            self.events.forget(task.task_id)
-            self._set_idle_if_quiet()
+            self._refuse(record, session)
             raise
         if session is not None:
             session.task_ids.append(task.task_id)
-            self.store.save_session(session)
-        self.store.save_task(record)
-        if self.store.durable:
-            await self.store.flush()
         return record
+
+    async def _route_accepted(self, task: TaskDefinition, state: dict | None) -> None:
+        """Route a committed (so already accepted) task: a full bus makes it wait for room in
+        the background, holding its lane (how many can wait is bounded by each service's
+        max_queued_tasks); a vanished service fails it."""
+        lane = (task.session_id, task.agent_id or "") if task.session_id else None
+        if lane is not None:
+            if lane in self._lane_busy:
+                self._lanes.setdefault(lane, deque()).append(task.task_id)
+                return
+            self._lane_busy[lane] = task.task_id
+        try:
+            await self._dispatch(task, state, wait=False)
+        except BusFull:
+            self._start_dispatch(task, state)
+        except NoConsumer as exc:
+            await self._end(task.task_id, TaskStatus.FAILED, error=str(exc))
+
+    async def _commit_new(self, record: TaskRecord, session: SessionRecord | None) -> None:
+        """Write a new task (and its session's task list) and wait for the commit; a failed
+        commit refuses the submission with 503 and leaves no trace of the task."""
+        if session is not None:
+            session.task_ids.append(record.task_id)
+            self.store.save_session(session)
+        self.store.save_task(record, new=True)
+        try:
+            await self.store.flush()
+        except StoreUnavailable as exc:
+            self._refuse(record, session)
+            raise ApiError(
+                503, f"{exc}; the task was not accepted", headers={"Retry-After": "2"}
+            ) from None
+
+    def _refuse(self, record: TaskRecord, session: SessionRecord | None) -> None:
+        self.tasks.discard(record.task_id)
+        self.events.forget(record.task_id)
+        if session is not None and record.task_id in session.task_ids:
+            session.task_ids.remove(record.task_id)
+            if self.store.durable:
+                self.store.save_session(session)
+        self._set_idle_if_quiet()
 
     async def _route(self, task: TaskDefinition, state: dict | None, wait: bool) -> None:
         """Dispatch now, or queue behind the running task of the same session and service."""
@@ -424,15 +467,19 @@ class ControlPlane:
             record = self.tasks.get(next_id)
             if record is None or record.is_terminal:
                 continue
-            assert self._task_group is not None, "control plane not started"
             self._lane_busy[lane] = next_id
-            self._task_group.start_soon(self._dispatch_queued, record.definition())
+            self._start_dispatch(record.definition())
             return
         self._lanes.pop(lane, None)
         self._lane_busy.pop(lane, None)
 
-    async def _dispatch_queued(self, task: TaskDefinition) -> None:
+    def _start_dispatch(self, task: TaskDefinition, state: dict | None = None) -> None:
+        """Hand an accepted task to its service in the background, waiting for bus room."""
+        assert self._task_group is not None, "control plane not started"
+        self._task_group.start_soon(self._dispatch_queued, task, state)
+
+    async def _dispatch_queued(self, task: TaskDefinition, state: dict | None = None) -> None:
         try:
-            await self._dispatch(task, wait=True)
+            await self._dispatch(task, state, wait=True)
         except NoConsumer as exc:
             await self._end(task.task_id, TaskStatus.FAILED, error=str(exc))

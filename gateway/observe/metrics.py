@@ -10,14 +10,17 @@ from starlette.responses import Response
 from gateway.bus.memory import MessageBus
 from gateway.control_plane.events import TaskEventHub
 from gateway.control_plane.tasks import TaskRecord
+from gateway.store import Store
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 class GatewayMetrics:
-    def __init__(self, bus: MessageBus, events: TaskEventHub) -> None:
+    def __init__(self, bus: MessageBus, events: TaskEventHub, store: Store | None = None) -> None:
         self.bus = bus
         self.events = events
+        self.store = store or Store()
+        self._failed_commits_seen = 0
         self.registry = CollectorRegistry()
         self.tasks = Counter(
             "gateway_tasks_total",
@@ -44,6 +47,16 @@ class GatewayMetrics:
         self.active = Gauge(
             "gateway_tasks_active", "Accepted tasks not yet ended", registry=self.registry
         )
+        self.failed_commits = Counter(
+            "gateway_store_failed_commits",
+            "Store commits that failed (disk full, I/O error); their new tasks were refused",
+            registry=self.registry,
+        )
+        self.store_writable = Gauge(
+            "gateway_store_writable",
+            "1 while the store takes writes, 0 from a failed commit until one succeeds again",
+            registry=self.registry,
+        )
 
     def task_ended(self, record: TaskRecord) -> None:
         self.tasks.labels(record.service, record.status.value).inc()
@@ -57,6 +70,10 @@ class GatewayMetrics:
             self.queue_depth.labels(stat["message_type"], stat["consumer_id"]).set(stat["queued"])
         self.subscribers.set(self.events.subscriber_count)
         self.active.set(active)
+        failed = self.store.failed_commits
+        self.failed_commits.inc(failed - self._failed_commits_seen)
+        self._failed_commits_seen = failed
+        self.store_writable.set(1 if self.store.writable else 0)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

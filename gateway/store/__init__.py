@@ -2,7 +2,8 @@
 
 `save_*` calls return at once (they only record what changed); a durable store writes the
 changes in batches off the event loop, and `flush()` waits until everything recorded so far is
-committed. `MemoryStore` keeps nothing beyond the in-memory tables (tests, ephemeral use).
+committed, or raises `StoreUnavailable` when the commit holding it failed. `MemoryStore` keeps
+nothing beyond the in-memory tables (tests, ephemeral use).
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ if TYPE_CHECKING:
     from gateway.control_plane.tasks import TaskRecord
 
 
+class StoreUnavailable(Exception):
+    """A commit failed (disk full, I/O error): whoever waited on it must refuse its work."""
+
+
 class Store:
     durable = False
+    #: False from a failed commit until a write succeeds again (`/readyz` answers 503 meanwhile).
+    writable = True
+    #: Commits that failed since start (exported as a metric).
+    failed_commits = 0
 
     async def open(self, task_group: TaskGroup) -> None:
         """Prepare (create tables, start the writer inside the gateway's task group)."""
@@ -26,9 +35,12 @@ class Store:
         """Commit what is pending."""
 
     async def flush(self) -> None:
-        """Return once every change recorded so far is committed."""
+        """Return once every change recorded so far is committed; raise `StoreUnavailable` if
+        the commit holding them failed."""
 
-    def save_task(self, record: TaskRecord) -> None: ...
+    def save_task(self, record: TaskRecord, *, new: bool = False) -> None:
+        """Record a task. `new`: its first save, made before the submission is answered; if that
+        commit fails the record is dropped (the submitter refuses the task) instead of retried."""
 
     def load_task(self, task_id: str) -> TaskRecord | None:
         return None

@@ -4,6 +4,13 @@ Changes are coalesced in memory (latest value per key, so the backlog is bounded
 of live keys) and committed by one writer task that runs each batch in a worker thread; the
 event loop never waits on the disk except where a caller asks to, via `flush()`. WAL mode with
 synchronous=NORMAL keeps commits durable across a process crash (SIGKILL).
+
+A commit that fails (disk full, I/O error) is never reported as written: `flush()` raises
+`StoreUnavailable` to the callers waiting on it, the first saves of new tasks in it are dropped
+(their submitters refuse them), and every other change goes back into the next batch, which the
+writer retries with a capped back-off (cut short by a new submission, which is waiting for its
+answer, and by closing). While nothing is left to retry, a tiny probe write tells
+when the disk takes writes again, so `writable` (and `/readyz`) recover by themselves.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from anyio.abc import TaskGroup
 
 from gateway.control_plane.sessions import SessionRecord
 from gateway.control_plane.tasks import TaskRecord
-from gateway.store import Store
+from gateway.store import Store, StoreUnavailable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -32,6 +39,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS contexts (
     session_id TEXT NOT NULL,
     service TEXT NOT NULL,
@@ -42,8 +53,20 @@ CREATE TABLE IF NOT EXISTS contexts (
 
 UNFINISHED = ("pending", "running", "waiting_for_human")
 CONTEXT_CACHE_SIZE = 4096
+BACKOFF_MIN = 0.05  # seconds before the first retry of a failed commit
+BACKOFF_MAX = 1.0  # cap: a refused submission waits about this long at most for its answer
 
 logger = logging.getLogger("gateway.store.sqlite")
+
+
+class _Commit:
+    """The outcome of one batch, shared by everyone whose changes are in it."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.error: str | None = None
 
 
 class SqliteStore(Store):
@@ -51,17 +74,25 @@ class SqliteStore(Store):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.writable = True
+        self.failed_commits = 0
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        # the open batch: changes recorded since the writer last took one
         self._tasks: dict[str, str] = {}
         self._task_status: dict[str, str] = {}
+        self._new_tasks: set[str] = set()
         self._sessions: dict[str, str | None] = {}
         self._contexts: dict[tuple[str, str], str | None] = {}
+        self._changed = False
+        self._open_commit = _Commit()
+        # the batch being written (its task rows stay readable until they are committed)
+        self._in_flight: _Commit | None = None
+        self._in_flight_tasks: dict[str, str] = {}
         self._context_cache: OrderedDict[tuple[str, str], str | None] = OrderedDict()
-        self._dirty = anyio.Event()
-        self._committed = anyio.Event()
-        self._recorded = 0
-        self._written = 0
+        self._wake = anyio.Event()
+        self._urgent = anyio.Event()  # ends a back-off: someone waits for an answer, or closing
+        self._delay = 0.0
         self._closing = False
         self._limiter = anyio.CapacityLimiter(1)
         self._writer_done = anyio.Event()
@@ -82,7 +113,8 @@ class SqliteStore(Store):
 
     async def close(self) -> None:
         self._closing = True
-        self._dirty.set()
+        self._urgent.set()
+        self._wake.set()
         with anyio.move_on_after(10):
             await self._writer_done.wait()
         if self._conn is not None:
@@ -93,18 +125,29 @@ class SqliteStore(Store):
             self._reader = None
 
     async def flush(self) -> None:
-        target = self._recorded
-        while self._written < target and not self._writer_done.is_set():
-            await self._committed.wait()
+        if self._changed:
+            commit = self._open_commit
+        elif self._in_flight is not None:
+            commit = self._in_flight
+        else:
+            return
+        if self._writer_done.is_set():
+            raise StoreUnavailable("the store is closed")
+        await commit.done.wait()
+        if commit.error is not None:
+            raise StoreUnavailable(commit.error)
 
     # -- recording (never blocks) ------------------------------------------------------------
     def _touch(self) -> None:
-        self._recorded += 1
-        self._dirty.set()
+        self._changed = True
+        self._wake.set()
 
-    def save_task(self, record: TaskRecord) -> None:
+    def save_task(self, record: TaskRecord, *, new: bool = False) -> None:
         self._tasks[record.task_id] = record.model_dump_json()
         self._task_status[record.task_id] = record.status.value
+        if new:
+            self._new_tasks.add(record.task_id)
+            self._urgent.set()
         self._touch()
 
     def save_session(self, record: SessionRecord) -> None:
@@ -133,7 +176,7 @@ class SqliteStore(Store):
 
     # -- reading -----------------------------------------------------------------------------
     def load_task(self, task_id: str) -> TaskRecord | None:
-        pending = self._tasks.get(task_id)
+        pending = self._tasks.get(task_id) or self._in_flight_tasks.get(task_id)
         if pending is not None:
             return TaskRecord.model_validate_json(pending)
         row = self._query_one("SELECT body FROM tasks WHERE task_id = ?", (task_id,))
@@ -177,34 +220,101 @@ class SqliteStore(Store):
     async def _writer(self) -> None:
         try:
             while True:
-                await self._dirty.wait()
-                self._dirty = anyio.Event()
-                if self._recorded > self._written:
-                    batch, upto = self._take_batch(), self._recorded
-                    with anyio.CancelScope(shield=True):
-                        try:
-                            await anyio.to_thread.run_sync(
-                                self._write_batch, batch, limiter=self._limiter
-                            )
-                        except Exception:
-                            logger.exception("could not write %s to %s", upto, self.path)
-                    self._written = upto
-                    committed, self._committed = self._committed, anyio.Event()
-                    committed.set()
-                if self._closing and self._recorded == self._written:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                if self._changed:
+                    ok = await self._commit_open_batch()
+                elif not self.writable:
+                    ok = await self._attempt(self._probe) is None
+                else:
+                    ok = True
+                if self._closing and (not ok or not self._changed):
+                    if not ok:
+                        logger.error("closing %s with changes it could not write", self.path)
                     return
+                if not ok:
+                    # Retry (or probe) after a capped back-off.
+                    self._delay = min(BACKOFF_MAX, max(BACKOFF_MIN, self._delay * 2))
+                    if not self._new_tasks:
+                        self._urgent = anyio.Event()
+                    with anyio.move_on_after(self._delay):
+                        await self._urgent.wait()
+                    self._wake.set()
         finally:
+            for commit in (self._in_flight, self._open_commit):
+                if commit is not None and not commit.done.is_set():
+                    commit.error = "the store closed before this change was committed"
+                    commit.done.set()
             self._writer_done.set()
-            self._committed.set()
+
+    async def _commit_open_batch(self) -> bool:
+        batch = self._take_batch()
+        commit = self._in_flight = self._open_commit
+        self._open_commit = _Commit()
+        error = await self._attempt(self._write_batch, batch)
+        self._in_flight, self._in_flight_tasks = None, {}
+        if error is not None:
+            self._restore(batch)
+        commit.error = error
+        commit.done.set()
+        return error is None
+
+    async def _attempt(self, write: Any, *args: Any) -> str | None:
+        """Run one write in the worker thread; the error text if it failed."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(write, *args, limiter=self._limiter)
+            except Exception as exc:
+                self.failed_commits += 1
+                if self.writable:
+                    logger.error("cannot write to %s (%s): refusing new tasks", self.path, exc)
+                self.writable = False
+                return f"the store cannot write: {exc}"
+        if not self.writable:
+            logger.warning("%s takes writes again", self.path)
+        self.writable = True
+        self._delay = 0.0
+        return None
 
     def _take_batch(self) -> dict[str, Any]:
         batch = {
             "tasks": [(k, self._task_status[k], v) for k, v in self._tasks.items()],
+            "new": self._new_tasks,
             "sessions": list(self._sessions.items()),
             "contexts": list(self._contexts.items()),
         }
+        self._in_flight_tasks = self._tasks
         self._tasks, self._task_status, self._sessions, self._contexts = {}, {}, {}, {}
+        self._new_tasks = set()
+        self._changed = False
         return batch
+
+    def _restore(self, batch: dict[str, Any]) -> None:
+        """Put a failed batch back for the retry, under anything recorded since (newer wins).
+        First saves of new tasks are dropped: their submissions are refused, not retried."""
+        for task_id, status, body in batch["tasks"]:
+            if task_id not in batch["new"] and task_id not in self._tasks:
+                self._tasks[task_id] = body
+                self._task_status[task_id] = status
+                self._changed = True
+        for session_id, body in batch["sessions"]:
+            if session_id not in self._sessions:
+                self._sessions[session_id] = body
+                self._changed = True
+        for key, payload in batch["contexts"]:
+            if key not in self._contexts:
+                self._contexts[key] = payload
+                self._changed = True
+
+    def _probe(self) -> None:
+        """A tiny commit, to learn whether the disk takes writes again."""
+        conn = self._conn
+        assert conn is not None
+        conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('probe', ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (str(self.failed_commits),),
+        )
 
     def _write_batch(self, batch: dict[str, Any]) -> None:
         conn = self._conn
@@ -241,5 +351,6 @@ class SqliteStore(Store):
                     )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # sqlite may already have rolled back (disk full)
+                conn.execute("ROLLBACK")
             raise

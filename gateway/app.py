@@ -23,6 +23,7 @@ from gateway.config import ConfigError, GatewayConfig, build_services, load_conf
 from gateway.control_plane.routes import routes as control_plane_routes
 from gateway.observe.logs import configure_logging
 from gateway.observe.metrics import GatewayMetrics, metrics_endpoint
+from gateway.observe.tracing import TracingUnavailable, setup_tracing
 from gateway.runtime import Runtime, RuntimeSettings
 from gateway.store import Store
 from gateway.store.memory import MemoryStore
@@ -68,7 +69,13 @@ def build_app(config: GatewayConfig) -> Starlette:
         event_replay_size=config.events.replay_size,
         event_subscriber_buffer=config.events.subscriber_buffer,
     )
-    runtime = Runtime(build_services(config), settings=settings, store=make_store(config))
+    try:
+        tracing = setup_tracing(config.tracing, config.name)
+    except (TracingUnavailable, ValueError) as exc:
+        raise ConfigError(f"{config.source_path or '<config>'}: tracing: {exc}") from None
+    runtime = Runtime(
+        build_services(config), settings=settings, store=make_store(config), tracing=tracing
+    )
     return create_app(runtime, config)
 
 
@@ -137,6 +144,9 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
         )
     if tokens:
         middleware.append(Middleware(BearerAuth, tokens=tokens))
+    if runtime.tracing is not None:  # outermost: the server span covers everything else
+        traced, options = runtime.tracing.asgi_middleware()
+        middleware.insert(0, Middleware(traced, **options))
     app = Starlette(
         routes=routes,
         middleware=middleware,

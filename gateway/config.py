@@ -124,6 +124,19 @@ class CorsSettings(_Strict):
     allow_origins: list[str] = Field(default_factory=list)
 
 
+class TracingSettings(_Strict):
+    """OpenTelemetry tracing (off by default). The standard `OTEL_*` variables override these."""
+
+    enabled: bool = False
+    exporter: Literal["otlp", "console", "none"] = Field(
+        default="otlp", description="where spans go: an OTLP/HTTP endpoint, stdout, or nowhere"
+    )
+    endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP base URL, e.g. http://127.0.0.1:4318"
+    )
+    service_name: str | None = Field(default=None, description="defaults to the gateway name")
+
+
 class GatewayConfig(_Strict):
     name: str = "agent-gateway"
     host: str = "127.0.0.1"
@@ -137,6 +150,7 @@ class GatewayConfig(_Strict):
     events: EventSettings = Field(default_factory=EventSettings)
     auth: AuthSettings | None = None
     cors: CorsSettings = Field(default_factory=CorsSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     services: dict[str, AnyEntry] = Field(default_factory=dict)
     source_path: str | None = Field(default=None, exclude=True)
 

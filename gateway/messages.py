@@ -9,9 +9,9 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 CONTROL_PLANE_NAME = "control_plane"
 # Client-chosen ids (tasks, sessions, human tasks): safe in paths, logs and keys.
@@ -60,8 +60,18 @@ class QueueMessageStats(BaseModel):
     process_end_time: float | None = None
 
 
+# W3C trace context headers (`traceparent`, `tracestate`, `baggage`), bounded: senders are hostile.
+TraceHeaders = dict[
+    Annotated[str, StringConstraints(max_length=64)],
+    Annotated[str, StringConstraints(max_length=8192)],
+]
+
+
 class QueueMessage(BaseModel):
-    """An envelope on the bus; `type` names the destination (a service or `control_plane`)."""
+    """An envelope on the bus; `type` names the destination (a service or `control_plane`).
+
+    `trace` carries the OpenTelemetry context of whoever published it (None when tracing is off).
+    """
 
     id_: str = Field(default_factory=new_id)
     publisher_id: str = "default"
@@ -69,6 +79,7 @@ class QueueMessage(BaseModel):
     action: ActionTypes | None = None
     data: dict[str, Any] = Field(default_factory=dict)
     stats: QueueMessageStats = Field(default_factory=QueueMessageStats)
+    trace: TraceHeaders | None = Field(default=None, max_length=8)
 
 
 class ChatMessage(BaseModel):

@@ -43,8 +43,10 @@ class Runtime:
         settings: RuntimeSettings | None = None,
         store: Store | None = None,
         secret: bytes | None = None,
+        tracing: Any = None,
     ) -> None:
         self.settings = settings or RuntimeSettings()
+        self.tracing = tracing  # gateway.observe.tracing.Tracing, or None (off)
         self.services = {s.service_name: s for s in services}
         if len(self.services) != len(services):
             raise ValueError("two services share a name")
@@ -66,6 +68,7 @@ class Runtime:
             retain_finished=self.settings.retain_finished_tasks,
         )
         self.bus.on_handler_error = self.control_plane.fail_message
+        self.bus.tracing = self.control_plane.tracing = tracing
         self.bus.register_consumer(self.control_plane.consumer())
         for service in services:
             self.control_plane.register_local(
@@ -81,6 +84,17 @@ class Runtime:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[Runtime]:
+        if self.tracing is not None:
+            self.tracing.start()
+        try:
+            async with self._running() as runtime:
+                yield runtime
+        finally:
+            if self.tracing is not None:
+                self.tracing.stop()
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[Runtime]:
         async with anyio.create_task_group() as task_group:
             self.bus.start(task_group)
             self.control_plane.start(task_group)
@@ -91,6 +105,7 @@ class Runtime:
                 task_group=task_group,
                 secret=self.secret,
                 services=self.services,
+                tracing=self.tracing,
             )
             for service in self.services.values():
                 await service.start(host)

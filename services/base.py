@@ -65,6 +65,7 @@ class ServiceHost:
     task_group: TaskGroup
     secret: bytes
     services: dict[str, BaseService] = field(default_factory=dict)
+    tracing: Any = None  # gateway.observe.tracing.Tracing when tracing is on
 
     def service(self, name: str) -> BaseService:
         try:
@@ -228,7 +229,18 @@ class BaseService(BaseModel, ABC):
         return self.bus.register_consumer(self.as_consumer())
 
     async def handle_message(self, message: QueueMessage) -> None:
-        """Entry point of every message: cancellation is common, the rest is the subclass's."""
+        """Entry point of every message: cancellation is common, the rest is the subclass's.
+
+        A message that carries a trace context is handled inside it, so the work it spawns
+        (which copies the current context) parents to the publisher's span.
+        """
+        if message.trace is not None and self._host is not None and self._host.tracing:
+            with self._host.tracing.attached(message.trace):
+                await self._handle_message(message)
+            return
+        await self._handle_message(message)
+
+    async def _handle_message(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.CANCEL_TASK:
             scope = self._scopes.get(str(message.data.get("task_id")))
             if scope is not None:
@@ -333,6 +345,9 @@ class BaseService(BaseModel, ABC):
         """Run `work` for `task` in the host's task group; its outcome is always reported."""
         if tool_call is not None:
             self._tool_calls[task.task_id] = tool_call
+        tracing = self.service_host.tracing
+        if tracing is not None:
+            work = tracing.traced_work(work, self.service_name, task.task_id, task.session_id)
         scope = anyio.CancelScope()
         self._scopes[task.task_id] = scope
         self.service_host.task_group.start_soon(

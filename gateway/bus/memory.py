@@ -56,6 +56,7 @@ class MessageBus:
         self._next: dict[str, int] = {}
         self._task_group: TaskGroup | None = None
         self._http: httpx.AsyncClient | None = None
+        self.tracing: Any = None  # gateway.observe.tracing.Tracing when tracing is on
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, task_group: TaskGroup) -> None:
@@ -111,6 +112,8 @@ class MessageBus:
         `timeout` bounds the wait for room in a full buffer: -1 means the bus default, None
         means wait as long as it takes (used for results, which must never be dropped).
         """
+        if self.tracing is not None and message.trace is None:
+            message.trace = self.tracing.carrier()
         peers = self._by_type.get(message.type)
         if not peers:
             raise NoConsumer(message.type)

@@ -74,6 +74,7 @@ class ControlPlane:
         self._idle = anyio.Event()
         self._idle.set()
         self.on_task_end: list[Callable[[TaskRecord], None]] = []
+        self.tracing: Any = None  # gateway.observe.tracing.Tracing when tracing is on
 
     # -- lifecycle ---------------------------------------------------------------------------
     def consumer(self) -> Consumer:
@@ -99,6 +100,8 @@ class ControlPlane:
                 continue
             if record.status is TaskStatus.PENDING and record.service in self.registry:
                 self.tasks.add(record)
+                if self.tracing is not None:  # continues the trace the record carries
+                    self.tracing.start_task(record)
                 self._idle = anyio.Event()
                 await self._route(record.definition(), None, wait=True)
             else:
@@ -232,6 +235,8 @@ class ControlPlane:
                 task_id=task.task_id, service=target, session_id=task.session_id, input=task.input
             )
         )
+        if self.tracing is not None:
+            self.tracing.start_task(record)
         self._idle = anyio.Event()
         if self.store.durable:
             # Committed before it can run: a task the store refused must never have started.
@@ -286,6 +291,8 @@ class ControlPlane:
             ) from None
 
     def _refuse(self, record: TaskRecord, session: SessionRecord | None) -> None:
+        if self.tracing is not None:
+            self.tracing.end_task(record.task_id, "refused", "the task was not accepted")
         self.tasks.discard(record.task_id)
         self.events.forget(record.task_id)
         if session is not None and record.task_id in session.task_ids:
@@ -319,6 +326,9 @@ class ControlPlane:
             action=ActionTypes.NEW_TASK,
             data=NewTask(task=task, state=state or {}).model_dump(mode="json"),
         )
+        if self.tracing is not None:  # the task's span, wherever and whenever this runs
+            record = self.tasks.get(task.task_id)
+            message.trace = record.trace if record is not None else None
         await self.bus.publish(message, timeout=None if wait else -1.0)
 
     async def cancel(self, task_id: str) -> TaskRecord:
@@ -421,6 +431,8 @@ class ControlPlane:
         if record is None:
             return
         self.store.save_task(record)
+        if self.tracing is not None:
+            self.tracing.end_task(task_id, status.value, error)
         logger.info(
             "task ended",
             extra={"task_id": task_id, "service": record.service, "status": status.value},

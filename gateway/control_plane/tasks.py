@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import anyio
 from pydantic import BaseModel, Field
 
-from gateway.messages import TaskDefinition, TaskResult, TaskStatus
+from gateway.messages import TaskDefinition, TaskResult, TaskStatus, TraceHeaders
 
 
 class TaskRecord(BaseModel):
@@ -29,6 +29,10 @@ class TaskRecord(BaseModel):
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
+    trace_id: str | None = Field(default=None, description="its OpenTelemetry trace (when on)")
+    trace: TraceHeaders | None = Field(
+        default=None, description="W3C context of the task's span: later work parents to it"
+    )
 
     @property
     def is_terminal(self) -> bool:

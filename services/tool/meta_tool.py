@@ -145,6 +145,25 @@ async def _call_over_bus(
     raw_input: dict[str, Any],
     timeout: float | None,
 ) -> ToolOutput:
+    tracing = inbox.bus.tracing
+    if tracing is None:
+        return await _ask(inbox, service_name, tool_name, call_id, data, raw_input, timeout)
+    with tracing.tool_call(tool_name, service_name) as span:  # the bus message carries it
+        output = await _ask(inbox, service_name, tool_name, call_id, data, raw_input, timeout)
+        if output.is_error:
+            tracing.mark_error(span, str(output.content))
+        return output
+
+
+async def _ask(
+    inbox: ReplyInbox,
+    service_name: str,
+    tool_name: str,
+    call_id: str,
+    data: dict[str, Any],
+    raw_input: dict[str, Any],
+    timeout: float | None,
+) -> ToolOutput:
     try:
         reply = await inbox.call(service_name, call_id, data, timeout)
     except ToolCallTimeout:

@@ -79,6 +79,8 @@ class _Calls:
     pool: WorkerPool | None = None
     bus: MessageBus | None = None
     publisher_id: str = ""
+    # trace context of calls waiting for a worker (only filled when tracing is on)
+    traces: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 # -- HTTP models ----------------------------------------------------------------------------------
@@ -330,6 +332,8 @@ class ToolService(BaseService):
             except ValidationError as exc:
                 await self._refuse(message, exc)
                 return
+            if message.trace is not None and self.service_host.tracing is not None:
+                self._calls.traces[tool_call.id_] = message.trace  # a worker picks it up
             await self.submit_call(tool_call)
         elif message.action == ActionTypes.NEW_TASK:
             task = NewTask.model_validate(message.data).task
@@ -360,6 +364,20 @@ class ToolService(BaseService):
         await calls.pool.submit(tool_call)
 
     async def _run_call(self, tool_call: ToolCall) -> None:
+        traces = self._calls.traces
+        carrier = traces.pop(tool_call.id_, None) if traces else None
+        if carrier is None:
+            await self._run_call_in(tool_call)
+            return
+        tracing = self.service_host.tracing
+        name = tool_call.tool_call_bundle.tool_name
+        with tracing.tool_run(carrier, name, self.service_name) as span:
+            error = await self._run_call_in(tool_call)
+            if error is not None:
+                tracing.mark_error(span, error)
+
+    async def _run_call_in(self, tool_call: ToolCall) -> str | None:
+        """Run one call and answer it; returns the answer if it is an error."""
         try:
             output = await self.run_tool(tool_call.tool_call_bundle)
             text, is_error = output.content, output.is_error
@@ -375,6 +393,7 @@ class ToolService(BaseService):
             raise
         self._calls.outstanding.pop(tool_call.id_, None)
         await self._answer(tool_call, text, is_error)
+        return text if is_error else None
 
     async def _answer(self, tool_call: ToolCall, text: str, is_error: bool) -> None:
         """COMPLETED_TOOL_CALL to the caller (and kept, for calls started over HTTP)."""

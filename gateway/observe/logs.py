@@ -1,4 +1,7 @@
-"""Logging set-up: plain text or JSON lines, both carrying `task_id` and `service` when known."""
+"""Logging set-up: plain text or JSON lines, both carrying `task_id` and `service` when known.
+
+With tracing on, records also carry `trace_id` and `span_id` (see gateway.observe.tracing).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import os
 import queue
 from logging.handlers import QueueHandler, QueueListener
 
-CONTEXT_FIELDS = ("task_id", "service", "status")
+CONTEXT_FIELDS = ("task_id", "service", "status", "trace_id", "span_id")
 LOG_QUEUE_SIZE = 10_000
 
 

@@ -117,7 +117,24 @@ class TwoQuestionsWorkflow(Workflow):
         return StopEvent(result=answers)
 
 
+class AnswerThenHoldWorkflow(Workflow):
+    """Asks once, then keeps running after the answer until the test sets `HOLDS["resume"]`."""
+
+    @step
+    async def ask(self, ctx: Context, ev: StartEvent) -> InputRequiredEvent:
+        return InputRequiredEvent(prefix="go on?")
+
+    @step
+    async def hold(self, ctx: Context, ev: HumanResponseEvent) -> StopEvent:
+        with anyio.fail_after(10):
+            await HOLDS["resume"].wait()
+        return StopEvent(result=ev.response)
+
+
+HOLDS: dict[str, anyio.Event] = {}  # set up by the test, inside its event loop
+
 wait_for_event_workflow = WaitForEventWorkflow(timeout=30)
+answer_then_hold_workflow = AnswerThenHoldWorkflow(timeout=30)
 two_questions_workflow = TwoQuestionsWorkflow(timeout=30)
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import time
 
+import anyio
 import httpx
 import pytest
 
 from gateway.config import ConfigError, parse_config
+from tests import fixtures_human
 from tests.conftest import gateway_client, running_server
 from tests.fixtures_human import wait_for_status, wait_for_tasks
+from tests.fixtures_sessions import parse_sse, summary
 
 pytestmark = pytest.mark.anyio
 
@@ -66,6 +69,30 @@ async def test_approval_waits_for_a_person_then_finishes(answer: str, approved: 
         ]
         assert asked[0]["data"]["human_task_id"] == question["task_id"]
         assert asked[0]["data"]["human_service"] == "desk"
+
+
+async def test_an_answered_run_goes_back_to_running_and_its_stream_says_so() -> None:
+    resume = fixtures_human.HOLDS["resume"] = anyio.Event()
+    async with gateway_client(config("tests.fixtures_human:answer_then_hold_workflow")) as client:
+        task_id = await start(client, {})
+        [question] = await wait_for_tasks(client, "desk", 1)
+        await wait_for_status(client, task_id, "waiting_for_human")
+        await client.post(
+            f"/services/desk/tasks/{question['task_id']}/handle", json={"result": "y"}
+        )
+        # the run goes on after the answer (it holds until `resume`): it is running again
+        await wait_for_status(client, task_id, "running")
+        resume.set()
+        record = await result(client, task_id)
+        assert record["status"] == "completed"
+        stream = (await client.get(f"/control_plane/tasks/{task_id}/events")).text
+    statuses = [s for s in summary(parse_sse(stream.splitlines())) if s.startswith("status:")]
+    assert statuses == [
+        "status:pending",
+        "status:running",
+        "status:waiting_for_human",
+        "status:running",
+    ]
 
 
 async def test_wait_for_event_form_and_requirements() -> None:

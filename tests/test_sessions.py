@@ -194,9 +194,36 @@ async def test_tasks_of_one_session_run_in_submission_order() -> None:
         assert [r["status"] for r in results] == ["completed"] * 3
         assert probe.log == ["start:1", "end:1", "start:2", "end:2", "start:3", "end:3"]
         assert probe.max_active == 1
-        started = [r["started_at"] for r in results]
-        finished = [r["finished_at"] for r in results]
-        assert finished[0] <= started[1] and finished[1] <= started[2]
+
+
+async def test_one_session_queues_per_service_ordered_within_and_concurrent_across() -> None:
+    probe = new_probe("lanes")
+    services = {name: {"source": "gated", "max_concurrent_tasks": 4} for name in ("alpha", "beta")}
+    async with gateway_client(config(services)) as client:
+        session_id = await create_session(client)
+        ids = {
+            label: await submit(client, service, {"key": "lanes", "label": label}, session_id)
+            for service, label in (("alpha", "a1"), ("alpha", "a2"), ("beta", "b1"), ("beta", "b2"))
+        }
+        # no gate is open yet: the first task of each service runs, at the same time
+        await wait_status(client, ids["a1"], "running")
+        await wait_status(client, ids["b1"], "running")
+        assert probe.max_active == 2
+        for label in ("a2", "b2"):
+            assert (await client.get(f"{CP}/tasks/{ids[label]}")).json()["status"] == "pending"
+        # beta's lane moves on while alpha's first task still runs
+        probe.gate("a2").set()
+        probe.gate("b2").set()
+        probe.gate("b1").set()
+        assert (await wait_result(client, ids["b2"]))["status"] == "completed"
+        assert (await client.get(f"{CP}/tasks/{ids['a1']}")).json()["status"] == "running"
+        assert (await client.get(f"{CP}/tasks/{ids['a2']}")).json()["status"] == "pending"
+        probe.gate("a1").set()
+        assert (await wait_result(client, ids["a2"]))["status"] == "completed"
+    alpha = [e for e in probe.log if e.endswith(("a1", "a2"))]
+    beta = [e for e in probe.log if e.endswith(("b1", "b2"))]
+    assert alpha == ["start:a1", "end:a1", "start:a2", "end:a2"]
+    assert beta == ["start:b1", "end:b1", "start:b2", "end:b2"]
 
 
 async def test_cancelling_a_queued_session_task_does_not_let_the_next_overtake() -> None:

@@ -8,7 +8,8 @@ from typing import Any
 import anyio
 import pytest
 
-from gateway.messages import ActionTypes, QueueMessage, ToolCall, ToolCallBundle
+from gateway.bus import Consumer
+from gateway.messages import ActionTypes, QueueMessage, ToolCall, ToolCallBundle, ToolCallResult
 from tests import fixtures_agents
 from tests.conftest import gateway_client
 from tests.fixtures_agents import BusInbox
@@ -267,3 +268,33 @@ async def test_control_plane_task_runs_a_tool() -> None:
     assert done.json()["result"]["result"] == "42"
     assert failed_done.json()["status"] == "failed"
     assert "unknown tool 'sqrt'" in failed_done.json()["error"]
+
+
+async def test_calls_cancelled_at_shutdown_answer_their_callers_at_once() -> None:
+    """The running call and the one queued behind it both hear `cancelled` during shutdown, so
+    their callers do not wait out a timeout for an answer that would never come."""
+    apps: list = []
+    replies: list[ToolCallResult] = []
+
+    async def record(message: QueueMessage) -> None:
+        replies.append(ToolCallResult.model_validate(message.data))
+
+    async with gateway_client(gate_config(1), app_out=apps):
+        bus = apps[0].state.runtime.bus
+        # inline: the answer is recorded in the publisher's task, even while everything stops
+        bus.register_consumer(
+            Consumer(message_type="caller", handler=record, id_="caller", inline=True)
+        )
+        sent = []
+        for label in ("running", "queued"):
+            message = tool_call("hold", source="caller", label=label)
+            message.type = "gate"
+            sent.append(message.data["id_"])
+            await bus.publish(message)
+        await anyio.wait_all_tasks_blocked()
+        assert fixtures_agents.GATE.active == 1  # one inside the tool, one queued behind it
+        assert replies == []
+    by_id = {reply.id_: reply for reply in replies}
+    assert sorted(by_id) == sorted(sent)
+    for reply in by_id.values():
+        assert reply.is_error and "cancelled" in reply.result

@@ -15,7 +15,9 @@ class WorkerPool:
 
     Cheaper than a task per call (anyio's `start_soon` is the largest single cost of a bus
     round trip) and the number of workers is the concurrency bound. Workers start on demand and
-    live as long as the task group; `run` must answer its item itself and never raise.
+    live as long as the task group; `run` must answer its item itself and never raise. When the
+    workers are cancelled (shutdown), items still queued go to `abandon`, so they are answered
+    too instead of leaving their callers to wait out a timeout.
     """
 
     def __init__(
@@ -25,9 +27,11 @@ class WorkerPool:
         run: Callable[[ToolCall], Awaitable[None]],
         task_group: TaskGroup,
         name: str,
+        abandon: Callable[[ToolCall], Awaitable[None]] | None = None,
     ) -> None:
         self._size = size
         self._run = run
+        self._abandon = abandon
         self._task_group = task_group
         self._name = name
         self._send, self._receive = anyio.create_memory_object_stream[ToolCall](queue_size)
@@ -51,7 +55,22 @@ class WorkerPool:
             await self._send.send(item)
 
     async def _work(self) -> None:
+        try:
+            while True:
+                item = await self._receive.receive()
+                await self._run(item)
+                self._free += 1
+        except BaseException:
+            if self._abandon is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await self._abandon_queued()
+            raise
+
+    async def _abandon_queued(self) -> None:
+        assert self._abandon is not None
         while True:
-            item = await self._receive.receive()
-            await self._run(item)
-            self._free += 1
+            try:
+                item = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            await self._abandon(item)

@@ -204,6 +204,7 @@ class ToolService(BaseService):
             self._run_call,
             self.service_host.task_group,
             f"{self.service_name}:tool-worker",
+            abandon=self._abandon_call,
         )
         calls.bus = self.bus
         calls.publisher_id = self.publisher_id
@@ -394,6 +395,11 @@ class ToolService(BaseService):
         self._calls.outstanding.pop(tool_call.id_, None)
         await self._answer(tool_call, text, is_error)
         return text if is_error else None
+
+    async def _abandon_call(self, tool_call: ToolCall) -> None:
+        """A call still queued when the workers stop (shutdown): its caller hears so now."""
+        self._calls.outstanding.pop(tool_call.id_, None)
+        await self._answer(tool_call, "Error: the tool call was cancelled before it ran", True)
 
     async def _answer(self, tool_call: ToolCall, text: str, is_error: bool) -> None:
         """COMPLETED_TOOL_CALL to the caller (and kept, for calls started over HTTP)."""

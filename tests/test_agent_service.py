@@ -172,8 +172,6 @@ async def test_stopped_agent_queues_tasks_and_runs_them_in_order_when_resumed() 
         "The answer is 6.",
     ]
     assert user_turns(messages) == questions  # ran one after another, in submission order
-    finished = [r["finished_at"] for r in records]
-    assert finished == sorted(finished)
 
 
 @pytest.mark.anyio

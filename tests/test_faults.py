@@ -9,8 +9,10 @@ from typing import Any
 
 import anyio
 import pytest
+from llama_index.core.tools import ToolMetadata
 
 from gateway.bus.memory import MessageBus
+from services.tool.meta_tool import MetaServiceTool
 from tests.conftest import gateway_client
 from tests.fixtures_faults import assert_error, gate, reset_gates, wait_ended, wait_status
 
@@ -125,14 +127,11 @@ async def test_a_crashed_consumer_loop_is_restarted_and_fails_its_in_flight_task
 
 
 async def test_a_tool_service_that_never_answers_makes_the_caller_time_out() -> None:
-    meta_tool = pytest.importorskip("services.tool.meta_tool")
-    from llama_index.core.tools import ToolMetadata
-
     apps: list = []
     cfg = config(mute={"type": "custom", "source": "tests.fixtures_faults:MuteService"})
     async with gateway_client(cfg, app_out=apps) as client:
         runtime = apps[0].state.runtime
-        tool = meta_tool.MetaServiceTool(
+        tool = MetaServiceTool(
             ToolMetadata(name="lookup", description="Looks things up."),
             "mute",
             runtime.bus,

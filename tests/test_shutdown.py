@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from tests.conftest import ROOT, free_port, running_server
 from tests.fixtures_faults import assert_error, gate, reset_gates, wait_status
 
 GRACE = 3.0
-QUICK_SECONDS = 1.0  # in flight at SIGTERM, done well within the grace period
+QUICK_SECONDS = 1.5  # in flight at SIGTERM, done within the grace period
 LONG_SECONDS = 120.0  # still running when the grace period ends
 
 
@@ -109,15 +110,22 @@ def test_sigterm_mid_load_drains_cancels_records_and_exits_0(tmp_path) -> None:
             waiting = submit(client, "long", 0.2)  # no free slot: accepted, never started
             wait_running(client, quick + long)
             assert client.get(f"/control_plane/tasks/{waiting}").json()["status"] == "pending"
-        sent_at = time.time()
+            # the order that matters, seen in sequence: running just before SIGTERM ...
+            before = [client.get(f"/control_plane/tasks/{t}").json()["status"] for t in quick]
+            assert before == ["running"] * len(quick)
+        sent_at = time.monotonic()
         process.send_signal(signal.SIGTERM)
         exit_code = process.wait(timeout=GRACE + 15)
-        stopped_at = time.time()
+        took = time.monotonic() - sent_at  # one clock, this process's
     log = log_path.read_text()
     assert exit_code == 0, log
-    assert stopped_at - sent_at < GRACE + 10, log
+    assert GRACE - 0.5 <= took < GRACE + 10, log  # the long tasks held it for the grace period
     assert "cancelled 2 task(s) at shutdown" in log, log
     assert "Application shutdown complete" in log and "Traceback" not in log, log
+    # ... and between the two processes: the never-started task is still pending on disk
+    with sqlite3.connect(f"file:{cfg['store']['path']}?mode=ro", uri=True) as conn:
+        row = conn.execute("SELECT status FROM tasks WHERE task_id = ?", (waiting,)).fetchone()
+    assert row == ("pending",)
 
     # A new process (uvicorn gateway.app:app) on the same database reads how every task ended.
     with (
@@ -127,17 +135,14 @@ def test_sigterm_mid_load_drains_cancels_records_and_exits_0(tmp_path) -> None:
         for task_id in quick:
             record = client.get(f"/control_plane/tasks/{task_id}").json()
             assert record["status"] == "completed", record
-            assert record["result"]["result"] == "rested"
-            assert record["finished_at"] > sent_at  # it was in flight at SIGTERM
+            assert record["result"]["result"] == "rested"  # in flight at SIGTERM, drained
         for task_id in long:
             record = client.get(f"/control_plane/tasks/{task_id}").json()
             assert record["status"] == "cancelled", record
             assert record["error"] == "cancelled at shutdown"
-            assert record["finished_at"] >= sent_at + GRACE - 0.5
         # The accepted-but-never-started task was kept, not dropped: it runs after the restart.
         record = client.get(f"/control_plane/tasks/{waiting}/result", params={"wait": 10}).json()
-        assert record["status"] == "completed", record
-        assert record["started_at"] > stopped_at
+        assert record["status"] == "completed", record  # it ran in the second process
 
 
 @asynccontextmanager

@@ -1,20 +1,84 @@
-"""`python -m gateway --config PATH [--host H] [--port P]`."""
+"""`python -m gateway --config PATH [--host H] [--port P] [--reload]` (= `agent-gateway serve`)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import signal
 import sys
+from pathlib import Path
 
 import uvicorn
 
 from gateway.app import build_app
-from gateway.config import ConfigError, load_config
+from gateway.config import CONFIG_ENV, ConfigError, GatewayConfig, build_services, load_config
 from gateway.observe.logs import configure_logging
 
 
 def _stopped_gracefully(signum: int, frame: object) -> None:
     raise SystemExit(0)
+
+
+def watched_folders(config: GatewayConfig) -> list[str]:
+    """What `--reload` watches: the config's folder and the folders of its source modules."""
+    folder = Path(config.source_path or ".").resolve().parent
+    folders = {folder}
+    for entry in config.services.values():
+        module = (entry.source or "").partition(":")[0]
+        if not module:
+            continue
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin and spec.origin not in ("built-in", "frozen"):
+            folders.add(Path(spec.origin).resolve().parent)
+    return sorted(str(f) for f in folders)
+
+
+def serve(
+    config_path: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    log_level: str = "info",
+    reload: bool = False,
+) -> int:
+    """Serve a config; 2 with one line on stderr when the config is wrong."""
+    configure_logging(log_level)
+    try:
+        config = load_config(config_path)
+        # With --reload the child process builds the app; checking the services here still
+        # stops a broken config in one line, without opening the store twice.
+        app = build_services(config) if reload else build_app(config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    # uvicorn re-raises the signal that stopped it once its graceful shutdown is complete; with
+    # the default handler that kills the process (exit -15) although everything ended in order.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, _stopped_gracefully)
+    options = dict(
+        host=host or config.host,
+        port=port or config.port,
+        log_level=log_level,
+        log_config=None,  # uvicorn's loggers go through ours (queued, never blocking the loop)
+        timeout_graceful_shutdown=config.shutdown_grace + 5,
+    )
+    if not reload:
+        uvicorn.run(app, **options)
+        return 0
+    # The reloader runs the app in a child process that builds it again from $GATEWAY_CONFIG.
+    config_file = Path(config.source_path or "config.yaml").resolve()
+    os.environ[CONFIG_ENV] = str(config_file)
+    uvicorn.run(
+        "gateway.app:app",
+        reload=True,
+        reload_dirs=watched_folders(config),
+        reload_includes=["*.py", config_file.name],
+        **options,
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,27 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=None, help="port (default: the config's, 8000)")
     parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level)
-    try:
-        config = load_config(args.config)
-        app = build_app(config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    # uvicorn re-raises the signal that stopped it once its graceful shutdown is complete; with
-    # the default handler that kills the process (exit -15) although everything ended in order.
-    for stop_signal in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(stop_signal, _stopped_gracefully)
-    uvicorn.run(
-        app,
-        host=args.host or config.host,
-        port=args.port or config.port,
-        log_level=args.log_level,
-        log_config=None,  # uvicorn's loggers go through ours (queued, never blocking the loop)
-        timeout_graceful_shutdown=config.shutdown_grace + 5,
+    parser.add_argument(
+        "--reload", action="store_true", help="restart when the config or its code changes"
     )
-    return 0
+    args = parser.parse_args(argv)
+    return serve(args.config, args.host, args.port, args.log_level, args.reload)
 
 
 if __name__ == "__main__":

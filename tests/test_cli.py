@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ CONFIG = {
     "services": {
         "echo": {"type": "workflow", "source": "examples.echo:workflow"},
         "stats": {"type": "workflow", "source": "examples.pipeline:build"},
+        "counter": {"type": "workflow", "source": "examples.counter:workflow"},
         "sleepy": {"type": "workflow", "source": "tests.fixtures_workflows:slow", "timeout": 0.3},
         "approval": {
             "type": "workflow",
@@ -304,3 +306,14 @@ def _services_when_up(url: str, ready, timeout: float = 30.0) -> dict:
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url} did not serve the expected services in {timeout}s")
+
+
+def test_the_readme_client_example_runs_as_written(server, monkeypatch, capsys) -> None:
+    text = (ROOT / "README.md").read_text()
+    example = next(
+        b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "GatewayClient()" in b
+    )
+    monkeypatch.setenv("AGENT_GATEWAY_URL", server.base_url)
+    monkeypatch.setenv("AGENT_GATEWAY_TOKEN", TOKEN)
+    exec(compile(example, "README.md", "exec"), {})
+    assert "non-empty" in capsys.readouterr().out

@@ -95,8 +95,8 @@ class _Subscriber:
                             self.ticks += 1
                         elif '"name":"Paused"' in line:
                             self.paused.set()
-                    elif kind == "error":
-                        self.lagged = True
+                    elif kind in ("error", "gap"):
+                        self.lagged = True  # it fell behind the replay bound
                     elif kind == "result":
                         self.ended_at = time.perf_counter()
         self.paused.set()

@@ -67,7 +67,7 @@ def build_app(config: GatewayConfig) -> Starlette:
         shutdown_grace=config.shutdown_grace,
         retain_finished_tasks=config.retain_finished_tasks,
         event_replay_size=config.events.replay_size,
-        event_subscriber_buffer=config.events.subscriber_buffer,
+        event_feed_size=config.events.feed_size,
     )
     try:
         tracing = setup_tracing(config.tracing, config.name)

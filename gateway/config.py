@@ -112,8 +112,15 @@ class StoreSettings(_Strict):
 
 
 class EventSettings(_Strict):
-    replay_size: int = Field(default=256, ge=0)
-    subscriber_buffer: int = Field(default=256, ge=1)
+    replay_size: int = Field(
+        default=256, ge=1, description="latest events held per task (late readers, resume)"
+    )
+    feed_size: int = Field(
+        default=1024, ge=1, description="latest entries held by GET /control_plane/events"
+    )
+    subscriber_buffer: int | None = Field(
+        default=None, ge=1, description="no longer used: readers read the replay itself"
+    )
 
 
 class AuthSettings(_Strict):

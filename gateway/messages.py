@@ -186,11 +186,17 @@ class WorkflowState(BaseModel):
 
 
 class TaskEvent(BaseModel):
-    """One entry of a task's live event stream (status change, workflow event, agent event)."""
+    """One entry of an event stream (status change, workflow event, agent event, result).
+
+    `seq` is its position in its stream (1, 2, ...; the SSE `id:`), set by the gateway when the
+    event is published. `gap` marks events the reader asked for that are no longer held;
+    `human` entries come from human services on the aggregate stream.
+    """
 
     task_id: str
-    kind: Literal["status", "event", "result", "error"] = "event"
+    kind: Literal["status", "event", "result", "error", "gap", "human"] = "event"
     name: str = ""
     data: dict[str, Any] = Field(default_factory=dict)
     status: TaskStatus | None = None
     at: float = Field(default_factory=time.time)
+    seq: int | None = None

@@ -33,7 +33,7 @@ class RuntimeSettings:
     shutdown_grace: float = 10.0
     retain_finished_tasks: int = 10_000
     event_replay_size: int = 256
-    event_subscriber_buffer: int = 256
+    event_feed_size: int = 1024
 
 
 class Runtime:
@@ -63,7 +63,7 @@ class Runtime:
             store=store or MemoryStore(),
             events=TaskEventHub(
                 replay_size=self.settings.event_replay_size,
-                subscriber_buffer=self.settings.event_subscriber_buffer,
+                feed_size=self.settings.event_feed_size,
             ),
             retain_finished=self.settings.retain_finished_tasks,
         )

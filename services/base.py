@@ -102,6 +102,9 @@ class RunQuery(BaseModel):
     """Query of every `/run`: `stream=true` answers with Server-Sent Events instead."""
 
     stream: bool = False
+    after: int | None = Field(
+        default=None, ge=0, description="with stream: resume after this event id"
+    )
 
 
 class BaseService(BaseModel, ABC):
@@ -502,16 +505,22 @@ class BaseService(BaseModel, ABC):
 
     # -- synchronous runs -------------------------------------------------------------------
     async def run_and_wait(
-        self, task: TaskDefinition, wait: float | None, stream: bool = False
+        self, task: TaskDefinition, wait: float | None, stream: bool = False, after: int = 0
     ) -> RunResponse | Response:
         """Submit through the control plane (so the task is visible) and wait for its end.
 
-        With `stream`, answer at once with the task's Server-Sent Events instead.
+        With `stream`, answer at once with the task's Server-Sent Events instead; a re-POST of
+        the same task id with a resume point (`after` > 0, from `Last-Event-ID`) resumes that
+        task's stream instead of submitting it again.
         """
         control_plane = self.service_host.control_plane
         if stream:
+            if after and task.task_id in control_plane.tasks:
+                if control_plane.tasks.get(task.task_id).service != self.service_name:
+                    raise ApiError(409, f"task {task.task_id!r} belongs to another service")
+                return sse_response(control_plane.subscribe(task.task_id, after))
             record = await control_plane.submit(task, self.service_name)
-            return sse_response(control_plane.events.subscribe(record.task_id))
+            return sse_response(control_plane.subscribe(record.task_id, after))
         record = await control_plane.run(task, self.service_name, wait)
         if not record.is_terminal:
             pending = RunResponse(task_id=record.task_id, status=record.status)

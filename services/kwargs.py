@@ -15,8 +15,16 @@ from pydantic import BaseModel, Field, model_validator
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
-from gateway.messages import ActionTypes, NewTask, QueueMessage, TaskDefinition, TaskResult
+from gateway.messages import (
+    ID_PATTERN,
+    ActionTypes,
+    NewTask,
+    QueueMessage,
+    TaskDefinition,
+    TaskResult,
+)
 from gateway.web.routing import api_route
+from gateway.web.sse import resume_after
 from services.base import BaseService, RunQuery, RunResponse
 
 
@@ -43,6 +51,12 @@ class KwargsRunRequest(BaseModel):
     kwargs: dict[str, Any] | None = None
     input: str | None = Field(default=None, description="JSON-encoded run kwargs")
     session_id: str | None = None
+    task_id: str | None = Field(
+        default=None,
+        pattern=ID_PATTERN,
+        description="your id for the task; with stream=true, re-POST it with Last-Event-ID "
+        "(or after) to resume its stream",
+    )
     wait: float = Field(default=300.0, gt=0, le=3600, description="seconds to wait for the end")
 
     @model_validator(mode="after")
@@ -77,13 +91,17 @@ class KwargsService(BaseService):
                 response=RunResponse,
                 responses={202: RunResponse},  # still running when `wait` ran out
                 summary=self.run_summary,
-                errors=(400, 404, 415, 422, 503),
+                errors=(400, 404, 409, 415, 422, 503),
             ),
         ]
 
     async def _run_http(self, request: Request, body: KwargsRunRequest, query: RunQuery) -> Any:
-        task = TaskDefinition(input=json.dumps(body.run_kwargs()), session_id=body.session_id)
-        return await self.run_and_wait(task, body.wait, stream=query.stream)
+        extra = {"task_id": body.task_id} if body.task_id else {}
+        task = TaskDefinition(
+            input=json.dumps(body.run_kwargs()), session_id=body.session_id, **extra
+        )
+        after = resume_after(request, query.after) if query.stream else 0
+        return await self.run_and_wait(task, body.wait, stream=query.stream, after=after)
 
     async def process_message(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.NEW_TASK:

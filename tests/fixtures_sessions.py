@@ -203,20 +203,29 @@ async def wait_status(
         await anyio.sleep(0.02)
 
 
+def _checked(event_id: str | None, data: dict | None) -> dict:
+    """Every frame has an `id:`, and it is the event's `seq`."""
+    assert event_id is not None, f"an SSE frame without id: {data}"
+    assert data is not None and int(event_id) == data.get("seq"), (event_id, data)
+    return data
+
+
 def parse_sse(lines: list[str]) -> list[tuple[str, dict]]:
-    """`event:`/`data:` lines of a Server-Sent Events body -> [(kind, data), ...]."""
+    """`id:`/`event:`/`data:` lines of a Server-Sent Events body -> [(kind, data), ...]."""
     events: list[tuple[str, dict]] = []
-    kind, data = None, None
+    event_id, kind, data = None, None, None
     for line in lines:
-        if line.startswith("event:"):
+        if line.startswith("id:"):
+            event_id = line.split(":", 1)[1].strip()
+        elif line.startswith("event:"):
             kind = line.split(":", 1)[1].strip()
         elif line.startswith("data:"):
             data = json.loads(line.split(":", 1)[1])
         elif line == "" and kind is not None:
-            events.append((kind, data or {}))
-            kind, data = None, None
+            events.append((kind, _checked(event_id, data)))
+            event_id, kind, data = None, None, None
     if kind is not None:
-        events.append((kind, data or {}))
+        events.append((kind, _checked(event_id, data)))
     return events
 
 
@@ -228,15 +237,18 @@ class SseReader:
         self.events: list[tuple[str, dict]] = []
 
     async def next(self) -> tuple[str, dict] | None:
-        kind, data = None, None
+        event_id, kind, data = None, None, None
         async for line in self._lines:
-            if line.startswith("event:"):
+            if line.startswith("id:"):
+                event_id = line.split(":", 1)[1].strip()
+            elif line.startswith("event:"):
                 kind = line.split(":", 1)[1].strip()
             elif line.startswith("data:"):
                 data = json.loads(line.split(":", 1)[1])
             elif line == "" and kind is not None:
-                self.events.append((kind, data or {}))
-                return kind, data or {}
+                data = _checked(event_id, data)
+                self.events.append((kind, data))
+                return kind, data
         return None
 
     async def until(self, predicate) -> tuple[str, dict]:

@@ -1,5 +1,5 @@
-"""A workflow writing a burst of events far larger than a subscriber's buffer: a reader that
-keeps up gets all of them; only a reader that does not read is dropped."""
+"""A workflow writing a burst of events far larger than the replay bound: a reader that keeps up
+gets all of them; a reader that does not read is told what it missed (a gap event)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ burst = BurstWorkflow(timeout=30)
 
 async def test_a_reader_that_keeps_up_gets_every_event_of_a_burst() -> None:
     config = {
-        "events": {"subscriber_buffer": 16, "replay_size": 8},
+        "events": {"replay_size": 8},
         "services": {"burst": {"type": "workflow", "source": "tests.test_event_burst:burst"}},
     }
     GATES["b1"] = anyio.Event()
@@ -66,5 +66,8 @@ async def test_a_reader_that_keeps_up_gets_every_event_of_a_burst() -> None:
     assert ticks == list(range(BURST)), "a reader that keeps up lost events of the burst"
     assert not [e for e in received if e.kind == "error"]
     assert received[-1].kind == "result"
-    # the reader that never read fell behind and was dropped with a final error event
-    assert idle_events[-1].kind == "error" and idle_events[-1].name == "subscriber_lagged"
+    assert [e.seq for e in received] == list(range(1, len(received) + 1))
+    # the reader that never read fell behind: a gap event, then the held tail, result last
+    assert idle_events[0].kind == "gap"
+    assert idle_events[0].data["dropped"] == len(received) - 8
+    assert idle_events[-1].kind == "result" and len(idle_events) == 9

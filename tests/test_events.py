@@ -117,15 +117,16 @@ async def test_two_subscribers_each_get_every_event_in_order() -> None:
         assert cp.events.subscriber_count == 0
 
 
-async def test_replay_buffer_is_bounded_by_config() -> None:
-    cfg = config(SERVICES, events={"replay_size": 4, "subscriber_buffer": 64})
+async def test_replay_buffer_is_bounded_by_config_and_the_cut_is_announced() -> None:
+    cfg = config(SERVICES, events={"replay_size": 4})
     async with gateway_client(cfg) as client:
         task_id = await submit(client, "stream", {"before": 10})
         await wait_result(client, task_id)
-        assert summary(await _events_of(client, task_id)) == [
-            *_ticks(7, 10),
-            "result:completed",
-        ]
+        events = await _events_of(client, task_id)
+        assert summary(events) == ["gap:gap", *_ticks(7, 10), "result:completed"]
+        # pending=1, running=2, ticks 3..12, result=13: 10..13 are held, 1..9 are gone
+        assert events[0][1]["data"] == {"after": 0, "first_available": 10, "dropped": 9}
+        assert [data["seq"] for _, data in events] == [9, 10, 11, 12, 13]
 
 
 async def test_a_late_subscriber_of_a_task_whose_events_are_gone_still_gets_its_end() -> None:
@@ -139,8 +140,14 @@ async def test_a_late_subscriber_of_a_task_whose_events_are_gone_still_gets_its_
         await wait_result(client, second)
         assert first not in cp.events  # its replay was dropped
         events = await _events_of(client, first)
-        assert summary(events) == ["result:completed"]
-        assert events[0][1]["data"]["result"]["data"]["result"]["ticks"] == 1
+        # pending, running, one tick, result=4: the result keeps its seq, the rest is a gap
+        assert summary(events) == ["gap:gap", "result:completed"]
+        assert events[0][1]["data"] == {"after": 0, "first_available": 4, "dropped": 3}
+        assert events[1][1]["seq"] == 4
+        assert events[1][1]["data"]["result"]["data"]["result"]["ticks"] == 1
+        # a reader that had everything but the result gets just the result, no gap
+        response = await client.get(f"{CP}/tasks/{first}/events", headers={"Last-Event-ID": "3"})
+        assert summary(parse_sse(response.text.splitlines())) == ["result:completed"]
 
 
 async def test_send_event_into_a_step_that_accepts_it() -> None:
@@ -235,8 +242,8 @@ async def test_run_with_stream_true_answers_with_the_events() -> None:
 
 
 # -- the hub: slow subscribers ------------------------------------------------------------------
-async def test_a_slow_subscriber_is_dropped_with_an_error_and_nobody_else_waits() -> None:
-    hub = TaskEventHub(replay_size=100, subscriber_buffer=2)
+async def test_a_slow_subscriber_gets_a_gap_event_and_nobody_else_waits() -> None:
+    hub = TaskEventHub(replay_size=4)
     slow = hub.subscribe("t")
     fast = hub.subscribe("t")
     received: list[TaskEvent] = []
@@ -255,42 +262,57 @@ async def test_a_slow_subscriber_is_dropped_with_an_error_and_nobody_else_waits(
                 hub.publish(TaskEvent(task_id="t", name="Tick", data={"n": n}))  # never waits
                 await got_one.wait()
                 got_one = anyio.Event()
-            assert hub.subscriber_count == 1  # the slow one is gone, the fast one is not
             hub.publish(TaskEvent(task_id="t", kind="result", status=TaskStatus.COMPLETED))
             hub.close("t")
 
     assert [e.data.get("n") for e in received[:-1]] == list(range(10))
+    assert [e.seq for e in received] == list(range(1, 12))
     assert received[-1].kind == "result"
-    # the slow reader gets what fitted in its buffer, then an error event, then the end
+    # the slow reader is told what it missed, then gets what is still held, result last
     with anyio.fail_after(5):
         late = [event async for event in slow]
-    assert [e.data.get("n") for e in late[:2]] == [0, 1]
-    assert late[-1].kind == "error" and late[-1].name == "subscriber_lagged"
-    assert len(late) == 3
-    # a subscriber arriving now replays everything
-    replay = [event async for event in hub.subscribe("t")]
-    assert len(replay) == 11 and replay[-1].kind == "result"
+    assert late[0].kind == "gap"
+    assert late[0].data == {"after": 0, "first_available": 8, "dropped": 7}
+    assert [e.seq for e in late] == [7, 8, 9, 10, 11]
+    assert late[-1].kind == "result"
+    assert hub.subscriber_count == 0
+
+
+async def test_resuming_from_any_id_yields_no_loss_and_no_repeat() -> None:
+    hub = TaskEventHub(replay_size=100)
+    for n in range(20):
+        hub.publish(TaskEvent(task_id="t", name="Tick", data={"n": n}))
+    hub.publish(TaskEvent(task_id="t", kind="result", status=TaskStatus.COMPLETED))
+    hub.close("t")
+    for cursor in range(0, 22):
+        seqs = [e.seq async for e in hub.subscribe("t", after=cursor)]
+        assert seqs == list(range(cursor + 1, 22)), cursor
+    # an id never issued counts as up to date: nothing repeats, the stream ends
+    assert [e async for e in hub.subscribe("t", after=99)] == []
 
 
 async def test_a_subscriber_that_never_reads_cannot_stall_a_task_of_the_app() -> None:
     apps: list = []
-    cfg = config(SERVICES, events={"subscriber_buffer": 2})
+    cfg = config(SERVICES, events={"replay_size": 8})
     async with gateway_client(cfg, app_out=apps) as client:
         cp = apps[0].state.runtime.control_plane
         task_id = await submit(client, "stream", {"before": 1, "wait": True})
         await _paused(cp, task_id)
-        stuck = cp.subscribe(task_id)  # replay so far, then a 2-event buffer nobody drains
+        stuck = cp.subscribe(task_id)  # subscribed, does not read while the task runs
         await client.post(
             f"{CP}/tasks/{task_id}/events", json={"event": "Go", "data": {"extra_ticks": 20}}
         )
         result = await wait_result(client, task_id)
         assert result["result"]["data"]["result"]["ticks"] == 21
-        everything = summary(await _events_of(client, task_id))
-        assert everything[-2:] == ["event:Tick:20", "result:completed"]
         with anyio.fail_after(5):
-            seen = summary([(e.kind, e.model_dump(mode="json")) async for e in stuck])
-        replayed = everything[: everything.index("event:Paused") + 1]
-        assert seen == [*replayed, "event:Tick:1", "event:Tick:2", "error:subscriber_lagged"]
+            seen = [e async for e in stuck]
+        # it reads now: a gap first (the early part is gone), then the last 8, result last
+        assert seen[0].kind == "gap"
+        assert [e.seq for e in seen[1:]] == list(range(seen[0].seq + 1, seen[0].seq + 9))
+        assert summary([(e.kind, e.model_dump(mode="json")) for e in seen[-2:]]) == [
+            "event:Tick:20",
+            "result:completed",
+        ]
 
 
 # -- through a real uvicorn server --------------------------------------------------------------

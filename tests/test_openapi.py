@@ -187,8 +187,14 @@ async def test_streams_document_their_events() -> None:
     ):
         content = document["paths"][path][method]["responses"]["200"]["content"]
         stream = content["text/event-stream"]["schema"]
-        assert stream["required"] == ["event", "data"]
-        assert set(stream["properties"]["event"]["enum"]) == {"status", "event", "result", "error"}
+        assert stream["required"] == ["id", "event", "data"]
+        kinds = set(stream["properties"]["event"]["enum"])
+        assert kinds == {"status", "event", "result", "error", "gap", "human"}
+        params = document["paths"][path][method]["parameters"]
+        assert {"name": "after", "in": "query"}.items() <= next(
+            p for p in params if p["name"] == "after"
+        ).items()
+        assert any(p["name"] == "Last-Event-ID" and p["in"] == "header" for p in params)
         data = stream["properties"]["data"]
         assert data["contentMediaType"] == "application/json"
         name = component_of(data["contentSchema"])
@@ -196,6 +202,9 @@ async def test_streams_document_their_events() -> None:
         assert set(document["components"]["schemas"][name]["properties"]) == set(
             event_schema["properties"]
         )
+    feed = document["paths"]["/control_plane/events"]["get"]
+    assert "text/event-stream" in feed["responses"]["200"]["content"]
+    assert {p["name"] for p in feed["parameters"]} == {"after", "service", "Last-Event-ID"}
     plain = document["paths"]
     assert "text/html" in plain["/docs"]["get"]["responses"]["200"]["content"]
     assert "text/plain" in plain["/metrics"]["get"]["responses"]["200"]["content"]

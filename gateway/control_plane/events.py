@@ -1,146 +1,217 @@
-"""Per-task live event streams with bounded replay and bounded per-subscriber buffers.
+"""Event streams: per-task channels and one aggregate feed, each a bounded, numbered log.
 
-Publishing never waits: a subscriber whose buffer is full is dropped (it sees a final error
-event), so a slow reader can stall neither the task nor the other readers.
+Every event gets the next sequence number of its channel (`seq`, sent as the SSE `id:`). A
+channel keeps its latest `size` events; readers are cursors into that log, woken by an event,
+so publishing never waits and a slow reader holds no buffer of its own. A reader asking for
+events that are no longer held gets an explicit `gap` event first (never a silent jump), and
+since a task's `result` is its last event, the result is always still held for every reader.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from itertools import islice
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from gateway.messages import TaskEvent
 
-
-@dataclass(slots=True)
-class _Subscriber:
-    send: MemoryObjectSendStream[TaskEvent]
-    lagged: bool = False
+# One held event: (seq, kind, its JSON). The JSON is what SSE writes, so it is serialized once.
+Entry = tuple[int, str, str]
 
 
-@dataclass(slots=True)
-class _Channel:
-    """Replay is kept as compact JSON (a waiting task costs bytes, not pydantic objects)."""
+class Channel:
+    """A numbered, bounded log of events with a wake-up for readers waiting at its end."""
 
-    replay: list[str] = field(default_factory=list)
-    subscribers: list[_Subscriber] = field(default_factory=list)
-    closed: bool = False
+    __slots__ = ("entries", "next_seq", "closed", "readers", "_wake")
+
+    def __init__(self, size: int, first_seq: int = 1) -> None:
+        self.entries: deque[Entry] = deque(maxlen=max(size, 1))
+        self.next_seq = first_seq
+        self.closed = False
+        self.readers = 0
+        self._wake: anyio.Event | None = None
+
+    @property
+    def first_held(self) -> int:
+        return self.entries[0][0] if self.entries else self.next_seq
+
+    def append(self, event: TaskEvent) -> int:
+        """Number the event, keep it, wake readers; never waits."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        event.seq = seq
+        self.entries.append((seq, event.kind, event.model_dump_json()))
+        self._notify()
+        return seq
+
+    def close(self) -> None:
+        self.closed = True
+        self._notify()
+
+    def _notify(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+            self._wake = None
+
+    def after(self, cursor: int) -> list[Entry]:
+        """Held entries with seq > cursor (a copy: the log may move while it is written out)."""
+        first = self.first_held
+        start = max(cursor + 1 - first, 0)
+        return list(islice(self.entries, start, None))
+
+    async def wait(self) -> None:
+        if self._wake is None:
+            self._wake = anyio.Event()
+        await self._wake.wait()
 
 
 class Subscription:
-    """An async iterator of a task's events: the replay first, then live ones, then the end."""
+    """A reader of one channel: held events after its cursor, then live ones, until the end.
 
-    def __init__(self, hub: TaskEventHub, task_id: str, backlog: list[TaskEvent], sub) -> None:
-        self._hub = hub
-        self._task_id = task_id
-        self._backlog = backlog
-        self._sub: _Subscriber | None = sub
-        self._receive = None
+    Iterate it for `TaskEvent`s, or use `frames()` for (seq, kind, json) without re-parsing.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        key: str,
+        after: int = 0,
+        lost_before: int = 0,
+        keep: Callable[[str], bool] | None = None,
+    ) -> None:
+        self._channel = channel
+        self._key = key
+        # An id never issued counts as "up to date": the reader then still gets what follows
+        # (and the result), instead of waiting for numbers the channel will never reach.
+        self._cursor = min(max(after, 0), channel.next_seq - 1)
+        self._lost_before = lost_before
+        self._keep = keep
+        self._open = True
+        channel.readers += 1
+
+    @property
+    def cursor(self) -> int:
+        return self._cursor
+
+    async def frames(self) -> AsyncIterator[Entry]:
+        channel = self._channel
+        try:
+            # Events before `lost_before` existed but were never held here (evicted, restart).
+            first_wanted = self._cursor + 1
+            if first_wanted < max(channel.first_held, self._lost_before + 1):
+                yield self._gap()
+            while True:
+                batch = channel.after(self._cursor)
+                if batch and batch[0][0] > self._cursor + 1:
+                    yield self._gap()  # fell behind the bound while reading
+                    continue
+                for entry in batch:
+                    self._cursor = entry[0]
+                    if self._keep is None or self._keep(entry[2]):
+                        yield entry
+                if batch:
+                    continue
+                if channel.closed:
+                    return
+                await channel.wait()
+        finally:
+            self.close()
+
+    def _gap(self) -> Entry:
+        first = max(self._channel.first_held, self._lost_before + 1)
+        after = self._cursor
+        event = TaskEvent(
+            task_id=self._key,
+            kind="gap",
+            name="gap",
+            seq=first - 1,
+            data={"after": after, "first_available": first, "dropped": first - after - 1},
+        )
+        self._cursor = first - 1
+        return (first - 1, "gap", event.model_dump_json())
 
     async def __aiter__(self) -> AsyncIterator[TaskEvent]:
-        for event in self._backlog:
-            yield event
-        if self._sub is None:
-            return
-        async for event in self._receive:
-            yield event
-        if self._sub.lagged:
-            yield TaskEvent(
-                task_id=self._task_id,
-                kind="error",
-                name="subscriber_lagged",
-                data={"detail": "this subscriber fell too far behind and was dropped"},
-            )
+        async for _, _, raw in self.frames():
+            yield TaskEvent.model_validate_json(raw)
 
     def close(self) -> None:
-        if self._sub is not None:
-            self._hub._unsubscribe(self._task_id, self._sub)
-        if self._receive is not None:
-            self._receive.close()
+        if self._open:
+            self._open = False
+            self._channel.readers -= 1
 
 
 class TaskEventHub:
+    """Per-task channels (kept `retain_closed` tasks after their end) and the aggregate feed."""
+
     def __init__(
-        self, replay_size: int = 256, subscriber_buffer: int = 256, retain_closed: int = 1000
+        self, replay_size: int = 256, retain_closed: int = 1000, feed_size: int = 1024
     ) -> None:
         self.replay_size = replay_size
-        self.subscriber_buffer = subscriber_buffer
         self.retain_closed = retain_closed
-        self._channels: dict[str, _Channel] = {}
+        self._channels: dict[str, Channel] = {}
+        self._lost_before: dict[str, int] = {}
         self._closed_order: OrderedDict[str, None] = OrderedDict()
+        self.feed = Channel(feed_size)
 
     @property
     def subscriber_count(self) -> int:
-        return sum(len(c.subscribers) for c in self._channels.values())
+        return sum(c.readers for c in self._channels.values()) + self.feed.readers
 
     def has_subscribers(self, task_id: str) -> bool:
         channel = self._channels.get(task_id)
-        return bool(channel and channel.subscribers)
+        return bool(channel and channel.readers)
 
     def __contains__(self, task_id: str) -> bool:
         """Whether events of this task are kept (live, or the replay of a recently closed one)."""
         return task_id in self._channels
 
-    def _channel(self, task_id: str) -> _Channel:
+    def _channel(self, task_id: str) -> Channel:
         channel = self._channels.get(task_id)
         if channel is None:
-            channel = _Channel()
-            self._channels[task_id] = channel
+            channel = self._channels[task_id] = Channel(self.replay_size)
         return channel
 
-    def publish(self, event: TaskEvent) -> None:
+    def open(self, task_id: str, last_seq: int) -> None:
+        """A task known from before (restart, eviction): its numbering goes on after `last_seq`,
+        and a reader asking for earlier events is told they are gone."""
+        if task_id not in self._channels:
+            self._channels[task_id] = Channel(self.replay_size, first_seq=last_seq + 1)
+            if last_seq:
+                self._lost_before[task_id] = last_seq
+
+    def publish(self, event: TaskEvent) -> int:
+        """Append to the task's channel; returns the event's seq (0 if the task has ended)."""
         channel = self._channel(event.task_id)
         if channel.closed:
-            return
-        if self.replay_size:
-            channel.replay.append(event.model_dump_json())
-            if len(channel.replay) > self.replay_size:
-                del channel.replay[0]
-        for sub in list(channel.subscribers):
-            try:
-                sub.send.send_nowait(event)
-            except anyio.WouldBlock:
-                sub.lagged = True
-                self._unsubscribe(event.task_id, sub)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                self._unsubscribe(event.task_id, sub)
+            return 0
+        return channel.append(event)
+
+    def publish_feed(self, event: TaskEvent) -> int:
+        return self.feed.append(event)
 
     def close(self, task_id: str) -> None:
-        """The task ended: subscribers finish after what they have; replay stays for latecomers."""
-        channel = self._channel(task_id)
-        channel.closed = True
-        for sub in list(channel.subscribers):
-            self._unsubscribe(task_id, sub)
+        """The task ended: readers finish after what is held; it stays for latecomers."""
+        self._channel(task_id).close()
         self._closed_order[task_id] = None
         while len(self._closed_order) > self.retain_closed:
             old, _ = self._closed_order.popitem(last=False)
             self._channels.pop(old, None)
+            self._lost_before.pop(old, None)
 
     def forget(self, task_id: str) -> None:
         """Drop a channel whose task was never accepted."""
         channel = self._channels.pop(task_id, None)
+        self._lost_before.pop(task_id, None)
         if channel is not None:
-            for sub in list(channel.subscribers):
-                self._unsubscribe(task_id, sub)
+            channel.close()
 
-    def subscribe(self, task_id: str) -> Subscription:
+    def subscribe(self, task_id: str, after: int = 0) -> Subscription:
         channel = self._channel(task_id)
-        backlog = [TaskEvent.model_validate_json(raw) for raw in channel.replay]
-        if channel.closed:
-            return Subscription(self, task_id, backlog, None)
-        send, receive = anyio.create_memory_object_stream[TaskEvent](self.subscriber_buffer)
-        sub = _Subscriber(send)
-        channel.subscribers.append(sub)
-        subscription = Subscription(self, task_id, backlog, sub)
-        subscription._receive = receive
-        return subscription
+        return Subscription(channel, task_id, after, self._lost_before.get(task_id, 0))
 
-    def _unsubscribe(self, task_id: str, sub: _Subscriber) -> None:
-        channel = self._channels.get(task_id)
-        if channel is not None and sub in channel.subscribers:
-            channel.subscribers.remove(sub)
-        sub.send.close()
+    def subscribe_feed(
+        self, after: int = 0, keep: Callable[[str], bool] | None = None
+    ) -> Subscription:
+        return Subscription(self.feed, "", after, keep=keep)

@@ -98,6 +98,9 @@ class ControlPlane:
         for record in self.store.unfinished_tasks():
             if record.task_id in self.tasks:
                 continue
+            # Its event numbering goes on from where it was (readers resume by seq); its first
+            # event, `pending` = 1, was published after the record was first committed.
+            self.events.open(record.task_id, max(record.last_seq, 1))
             if record.status is TaskStatus.PENDING and record.service in self.registry:
                 self.tasks.add(record)
                 if self.tracing is not None:  # continues the trace the record carries
@@ -243,9 +246,7 @@ class ControlPlane:
             await self._commit_new(record, session)
             if record.is_terminal:  # cancelled by id while its commit was being written
                 return record
-        self.events.publish(
-            TaskEvent(task_id=task.task_id, kind="status", status=TaskStatus.PENDING)
-        )
+        self._publish_status(record, TaskStatus.PENDING)
         if self.store.durable:
             await self._route_accepted(task, state)
             return record
@@ -294,6 +295,15 @@ class ControlPlane:
         if self.tracing is not None:
             self.tracing.end_task(record.task_id, "refused", "the task was not accepted")
         self.tasks.discard(record.task_id)
+        if record.task_id in self.events:  # its `pending` reached the aggregate stream
+            self.events.publish_feed(
+                TaskEvent(
+                    task_id=record.task_id,
+                    kind="status",
+                    name="refused",
+                    data={"service": record.service, "session_id": record.session_id},
+                )
+            )
         self.events.forget(record.task_id)
         if session is not None and record.task_id in session.task_ids:
             session.task_ids.remove(record.task_id)
@@ -400,10 +410,13 @@ class ControlPlane:
                 record = self.tasks.set_status(event.task_id, event.status)
                 if record is None:
                     return
+                self._publish_status(record, event.status, event)
                 self.store.save_task(record)
-            elif event.task_id not in self.tasks:
-                return
-            self.events.publish(event)
+            else:
+                record = self.tasks.get(event.task_id)
+                if record is None:
+                    return
+                record.last_seq = self.events.publish(event) or record.last_seq
             if self.events.has_subscribers(event.task_id):
                 # This handler runs in the publisher's task. A workflow writing a burst of
                 # events would otherwise fill every reader's buffer before any reader runs, and
@@ -430,6 +443,10 @@ class ControlPlane:
         record = self.tasks.finish(task_id, status, result, error)
         if record is None:
             return
+        # The result is the task's last event; its seq is saved so it keeps it for good.
+        record.last_seq = self.events.publish(self._result_event(record)) or record.last_seq
+        self.events.close(task_id)
+        self._publish_feed(record, status, record.last_seq)
         self.store.save_task(record)
         if self.tracing is not None:
             self.tracing.end_task(task_id, status.value, error)
@@ -439,8 +456,6 @@ class ControlPlane:
         )
         for listener in self.on_task_end:
             listener(record)
-        self.events.publish(self._result_event(record))
-        self.events.close(task_id)
         lane = (record.session_id, record.service) if record.session_id else None
         # Only the end of the task holding the lane releases the next one; a queued task that
         # ends early (cancelled) just leaves the queue.
@@ -457,14 +472,42 @@ class ControlPlane:
             data=record.model_dump(mode="json", include={"result", "error", "status"}),
         )
 
-    def subscribe(self, task_id: str) -> Subscription:
-        """A task's event stream. A task that ended with no events kept here (it ended before a
-        restart, or its channel was dropped) gets just its result, so the stream still ends."""
+    def _publish_status(
+        self, record: TaskRecord, status: TaskStatus, event: TaskEvent | None = None
+    ) -> None:
+        """A status change: on the task's stream and on the aggregate feed."""
+        if event is None:
+            event = TaskEvent(task_id=record.task_id, kind="status", status=status)
+        record.last_seq = self.events.publish(event) or record.last_seq
+        self._publish_feed(record, status, record.last_seq)
+
+    def _publish_feed(self, record: TaskRecord, status: TaskStatus, task_seq: int) -> None:
+        self.events.publish_feed(
+            TaskEvent(
+                task_id=record.task_id,
+                kind="status",
+                status=status,
+                data={
+                    "service": record.service,
+                    "session_id": record.session_id,
+                    "task_seq": task_seq,
+                },
+            )
+        )
+
+    def subscribe(self, task_id: str, after: int = 0) -> Subscription:
+        """A task's event stream after event `after`. A task that ended with no events kept
+        here (it ended before a restart, or its channel was dropped) gets a gap event and its
+        result, under the result's original seq, so the stream still ends."""
         record = self.task(task_id)
-        if record.is_terminal and task_id not in self.events:
-            self.events.publish(self._result_event(record))
-            self.events.close(task_id)
-        return self.events.subscribe(task_id)
+        if task_id not in self.events:
+            if record.is_terminal:
+                self.events.open(task_id, max(record.last_seq - 1, 0))
+                self.events.publish(self._result_event(record))
+                self.events.close(task_id)
+            else:
+                self.events.open(task_id, record.last_seq)
+        return self.events.subscribe(task_id, after)
 
     def _set_idle_if_quiet(self) -> None:
         if not self.tasks.active_count():

@@ -27,7 +27,7 @@ from gateway.messages import (
 )
 from gateway.web.errors import ApiError
 from gateway.web.routing import api_route
-from gateway.web.sse import sse_response
+from gateway.web.sse import resume_after, sse_response
 
 
 # -- request / response models -------------------------------------------------------------------
@@ -69,6 +69,16 @@ class TaskListQuery(BaseModel):
 
 class WaitQuery(BaseModel):
     wait: float = Field(default=0.0, ge=0, le=3600, description="seconds to wait for the end")
+
+
+class EventsQuery(BaseModel):
+    """Resume after an event: `after` or the `Last-Event-ID` header (the larger wins)."""
+
+    after: int | None = Field(default=None, ge=0, description="resume after this event id")
+
+
+class FeedQuery(EventsQuery):
+    service: str | None = Field(default=None, max_length=128, description="only this service")
 
 
 class PageQuery(BaseModel):
@@ -184,9 +194,29 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         """Cancel a task that has not ended (409 if it has)."""
         return await cp.cancel(_path(request, "task_id"))
 
-    async def task_events(request: Request) -> Response:
-        """Server-Sent Events: what happened so far, then live events, then the result."""
-        return sse_response(cp.subscribe(_path(request, "task_id")))
+    async def task_events(request: Request, query: EventsQuery) -> Response:
+        """Server-Sent Events: what happened so far, then live events, then the result.
+
+        Every frame's `id:` is the event's seq; resume with `Last-Event-ID` or `after`. Events
+        no longer held are announced by a `gap` event first.
+        """
+        after = resume_after(request, query.after)
+        return sse_response(cp.subscribe(_path(request, "task_id"), after))
+
+    async def all_events(request: Request, query: FeedQuery) -> Response:
+        """Server-Sent Events of every task's status changes (and human queue changes).
+
+        Endless; ids are positions in this feed. Resume with `Last-Event-ID` or `after`.
+        """
+        after = resume_after(request, query.after)
+        keep = None
+        if query.service is not None:
+            needle = query.service
+
+            def keep(raw: str) -> bool:
+                return json.loads(raw).get("data", {}).get("service") == needle
+
+        return sse_response(cp.events.subscribe_feed(after, keep))
 
     async def send_task_event(request: Request, body: EventSend) -> Response:
         """Send an event into a running workflow (validated against its event types)."""
@@ -339,7 +369,15 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             errors=(404, 409),
             tags=tags,
         ),
-        api_route(tid + "/events", task_events, errors=(404,), tags=tags, stream=True),
+        api_route("/events", all_events, query=FeedQuery, errors=(422,), tags=tags, stream=True),
+        api_route(
+            tid + "/events",
+            task_events,
+            query=EventsQuery,
+            errors=(404, 422),
+            tags=tags,
+            stream=True,
+        ),
         api_route(
             tid + "/events",
             send_task_event,

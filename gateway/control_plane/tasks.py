@@ -33,6 +33,7 @@ class TaskRecord(BaseModel):
     trace: TraceHeaders | None = Field(
         default=None, description="W3C context of the task's span: later work parents to it"
     )
+    last_seq: int = Field(default=0, description="seq of the task's latest event (SSE id)")
 
     @property
     def is_terminal(self) -> bool:

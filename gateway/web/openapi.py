@@ -35,13 +35,17 @@ _PLAIN_MEDIA: dict[str, str] = {"/metrics": "text/plain", "/docs": "text/html"}
 
 
 def _sse_content(event_ref: dict[str, Any]) -> dict[str, Any]:
-    """`text/event-stream`: each event is `event: <kind>` + `data: <TaskEvent as JSON>`."""
+    """`text/event-stream`: each event is `id: <seq>` + `event: <kind>` + `data: <TaskEvent>`."""
     kinds = list(get_args(TaskEvent.model_fields["kind"].annotation))
     return {
         "text/event-stream": {
             "schema": {
                 "type": "object",
                 "properties": {
+                    "id": {
+                        "type": "integer",
+                        "description": "the event's seq; resume after it with Last-Event-ID",
+                    },
                     "event": {"type": "string", "enum": kinds},
                     "data": {
                         "type": "string",
@@ -49,10 +53,19 @@ def _sse_content(event_ref: dict[str, Any]) -> dict[str, Any]:
                         "contentSchema": event_ref,
                     },
                 },
-                "required": ["event", "data"],
+                "required": ["id", "event", "data"],
             }
         }
     }
+
+
+_LAST_EVENT_ID = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "required": False,
+    "description": "resume a stream after this event id (as `after`; the larger wins)",
+    "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+}
 
 
 def _may_stream(doc: RouteDoc | None) -> bool:
@@ -193,6 +206,8 @@ def _operation(
             parameters.append(
                 {"name": name, "in": "query", "required": name in required, "schema": prop}
             )
+    if (doc and doc.stream) or _may_stream(doc):
+        parameters.append(_LAST_EVENT_ID)
     if parameters:
         operation["parameters"] = parameters
     if doc and doc.body is not None:

@@ -36,6 +36,7 @@ from gateway.messages import (
     NewTask,
     QueueMessage,
     TaskDefinition,
+    TaskEvent,
     TaskResult,
     TaskStatus,
     ToolCall,
@@ -117,6 +118,13 @@ class TaskPage(BaseModel):
     limit: int = Field(default=100, ge=1, le=1000)
     offset: int = Field(default=0, ge=0, le=sys.maxsize - 1000)  # islice refuses larger
 
+
+# How the aggregate event stream names the end of a human task.
+_ENDED_AS = {
+    TaskStatus.COMPLETED: "answered",
+    TaskStatus.CANCELLED: "withdrawn",
+    TaskStatus.TIMED_OUT: "timed_out",
+}
 
 _TASK_LIST = TypeAdapter(list[HumanTaskInfo])
 
@@ -211,13 +219,14 @@ class HumanService(BaseService):
         )
         if self._known(task_def.task_id):
             raise ApiError(409, f"task {task_def.task_id!r} already exists in {self.service_name}")
-        task = self._accept(task_def)
+        task = self._accept(task_def, announce=False)
         assert task is not None
         try:
             await self.service_host.control_plane.submit(task_def, self.service_name)
         except BaseException:
             self._waiting.pop(task.task_id, None)
             raise
+        self._announce(task, "created")
         await self.report_status(task.task_id, TaskStatus.WAITING_FOR_HUMAN)
         self._start_fn_input(task)
         return JSONResponse(self.info(task).model_dump(mode="json"), status_code=201)
@@ -300,6 +309,7 @@ class HumanService(BaseService):
         task_def: TaskDefinition,
         caller: str | None = None,
         requested_by: dict[str, Any] | None = None,
+        announce: bool = True,
     ) -> HumanTask | None:
         """Queue a task; None if this id is already waiting or ended (a repeated delivery)."""
         if self._known(task_def.task_id):
@@ -317,7 +327,27 @@ class HumanService(BaseService):
             if self._wakeup is not None:
                 self._wakeup.set()
         self._waiting[task.task_id] = task
+        if announce:
+            self._announce(task, "created")
         return task
+
+    def _announce(self, task: HumanTask, name: str) -> None:
+        """Tell the gateway's aggregate event stream (live inboxes) that the queue changed."""
+        if self._host is None:
+            return
+        self._host.control_plane.events.publish_feed(
+            TaskEvent(
+                task_id=task.task_id,
+                kind="human",
+                name=name,
+                status=task.status,
+                data={
+                    "service": self.service_name,
+                    "session_id": task.session_id,
+                    "tool_call": task.caller is not None,
+                },
+            )
+        )
 
     async def _end(
         self,
@@ -336,6 +366,7 @@ class HumanService(BaseService):
             scope.cancel()
         task.status, task.result, task.error = status, result, error
         task.finished_at = time.time()
+        self._announce(task, _ENDED_AS.get(status, status.value))
         if self.retain_answered:
             self._ended[task_id] = task
             while len(self._ended) > self.retain_answered:

@@ -43,7 +43,8 @@ def _sse_content(event_ref: dict[str, Any]) -> dict[str, Any]:
                 "type": "object",
                 "properties": {
                     "id": {
-                        "type": "integer",
+                        "type": "string",
+                        "pattern": "^[0-9]+$",
                         "description": "the event's seq; resume after it with Last-Event-ID",
                     },
                     "event": {"type": "string", "enum": kinds},

@@ -1,9 +1,12 @@
 """Shared pieces of the benchmarks: result rows, the summary table, latency statistics, apps
-under uvicorn on free loopback ports, the httpx load generator and the modules' `main()`."""
+under uvicorn on free loopback ports, the load generators (`wrk` when installed, else httpx) and
+the modules' `main()`."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -263,6 +266,166 @@ def run_load(
 
     elapsed = anyio.run(drive)
     return Load(requests, elapsed, latencies)
+
+
+# -- wrk: the load generator for HTTP throughput ---------------------------------------------------
+# A Python load generator on the same small machine saturates near the server's own rate and holds
+# the baseline down with it, which hides the gap being measured. `wrk` (C, one thread, event
+# loop) costs a fraction of a request's CPU; the httpx generator above is the fallback.
+WRK_THREADS = 1
+
+
+def wrk_path() -> str | None:
+    """The `wrk` binary (apt-get install wrk), or None."""
+    return shutil.which("wrk")
+
+
+def warn_no_wrk() -> None:
+    print(
+        "WARNING: wrk is not installed (apt-get install wrk); falling back to the Python load "
+        "generator, whose figures are client-bound (it saturates near the server's own rate).",
+        file=sys.stderr,
+    )
+
+
+# Shared by every script: count answers the `check` function refuses, report them in `done`.
+_WRK_COMMON = """
+local threads = {}
+bad = 0
+first_bad = nil
+function setup(thread) table.insert(threads, thread) end
+function done(summary, latency, requests)
+  local total_bad, sample, extra = 0, nil, 0
+  for _, t in ipairs(threads) do
+    total_bad = total_bad + (t:get("bad") or 0)
+    sample = sample or t:get("first_bad")
+    extra = extra + (t:get("completed") or 0)
+  end
+  io.write(string.format("BENCH bad=%d\\nBENCH completed=%d\\n", total_bad, extra))
+  if sample then io.write("BENCH first_bad=" .. sample .. "\\n") end
+end
+"""
+
+# POST `body` to the URL's path; an answer is good when it is a 200 holding `expect`.
+WRK_POST = (
+    _WRK_COMMON
+    + """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+function response(status, headers, body)
+  if status ~= 200 or not string.find(body, EXPECT, 1, true) then
+    bad = bad + 1
+    first_bad = first_bad or (status .. " " .. body)
+  end
+end
+"""
+)
+
+# Submit a task (POST, 202 with its id), then long-poll its result (GET .../result?wait=30, 200
+# holding `expect`). One thread drives every connection: ids of accepted tasks wait in a queue and
+# a connection that is free polls the oldest one, or submits a new task when none waits.
+WRK_SUBMIT_AND_POLL = (
+    _WRK_COMMON
+    + """
+completed = 0
+local queue, head, tail = {}, 1, 0
+local headers = {["Content-Type"] = "application/json"}
+function request()
+  if head <= tail then
+    local id = queue[head]
+    queue[head] = nil
+    head = head + 1
+    return wrk.format("GET", RESULT_PREFIX .. id .. "/result?wait=30")
+  end
+  return wrk.format("POST", SUBMIT_PATH, headers, wrk.body)
+end
+function response(status, headers, body)
+  if status == 202 then
+    local id = string.match(body, '"task_id"%s*:%s*"([^"]+)"')
+    if id then tail = tail + 1; queue[tail] = id; return end
+  elseif status == 200 and string.find(body, EXPECT, 1, true) then
+    completed = completed + 1
+    return
+  end
+  bad = bad + 1
+  first_bad = first_bad or (status .. " " .. body)
+end
+"""
+)
+
+
+def _lua_string(value: str) -> str:
+    return "[==[" + value + "]==]"
+
+
+def write_wrk_script(folder: Path, name: str, template: str, **values: str) -> Path:
+    """`template` with Lua globals set first (`EXPECT`, `SUBMIT_PATH`, `wrk.body`...)."""
+    lines = []
+    for key, value in values.items():
+        target = "wrk.body" if key == "body" else key.upper()
+        lines.append(f"{target} = {_lua_string(value)}")
+    path = folder / f"{name}.lua"
+    path.write_text("\n".join(lines) + "\n" + template)
+    return path
+
+
+@dataclass
+class WrkResult:
+    """What one `wrk` run measured; `completed` counts tasks done by the submit-and-poll script."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    completed: int
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def tasks_per_s(self) -> float:
+        return self.completed / self.seconds
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: int) -> WrkResult:
+    """`wrk -t1 -c<connections> -d<seconds>s --latency -s <script> <url>`; every answer must be
+    good (see the scripts) and no socket error may happen, or RuntimeError."""
+    binary = wrk_path()
+    if binary is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    command = [binary, f"-t{WRK_THREADS}", f"-c{connections}", f"-d{int(seconds)}s", "--latency"]
+    command += ["--timeout", "30s", "-s", str(script), url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60)
+    out = done.stdout
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or out}")
+    found = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s)", out)
+    marks = dict(re.findall(r"^BENCH (\w+)=(.*)$", out, flags=re.MULTILINE))
+    if found is None or "bad" not in marks:
+        raise RuntimeError(f"cannot read wrk's output:\n{out}")
+    problems = [line.strip() for line in out.splitlines() if "Socket errors" in line]
+    problems += [line.strip() for line in out.splitlines() if "Non-2xx" in line]
+    if int(marks["bad"]):
+        problems.append(f"{marks['bad']} bad answers, first: {marks.get('first_bad', '?')[:300]}")
+    if problems:
+        raise RuntimeError(f"wrk against {url}: " + "; ".join(problems))
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, flags=re.MULTILINE))
+    return WrkResult(
+        requests=int(found.group(1)),
+        seconds=_ms(found.group(2) + found.group(3)) / 1000,
+        p50_ms=_ms(latency["50"]),
+        p99_ms=_ms(latency["99"]),
+        completed=int(marks.get("completed", 0)),
+    )
 
 
 # -- entry point -----------------------------------------------------------------------------------

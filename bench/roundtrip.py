@@ -1,37 +1,60 @@
-"""`POST /services/echo/run` on the gateway vs a bare Starlette endpoint awaiting the same workflow.
+"""The gateway's task path against a bare Starlette endpoint awaiting the same workflow.
 
-Both are served by uvicorn (same options, each in its own subprocess) on free loopback ports and
-driven by the same httpx load generator: a warm-up, then a fixed number of requests at
-concurrency 1 and 32. Prints req/s, p50 and p99 of both and the gateway/bare ratios.
+Three targets, each its own uvicorn subprocess (same options) on a free loopback port:
+- bare: `POST /run` of a Starlette app that awaits `workflow.run(**kwargs)` (the baseline);
+- run: the gateway's `POST /services/echo/run` (submit through the control plane, wait, answer);
+- tasks: the gateway's `POST /control_plane/tasks` then `GET /control_plane/tasks/{id}/result
+  ?wait=30` (a long-poll), counted in tasks/s (two requests each).
 
-The machine may be shared, so each figure is measured in ROUNDS rounds that alternate bare and
-gateway; the round with the best throughput is reported for each (its p50/p99 with it).
+Load comes from `wrk` (apt-get install wrk): one thread, 1 and 16 connections, rounds of
+ROUND_SECONDS that rotate the targets so drift on a shared machine hits all of them alike; the
+best round of each is reported (its p50/p99 with it). Without wrk the Python load generator is
+used instead, with a warning: its figures are client-bound.
 
     python -m bench.roundtrip
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
+
 from bench.common import (
-    Load,
+    WRK_POST,
+    WRK_SUBMIT_AND_POLL,
     Row,
     UvicornApp,
     answer_has,
     gateway_app,
     run_and_print,
     run_load,
+    run_wrk,
     serve,
+    warn_no_wrk,
+    write_wrk_script,
+    wrk_path,
 )
 
 WORKFLOW = "examples.echo:workflow"
-PAYLOAD = {"kwargs": {"message": "ping"}}
-# (concurrency, warm-up requests, measured requests per round)
-PLAN = [(1, 150, 400), (32, 200, 600)]
-ROUNDS = 3
+RUN_BODY = {"kwargs": {"message": "ping"}}
+TASK_BODY = {"service": "echo", "input": {"message": "ping"}}
+EXPECT = '"result":"ping"'  # in the bare answer, in /run's and in the task record's
+CONNECTIONS = (1, 16)
+ROUNDS = 2
+ROUND_SECONDS = 3
+WARMUP_SECONDS = 1
+CONFIG = (
+    "default_service: echo\n"
+    "services:\n"
+    f"  echo: {{type: workflow, source: '{WORKFLOW}', max_concurrent_tasks: 64}}\n"
+)
+GOALS = {"run": ">= 0.85x", "tasks": ">= 0.75x"}
 
 
 # -- the baseline app: uvicorn bench.roundtrip:bare_app ------------------------------------------
@@ -61,49 +84,125 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-# -- measurements --------------------------------------------------------------------------------
-def _measure(url: str, concurrency: int, requests: int) -> Load:
-    return run_load(url, PAYLOAD, answer_has("result", "ping"), concurrency, requests)
+# -- one measurement: (units per second, p50 ms, p99 ms) ----------------------------------------
+Figure = tuple[float, float, float]
 
 
-def _compare(bare: str, gateway: str, concurrency: int, warmup: int, requests: int):
-    """Best-throughput round of each, measured in alternating rounds."""
-    for url in (bare, gateway):
-        _measure(url, concurrency, warmup)
-    rounds: dict[str, list[Load]] = {bare: [], gateway: []}
+def _wrk_measure(folder: Path, bases: dict[str, str]):
+    scripts = {
+        "bare": write_wrk_script(
+            folder, "post", WRK_POST, body=json.dumps(RUN_BODY), expect=EXPECT
+        ),
+        "tasks": write_wrk_script(
+            folder,
+            "tasks",
+            WRK_SUBMIT_AND_POLL,
+            body=json.dumps(TASK_BODY),
+            expect=EXPECT,
+            submit_path="/control_plane/tasks",
+            result_prefix="/control_plane/tasks/",
+        ),
+    }
+    scripts["run"] = scripts["bare"]
+    urls = {
+        "bare": bases["bare"] + "/run",
+        "run": bases["gateway"] + "/services/echo/run",
+        "tasks": bases["gateway"] + "/control_plane/tasks",
+    }
+
+    def measure(target: str, connections: int, seconds: float) -> Figure:
+        result = run_wrk(urls[target], scripts[target], connections, seconds)
+        rate = result.tasks_per_s if target == "tasks" else result.rps
+        return rate, result.p50_ms, result.p99_ms
+
+    return measure
+
+
+def _python_measure(bases: dict[str, str]):
+    """The fallback: requests instead of seconds (the httpx generator counts requests)."""
+    rate = 500  # requests per second it roughly manages; sizes a round close to ROUND_SECONDS
+
+    def measure(target: str, connections: int, seconds: float) -> Figure:
+        count = max(50, int(rate * seconds))
+        if target == "tasks":
+            return _python_tasks(bases["gateway"], connections, count // 2)
+        url = bases["bare"] + "/run"
+        if target == "run":
+            url = bases["gateway"] + "/services/echo/run"
+        load = run_load(url, RUN_BODY, answer_has("result", "ping"), connections, count)
+        return load.rps, load.latency_ms(50), load.latency_ms(99)
+
+    return measure
+
+
+def _python_tasks(base: str, connections: int, tasks: int) -> Figure:
+    remaining = tasks
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            accepted = await client.post("/control_plane/tasks", json=TASK_BODY)
+            task_id = accepted.json()["task_id"]
+            done = await client.get(f"/control_plane/tasks/{task_id}/result", params={"wait": 30})
+            if done.status_code != 200 or done.json()["result"]["result"] != "ping":
+                raise RuntimeError(f"bad answer: {done.text}")
+
+    async def drive() -> float:
+        limits = httpx.Limits(max_connections=connections)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+            started = time.perf_counter()
+            async with anyio.create_task_group() as tg:
+                for _ in range(connections):
+                    tg.start_soon(worker, client)
+            return time.perf_counter() - started
+
+    elapsed = anyio.run(drive)
+    return tasks / elapsed, float("nan"), float("nan")
+
+
+def _compare(measure, connections: int) -> dict[str, Figure]:
+    """Best-throughput round of each target, the targets rotating from round to round."""
+    targets = ["bare", "run", "tasks"]
+    for target in targets:
+        measure(target, connections, WARMUP_SECONDS)
+    rounds: dict[str, list[Figure]] = {t: [] for t in targets}
     for n in range(ROUNDS):
-        order = (bare, gateway) if n % 2 == 0 else (gateway, bare)
-        for url in order:
-            rounds[url].append(_measure(url, concurrency, requests))
-    best = {url: max(results, key=lambda r: r.rps) for url, results in rounds.items()}
-    return best[bare], best[gateway]
+        for target in targets[n % 3 :] + targets[: n % 3]:
+            rounds[target].append(measure(target, connections, ROUND_SECONDS))
+    return {target: max(figures) for target, figures in rounds.items()}
 
 
 def run() -> list[Row]:
+    use_wrk = wrk_path() is not None
+    if not use_wrk:
+        warn_no_wrk()
+    client = "wrk" if use_wrk else "httpx (client-bound)"
     rows: list[Row] = []
-    config = (
-        "default_service: echo\n"
-        "services:\n"
-        f"  echo: {{type: workflow, source: '{WORKFLOW}', max_concurrent_tasks: 64}}\n"
-    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         apps = (
-            gateway_app("gateway", config, folder),
+            gateway_app("gateway", CONFIG, folder),
             UvicornApp("bare", ("bench.roundtrip:bare_app",)),
         )
         with serve(folder, *apps) as bases:
-            gateway_url = bases["gateway"] + "/services/echo/run"
-            bare_url = bases["bare"] + "/run"
-            for concurrency, warmup, requests in PLAN:
-                base, gw = _compare(bare_url, gateway_url, concurrency, warmup, requests)
-                c = f"c={concurrency}"
-                p50, p99 = gw.latency_ms(50), gw.latency_ms(99)
-                latency_goal = "well under 5 ms" if concurrency == 1 else ""
+            measure = _wrk_measure(folder, bases) if use_wrk else _python_measure(bases)
+            for connections in CONNECTIONS:
+                best = _compare(measure, connections)
+                bare, gw, tasks = best["bare"], best["run"], best["tasks"]
+                c = f"c={connections} ({client})"
+                p50_goal = "<= 1.2 ms" if connections == 1 else ""
                 rows += [
-                    Row(f"roundtrip {c} throughput", gw.rps, base.rps, "req/s", ">= 0.8x"),
-                    Row(f"roundtrip {c} p50", p50, base.latency_ms(50), "ms", latency_goal, False),
-                    Row(f"roundtrip {c} p99", p99, base.latency_ms(99), "ms", "", False),
+                    Row(f"roundtrip {c} /run throughput", gw[0], bare[0], "req/s", GOALS["run"]),
+                    Row(f"roundtrip {c} /run p50", gw[1], bare[1], "ms", p50_goal, False),
+                    Row(f"roundtrip {c} /run p99", gw[2], bare[2], "ms", "", False),
+                    Row(
+                        f"roundtrip {c} tasks + long-poll throughput",
+                        tasks[0],
+                        bare[0],
+                        "tasks/s",
+                        GOALS["tasks"],
+                    ),
                 ]
     return rows
 

@@ -8,13 +8,14 @@
     -> Event), which every bus hop pays whatever the service does.
 (b) Over HTTP: `POST /services/calc/run` on the gateway against a bare Starlette endpoint calling
     the same tool, both under uvicorn in their own subprocess on free loopback ports, driven by
-    the same httpx load generator at concurrency 1 and 32.
+    the same load generator (wrk when installed, else httpx) at concurrency 1 and 32.
 
     python -m bench.tool_roundtrip
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,20 @@ from typing import Any
 
 import anyio
 
-from bench.common import Row, UvicornApp, answer_has, gateway_app, run_and_print, run_load, serve
+from bench.common import (
+    WRK_POST,
+    Row,
+    UvicornApp,
+    answer_has,
+    gateway_app,
+    run_and_print,
+    run_load,
+    run_wrk,
+    serve,
+    warn_no_wrk,
+    write_wrk_script,
+    wrk_path,
+)
 
 CALLS = 1200  # sequential calls per round, in process
 ROUNDS = 3
@@ -156,8 +170,11 @@ def build_bare_app() -> Any:
     return Starlette(routes=[Route("/run", run, methods=["POST"])])
 
 
-def _rate(url: str, concurrency: int, requests: int) -> float:
-    """req/s of `requests` POSTs made by `concurrency` workers, each with its own connection."""
+def _rate(url: str, concurrency: int, requests: int, script: Path | None) -> float:
+    """req/s at `concurrency` connections: wrk for about `requests / 500` seconds with `script`,
+    else `requests` POSTs by the httpx generator (each worker with its own connection)."""
+    if script is not None:
+        return run_wrk(url, script, concurrency, max(1, round(requests / 500))).rps
     load = run_load(
         url, PAYLOAD, answer_has("output", "5"), concurrency, requests, client_per_worker=True
     )
@@ -176,16 +193,22 @@ def _over_http() -> list[Row]:
             gateway_app("gateway", config, folder),
             UvicornApp("bare", ("--factory", "bench.tool_roundtrip:build_bare_app")),
         )
+        script = None
+        if wrk_path() is not None:
+            body = json.dumps(PAYLOAD)
+            script = write_wrk_script(folder, "tool", WRK_POST, body=body, expect='"output":"5"')
+        else:
+            warn_no_wrk()
         with serve(folder, *apps) as bases:
             targets = {"gateway": bases["gateway"] + "/services/calc/run"}
             targets["bare"] = bases["bare"] + "/run"
             for concurrency, warmup, requests in HTTP_PLAN:
                 for url in targets.values():
-                    _rate(url, concurrency, warmup)
+                    _rate(url, concurrency, warmup, script)
                 best = {"gateway": 0.0, "bare": 0.0}
                 for _ in range(2):  # alternate, best of two, so drift hits both alike
                     for name, url in targets.items():
-                        rate = _rate(url, concurrency, requests // 2)
+                        rate = _rate(url, concurrency, requests // 2, script)
                         best[name] = max(best[name], rate)
                 rows.append(
                     Row(

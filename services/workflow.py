@@ -38,6 +38,7 @@ from gateway.messages import (
 from gateway.store.signing import sign, verify
 from services.human.bridge import HumanBridge
 from services.kwargs import KwargsRunRequest, KwargsService, decode_run_input
+from services.prepared import prepare
 
 logger = logging.getLogger("services.workflow")
 
@@ -102,6 +103,7 @@ class WorkflowService(KwargsService):
     def _is_workflow(cls, value: Any) -> Any:
         if not isinstance(value, Workflow):
             raise ValueError(f"expected a llama-index Workflow, got {type(value).__name__}")
+        prepare(value)  # its steps are found once, not on every run
         return value
 
     @classmethod

@@ -6,10 +6,12 @@ provider (the config says `exporter: none`, so nothing else receives them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,7 +28,7 @@ from gateway.app import build_app
 from gateway.config import ConfigError, parse_config
 from gateway.messages import ActionTypes, QueueMessage
 from gateway.observe import tracing
-from tests.conftest import ROOT, running_server
+from tests.conftest import ROOT, free_port, running_server
 
 pytestmark = pytest.mark.anyio
 
@@ -320,17 +322,69 @@ def test_real_server_exports_the_trace_to_the_console(tmp_path: Path) -> None:
         assert body["result"] == "The answer is 35."
         record = httpx.get(f"{server.base_url}/control_plane/tasks/{body['task_id']}").json()
     # the server has stopped: its batch processor flushed every span to stdout (the log)
-    log = server.log()
-    spans = _console_spans(log)
-    mine = [s for s in spans if s["context"]["trace_id"] == "0x" + record["trace_id"]]
+    mine = _console_spans(server.log(), record["trace_id"])
     names = {s["name"] for s in mine}
     assert {"POST /services/assistant/run", "task assistant", "run assistant"} <= names
     assert {"call add", "tool add", "call multiply", "tool multiply"} <= names
     assert all(s["resource"]["attributes"]["service.name"] == "gw" for s in mine)
 
 
-def _console_spans(text: str) -> list[dict[str, Any]]:
-    """The JSON objects the console exporter printed, among uvicorn's log lines."""
+def test_a_trace_crosses_into_a_service_in_another_process(tmp_path: Path) -> None:
+    """The NEW_TASK message carries the task's context over HTTP to a remote service, whose
+    own gateway (tracing on) runs the task under a child of the task's span."""
+    config = {
+        "services": {"echo": {"type": "workflow", "source": "examples.echo:workflow"}},
+        "tracing": {"enabled": True, "exporter": "console"},
+    }
+    remote_log = tmp_path / "remote.log"
+    with running_server(config, tmp_path) as gateway:
+        port = free_port()
+        with remote_log.open("w") as out:
+            remote = subprocess.Popen(
+                [sys.executable, "-m", "tests.remote_service", "--name", "adder"]
+                + ["--source", "tests.fixtures_workflows:add", "--port", str(port)]
+                + ["--control-plane", gateway.base_url + "/control_plane", "--trace"],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            with httpx.Client(base_url=gateway.base_url, timeout=10) as client:
+                _wait_for_remote(client, remote, port, remote_log)
+                task = client.post(
+                    "/control_plane/tasks", json={"service": "adder", "input": {"a": 2, "b": 40}}
+                ).json()
+                record = client.get(
+                    f"/control_plane/tasks/{task['task_id']}/result", params={"wait": 10}
+                ).json()
+                assert record["status"] == "completed", record
+        finally:
+            remote.terminate()
+            remote.wait(timeout=20)
+    here = _console_spans(gateway.log(), record["trace_id"])
+    there = _console_spans(remote_log.read_text(), record["trace_id"])
+    (task_span,) = [s for s in here if s["name"] == "task adder"]
+    (run_span,) = [s for s in there if s["name"] == "run adder"]
+    assert run_span["parent_id"] == task_span["context"]["span_id"]
+    assert run_span["attributes"][tracing.TASK_ID] == task["task_id"]
+    assert run_span["resource"]["attributes"]["service.name"] == "remote"
+
+
+def _wait_for_remote(client: httpx.Client, remote: subprocess.Popen, port: int, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert remote.poll() is None, log.read_text()
+        up = False
+        with contextlib.suppress(httpx.HTTPError):
+            up = httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        if up and "adder" in client.get("/control_plane/services").json():
+            return
+        assert time.monotonic() < deadline, "remote service did not come up"
+        time.sleep(0.1)
+
+
+def _console_spans(text: str, trace_id: str) -> list[dict[str, Any]]:
+    """The spans of one trace that the console exporter printed, among uvicorn's log lines."""
     decoder = json.JSONDecoder()
     spans, index = [], 0
     while (start := text.find("{\n", index)) != -1:
@@ -339,6 +393,6 @@ def _console_spans(text: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             index = start + 1
             continue
-        if isinstance(value, dict) and "context" in value:
+        if isinstance(value, dict) and value.get("context", {}).get("trace_id") == f"0x{trace_id}":
             spans.append(value)
     return spans

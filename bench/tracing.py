@@ -1,17 +1,19 @@
 """What tracing costs on the `/run` path: off (the default) must cost nothing.
 
-Three gateways serve the echo workflow under uvicorn, driven by the same httpx load generator in
-alternating rounds (best round reported, as in `roundtrip`):
+Three variants each run `POST /services/echo/run` in-process (httpx.ASGITransport, the whole
+app: middleware, control plane, bus, service, workflow), in a fresh subprocess of their own:
 
 - `before`: the code just before tracing was added (`git archive` of the parent of the commit
   that added gateway/observe/tracing.py, or of `$BENCH_TRACING_BASE`): no tracing module, no
   hooks. The baseline of "tracing off".
-- `off`: this tree, no `tracing` section: the hooks are there but find tracing off.
+- `off`: this tree, no `tracing` section: the hooks are there and find tracing off.
 - `on`: this tree with `tracing: {enabled: true, exporter: none}`: every span is made (HTTP,
-  task, service run) but sent nowhere. Its baseline is `off`.
+  task, service run, llama-index's workflow spans) but sent nowhere. Its baseline is `off`.
 
-`off / before` compares this tree with an older one, so it also moves with any other change to
-the hot path made since that commit; run it right after such changes land to keep it honest.
+The figure is CPU time per request (`time.process_time`), the lowest of several batches: on a
+shared machine wall-clock time mostly measures the neighbours, CPU time measures the work.
+Variants alternate over ROUNDS rounds. `off / before` compares this tree with an older one, so
+it also moves with any other change to the hot path made since that commit.
 
     python -m bench.tracing
 """
@@ -21,32 +23,54 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
 
-from bench.common import (
-    ROOT,
-    Load,
-    Row,
-    UvicornApp,
-    answer_has,
-    gateway_app,
-    run_and_print,
-    run_load,
-    serve,
-)
+from bench.common import ROOT, Row, run_and_print
 
-WORKFLOW = "examples.echo:workflow"
-PAYLOAD = {"kwargs": {"message": "ping"}}
-PLAN = [(1, 50, 200), (32, 100, 300)]  # (concurrency, warm-up, measured requests per round)
-ROUNDS = 3
-CONFIG = (
-    "default_service: echo\n"
-    "services:\n"
-    f"  echo: {{type: workflow, source: '{WORKFLOW}', max_concurrent_tasks: 64}}\n"
-)
-TRACED = CONFIG + "tracing: {enabled: true, exporter: none}\n"
+ROUNDS = 2
+WARMUP, BATCHES, BATCH = 150, 4, 150
+CONFIG = {
+    "default_service": "echo",
+    "services": {
+        "echo": {
+            "type": "workflow",
+            "source": "examples.echo:workflow",
+            "max_concurrent_tasks": 64,
+        }
+    },
+}
+TRACED = {**CONFIG, "tracing": {"enabled": True, "exporter": "none"}}
+
+# Runs in the variant's subprocess; prints the best batch's CPU microseconds per request.
+DRIVER = """
+import sys, time, anyio, httpx
+from gateway.app import build_app
+from gateway.config import parse_config
+
+async def main(config, warmup, batches, size):
+    app = build_app(parse_config(config))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            async def once():
+                r = await client.post("/services/echo/run", json={"kwargs": {"message": "ping"}})
+                if r.json().get("result") != "ping":
+                    raise RuntimeError(r.text)
+            for _ in range(warmup):
+                await once()
+            best = float("inf")
+            for _ in range(batches):
+                started = time.process_time()
+                for _ in range(size):
+                    await once()
+                best = min(best, (time.process_time() - started) / size)
+    print(best * 1e6)
+
+anyio.run(main, eval(sys.argv[1]), *map(int, sys.argv[2:]))
+"""
 
 
 def base_commit() -> str:
@@ -67,7 +91,7 @@ def base_commit() -> str:
 
 
 def export_tree(commit: str, folder: Path) -> str:
-    """`git archive` of `commit` into `folder`; returns its short hash."""
+    """`git archive` of `commit`'s code into `folder`; returns its short hash."""
     archive = subprocess.run(
         ["git", "archive", "--format=tar", commit, "gateway", "services", "examples"],
         cwd=ROOT,
@@ -81,62 +105,47 @@ def export_tree(commit: str, folder: Path) -> str:
     ).stdout.strip()
 
 
-def _measure(url: str, concurrency: int, requests: int) -> Load:
-    return run_load(url, PAYLOAD, answer_has("result", "ping"), concurrency, requests)
-
-
-def _best(urls: dict[str, str], concurrency: int, warmup: int, requests: int) -> dict[str, Load]:
-    for url in urls.values():
-        _measure(url, concurrency, warmup)
-    rounds: dict[str, list[Load]] = {name: [] for name in urls}
-    names = list(urls)
-    for n in range(ROUNDS):
-        for name in names[n % len(names) :] + names[: n % len(names)]:  # rotate the order
-            rounds[name].append(_measure(urls[name], concurrency, requests))
-    return {name: max(loads, key=lambda r: r.rps) for name, loads in rounds.items()}
+def cpu_per_run(tree: Path, config: dict) -> float:
+    """CPU microseconds per `/run`, measured in a fresh process importing the code of `tree`."""
+    out = subprocess.run(
+        [sys.executable, "-c", DRIVER, repr(config), str(WARMUP), str(BATCHES), str(BATCH)],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree), "GATEWAY_SECRET": "bench"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"bench driver failed in {tree}:\n{out.stderr}")
+    return float(out.stdout.split()[-1])
 
 
 def run() -> list[Row]:
-    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        old = folder / "before-tracing"
-        old.mkdir()
+        old = Path(tmp)
         short = export_tree(base_commit(), old)
-        before = gateway_app("before", CONFIG, folder, env={"PYTHONPATH": str(old)})
-        before = UvicornApp(
-            before.name, ("--app-dir", str(old), *before.target), before.env, before.ready_path
-        )
-        apps = (before, gateway_app("off", CONFIG, folder), gateway_app("on", TRACED, folder))
-        with serve(folder, *apps) as bases:
-            urls = {name: base + "/services/echo/run" for name, base in bases.items()}
-            for concurrency, warmup, requests in PLAN:
-                best = _best(urls, concurrency, warmup, requests)
-                c = f"c={concurrency}"
-                off, on, old_run = best["off"], best["on"], best["before"]
-                rows += [
-                    Row(
-                        f"tracing off vs before tracing ({short}) {c}",
-                        off.rps,
-                        old_run.rps,
-                        "req/s",
-                        "~1.0x (noise)",
-                    ),
-                    Row(
-                        f"tracing off vs before p50 {c}",
-                        off.latency_ms(50),
-                        old_run.latency_ms(50),
-                        "ms",
-                        "~1.0x",
-                        False,
-                    ),
-                    Row(f"tracing on vs off {c}", on.rps, off.rps, "req/s", "informational"),
-                ]
-    return rows
+        variants = {"before": (old, CONFIG), "off": (ROOT, CONFIG), "on": (ROOT, TRACED)}
+        samples: dict[str, list[float]] = {name: [] for name in variants}
+        names = list(variants)
+        for n in range(ROUNDS):
+            for name in names[n % len(names) :] + names[: n % len(names)]:
+                samples[name].append(cpu_per_run(*variants[name]))
+    best = {name: min(values) for name, values in samples.items()}
+    return [
+        Row(
+            f"/run CPU, tracing off vs before tracing ({short})",
+            best["off"],
+            best["before"],
+            "µs/req",
+            "~1.00x (free when off)",
+            False,
+        ),
+        Row("/run CPU, tracing on vs off", best["on"], best["off"], "µs/req", "", False),
+    ]
 
 
 def main() -> None:
-    run_and_print("tracing: /run of the echo workflow, tracing off vs absent, on vs off", run)
+    run_and_print("tracing: CPU per /run of the echo workflow (in-process)", run)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,10 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
         )
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        # Liveness: 503 once the runtime can no longer run tasks, so a probe restarts us.
+        if runtime.healthy:
+            return JSONResponse({"status": "ok"})
+        return error_response(503, "the runtime is not running tasks", headers={"Retry-After": "1"})
 
     async def readyz(request: Request) -> Response:
         if not runtime.control_plane.store.writable:

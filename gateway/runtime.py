@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from gateway.bus.memory import MessageBus
+from gateway.contain import contained_tasks
 from gateway.control_plane.events import TaskEventHub
 from gateway.control_plane.plane import ControlPlane
 from gateway.store import Store
@@ -76,6 +77,17 @@ class Runtime:
             )
         self.started = False
         self.ready = False
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """Able to run tasks: started, and its task group not cancelled (a core task died).
+
+        A background task of ours that raises cancels the whole group; from then on nothing
+        runs, so `/healthz` answers 503 and a liveness probe restarts the process.
+        """
+        group = self._task_group
+        return self.started and group is not None and not group.cancel_scope.cancel_called
 
     @classmethod
     def for_services(cls, services: list[BaseService], **kwargs: Any) -> Runtime:
@@ -87,8 +99,9 @@ class Runtime:
         if self.tracing is not None:
             self.tracing.start()
         try:
-            async with self._running() as runtime:
-                yield runtime
+            with contained_tasks():
+                async with self._running() as runtime:
+                    yield runtime
         finally:
             if self.tracing is not None:
                 self.tracing.stop()
@@ -96,6 +109,7 @@ class Runtime:
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[Runtime]:
         async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
             self.bus.start(task_group)
             self.control_plane.start(task_group)
             await self.control_plane.open_store(task_group)

@@ -58,6 +58,7 @@ from gateway.store.signing import SignatureError, sign, verify
 from gateway.web.errors import ApiError
 from gateway.web.routing import api_route, parse_body, parse_query
 from services.base import BaseService, RunResponse, ServiceInfo
+from services.calling import contain_steps
 from services.tool.meta_tool import DEFAULT_TOOL_TIMEOUT, MetaServiceTool, ServiceAsTool
 
 logger = logging.getLogger("services.agent")
@@ -196,7 +197,7 @@ class AgentService(BaseService):
                 "expected a llama-index agent (FunctionAgent, ReActAgent, CodeActAgent or "
                 f"AgentWorkflow), got {type(value).__name__}"
             )
-        return value
+        return contain_steps(value)
 
     # -- start: tools across the bus --------------------------------------------------------------
     async def on_start(self) -> None:

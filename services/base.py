@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Route
 from gateway.bus import Consumer, NoConsumer
 from gateway.bus.http_remote import RemoteConsumer
 from gateway.bus.memory import MessageBus
+from gateway.contain import describe, is_our_cancellation, user_code
 from gateway.messages import (
     CONTROL_PLANE_NAME,
     ActionTypes,
@@ -372,11 +373,12 @@ class BaseService(BaseModel, ABC):
                         await limiter.acquire()
                     try:
                         await self.report_status(task.task_id, TaskStatus.RUNNING)
-                        result = await self._run_with_timeout(task, work)
+                        result = await self._run_with_timeout(task, work, scope)
                     finally:
                         limiter.release()
                 except Exception as exc:
                     result = self.failure(task.task_id, exc)
+            # Without a result, the scope caught a cancel request (a shutdown propagates).
             if result is None:
                 result = TaskResult(
                     task_id=task.task_id, status=TaskStatus.CANCELLED, error="cancelled"
@@ -406,11 +408,13 @@ class BaseService(BaseModel, ABC):
         except Exception:
             logger.exception("could not report the failure of task %s", task.task_id)
 
-    async def _run_with_timeout(self, task: TaskDefinition, work: Work) -> TaskResult:
+    async def _run_with_timeout(
+        self, task: TaskDefinition, work: Work, scope: anyio.CancelScope | None = None
+    ) -> TaskResult:
         if self.timeout is None:  # no deadline: no cancel scope to set up
-            return await self._attempt(task, work)
+            return await self._attempt(task, work, scope)
         with anyio.move_on_after(self.timeout) as deadline:
-            return await self._attempt(task, work)
+            return await self._attempt(task, work, scope, deadline)
         assert deadline.cancelled_caught
         return TaskResult(
             task_id=task.task_id,
@@ -418,16 +422,26 @@ class BaseService(BaseModel, ABC):
             error=f"{self.service_name} did not finish within {self.timeout}s",
         )
 
-    async def _attempt(self, task: TaskDefinition, work: Work) -> TaskResult:
-        """Run `work`; an exception becomes this task's failed result."""
+    async def _attempt(
+        self, task: TaskDefinition, work: Work, *scopes: anyio.CancelScope | None
+    ) -> TaskResult:
+        """Run `work` (user code); whatever it raises becomes this task's failed result.
+
+        Only a cancellation the gateway asked for (a cancel request, the timeout, shutdown)
+        passes through; `SystemExit`, `KeyboardInterrupt`, any other `BaseException` and a
+        `CancelledError` the user's code raised end this task only (see gateway.contain).
+        """
         try:
-            return await work()
-        except Exception as exc:
+            with user_code():
+                return await work()
+        except BaseException as exc:
+            if is_our_cancellation(exc, *scopes):
+                raise
             return self.failure(task.task_id, exc)
 
     def failure(self, task_id: str, exc: BaseException) -> TaskResult:
         """A failed TaskResult carrying the error text (and the traceback if asked for)."""
-        error = f"{type(exc).__name__}: {exc}"
+        error = describe(exc)
         if self.raise_exceptions:
             error += "\n" + "".join(traceback.format_exception(exc))
         logger.warning("task %s of %s failed: %s", task_id, self.service_name, error)

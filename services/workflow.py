@@ -36,6 +36,7 @@ from gateway.messages import (
     WorkflowState,
 )
 from gateway.store.signing import sign, verify
+from services.calling import contain_steps
 from services.human.bridge import HumanBridge
 from services.kwargs import KwargsRunRequest, KwargsService, decode_run_input
 from services.prepared import prepare
@@ -103,6 +104,7 @@ class WorkflowService(KwargsService):
     def _is_workflow(cls, value: Any) -> Any:
         if not isinstance(value, Workflow):
             raise ValueError(f"expected a llama-index Workflow, got {type(value).__name__}")
+        contain_steps(value)  # before prepare(), which caches the step table
         prepare(value)  # its steps are found once, not on every run
         return value
 

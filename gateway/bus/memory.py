@@ -21,6 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from gateway.bus import BusFull, Consumer, ErrorHook, NoConsumer
 from gateway.bus.http_remote import RemoteConsumer
+from gateway.contain import is_our_cancellation
 from gateway.messages import QueueMessage
 
 logger = logging.getLogger("gateway.bus")
@@ -161,7 +162,9 @@ class MessageBus:
             try:
                 await self._receive_loop(registration)
                 return
-            except Exception as exc:
+            except BaseException as exc:
+                if is_our_cancellation(exc):
+                    raise
                 registration.restarts += 1
                 logger.exception(
                     "receive loop of %s crashed; restarting", registration.consumer.id_
@@ -211,7 +214,11 @@ class MessageBus:
         try:
             await registration.consumer.deliver(message)
             registration.delivered += 1
-        except Exception as exc:
+        except BaseException as exc:
+            # A handler may be user code (a custom service's process_message): whatever it
+            # raises, short of our own cancellation, fails that message only (gateway.contain).
+            if is_our_cancellation(exc):
+                raise
             registration.failed += 1
             logger.exception(
                 "consumer %s failed on message %s (%s)",

@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 from gateway.bus import BusFull, Consumer, NoConsumer
 from gateway.bus.http_remote import RemoteConsumer
 from gateway.bus.memory import MessageBus
+from gateway.contain import describe
 from gateway.control_plane.events import Subscription, TaskEventHub
 from gateway.control_plane.registry import RegisteredService, ServiceRegistry
 from gateway.control_plane.sessions import SessionRecord, SessionTable
@@ -431,7 +432,7 @@ class ControlPlane:
             return
         task_id = (message.data.get("task") or {}).get("task_id")
         if task_id:
-            await self._end(task_id, TaskStatus.FAILED, error=f"{type(exc).__name__}: {exc}")
+            await self._end(task_id, TaskStatus.FAILED, error=describe(exc))
 
     async def _end(
         self,

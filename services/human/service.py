@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
+from gateway.contain import is_our_cancellation, user_code
 from gateway.messages import (
     ID_PATTERN,
     ActionTypes,
@@ -421,15 +422,19 @@ class HumanService(BaseService):
     async def _ask_fn_input(self, task: HumanTask, scope: anyio.CancelScope) -> None:
         """Await fn_input; whoever ends the task first (answer, cancel, timeout) wins."""
         answer: str | None = None
-        failure: Exception | None = None
+        failure: BaseException | None = None
         with scope:
             try:
                 await self._wait_until_running()
                 assert self._limiter is not None
                 async with self._limiter:
-                    answer = await self._call_fn_input(self.prompt_for(task.input), task.task_id)
-            except Exception as exc:
-                failure = exc
+                    with user_code():
+                        prompt = self.prompt_for(task.input)
+                        answer = await self._call_fn_input(prompt, task.task_id)
+            except BaseException as exc:
+                if is_our_cancellation(exc, scope):
+                    raise
+                failure = exc  # whatever fn_input raised (even SystemExit) fails this task only
         if failure is not None:
             error = self.failure(task.task_id, failure).error
             await self._end(task.task_id, TaskStatus.FAILED, error=error)

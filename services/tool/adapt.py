@@ -10,6 +10,8 @@ import anyio.to_thread
 from llama_index.core.tools import AsyncBaseTool, BaseTool, FunctionTool, ToolOutput
 from pydantic import BaseModel, ValidationError
 
+from gateway.contain import contained
+
 
 class ToolError(Exception):
     """A tool call that could not produce an output; `status` is its HTTP mapping."""
@@ -48,7 +50,8 @@ class _SyncToolAdapter(AsyncBaseTool):
         return self.base_tool(*args, **kwargs)
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        return await anyio.to_thread.run_sync(functools.partial(self.call, *args, **kwargs))
+        call = contained(self.call)  # converted in the thread (see gateway.contain)
+        return await anyio.to_thread.run_sync(functools.partial(call, *args, **kwargs))
 
 
 def as_async_tool(tool: Any) -> AsyncBaseTool:

@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute
 
 from gateway.bus import BusError, Consumer
 from gateway.bus.memory import MessageBus
+from gateway.contain import describe, enter_user_code, is_our_cancellation, user_code
 from gateway.jsonable import to_jsonable
 from gateway.messages import (
     ActionTypes,
@@ -302,15 +303,17 @@ class ToolService(BaseService):
         except (UnknownTool, BadArguments) as exc:
             raise ApiError(exc.status, str(exc), code=exc.code) from None
         try:
-            with anyio.fail_after(body.wait):
+            with anyio.fail_after(body.wait), user_code():
                 output = await self.run_tool(bundle)
         except (UnknownTool, BadArguments) as exc:
             raise ApiError(exc.status, str(exc), code=exc.code) from None
         except TimeoutError:
             output_text = f"no output within {body.wait}s"
             return ToolRunResponse(tool=bundle.tool_name, output=output_text, is_error=True)
-        except Exception as exc:
-            return ToolRunResponse(tool=bundle.tool_name, output=_describe(exc), is_error=True)
+        except BaseException as exc:
+            if is_our_cancellation(exc):  # the client went away, or shutdown
+                raise
+            return ToolRunResponse(tool=bundle.tool_name, output=describe(exc), is_error=True)
         return ToolRunResponse(
             tool=bundle.tool_name,
             output=output.content,
@@ -365,6 +368,7 @@ class ToolService(BaseService):
         await calls.pool.submit(tool_call)
 
     async def _run_call(self, tool_call: ToolCall) -> None:
+        enter_user_code()  # a pool worker runs nothing but tools
         traces = self._calls.traces
         carrier = traces.pop(tool_call.id_, None) if traces else None
         if carrier is None:
@@ -384,14 +388,15 @@ class ToolService(BaseService):
             text, is_error = output.content, output.is_error
         except ToolError as exc:
             text, is_error = f"Error: {exc}", True
-        except Exception as exc:
+        except BaseException as exc:
+            if is_our_cancellation(exc):  # shutdown: the caller still hears about it
+                self._calls.outstanding.pop(tool_call.id_, None)
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                    await self._answer(tool_call, "Error: the tool call was cancelled", True)
+                raise
+            # Anything else the tool raised (even SystemExit) fails this call only.
             name = tool_call.tool_call_bundle.tool_name
-            text, is_error = f"Error: tool {name!r} raised {_describe(exc)}", True
-        except BaseException:  # cancelled (shutdown): the caller still hears about it
-            self._calls.outstanding.pop(tool_call.id_, None)
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await self._answer(tool_call, "Error: the tool call was cancelled", True)
-            raise
+            text, is_error = f"Error: tool {name!r} raised {describe(exc)}", True
         self._calls.outstanding.pop(tool_call.id_, None)
         await self._answer(tool_call, text, is_error)
         return text if is_error else None
@@ -488,10 +493,6 @@ class ToolService(BaseService):
     def _unknown(self, name: str) -> str:
         names = ", ".join(self._calls.by_name) or "-"
         return f"unknown tool {name!r}; {self.service_name} has: {names}"
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _tool_message(tool_call: ToolCall, text: str) -> ChatMessage:

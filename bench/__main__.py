@@ -54,6 +54,12 @@ def main() -> int:
         ]
     print(f"\n== summary: {len(summary)} figures in {time.monotonic() - started:.1f} s")
     print(format_table(summary))
+    missed = [row.name for row in summary if row.met is False]
+    goals = sum(1 for row in summary if row.goal)
+    print(
+        f"\ngoals: {goals - len(missed)} ok, {len(missed)} MISSED"
+        + (f" ({'; '.join(missed)})" if missed else "")
+    )
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@ the modules' `main()`."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -24,7 +25,12 @@ import httpx
 
 @dataclass
 class Row:
-    """One figure, its same-run baseline and the ratio (figure / baseline)."""
+    """One figure, its same-run baseline and the ratio (figure / baseline).
+
+    `goal` is checked, and the table says `ok` or `MISSED` next to it: a number with an optional
+    comparison, `x` for a goal on the ratio, then any words (unit, remarks): `>= 0.8x bare`,
+    `< 5 ms`, `0` (equal), `~1x` (within 25% on the bad side, whatever the good side).
+    """
 
     name: str
     value: float
@@ -38,6 +44,45 @@ class Row:
         if self.baseline in (None, 0):
             return None
         return self.value / self.baseline
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the goal is met; None when there is no goal or it is not in a checkable form."""
+        return goal_met(self)
+
+
+_GOAL = re.compile(r"^\s*(>=|<=|==|<|>|~)?\s*(-?[\d,]*\.?\d+)\s*(x\b)?")
+
+
+def goal_met(row: Row) -> bool | None:
+    match = _GOAL.match(row.goal)
+    if not row.goal or match is None:
+        return None
+    op, number, on_ratio = (
+        match.group(1) or "==",
+        float(match.group(2).replace(",", "")),
+        bool(match.group(3)),
+    )
+    subject = row.ratio if on_ratio else row.value
+    if subject is None or math.isnan(subject):
+        return False
+    if op == "~":
+        return subject >= 0.75 * number if row.higher_is_better else subject <= 1.25 * number
+    return {
+        ">=": subject >= number,
+        "<=": subject <= number,
+        ">": subject > number,
+        "<": subject < number,
+        "==": subject == number,
+    }[op]
+
+
+def goal_cell(row: Row) -> str:
+    if not row.goal:
+        return "-"
+    met = row.met
+    verdict = "unchecked" if met is None else ("ok" if met else "MISSED")
+    return f"{verdict}: {row.goal}"
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -63,7 +108,7 @@ def format_table(rows: list[Row]) -> str:
                 "-" if row.baseline is None else f"{row.baseline:,.2f}",
                 "-" if row.ratio is None else f"{row.ratio:.2f}x",
                 row.unit,
-                row.goal,
+                goal_cell(row),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -78,6 +123,9 @@ def format_table(rows: list[Row]) -> str:
 def print_rows(title: str, rows: list[Row]) -> None:
     print(f"\n== {title}")
     print(format_table(rows))
+    missed = [row.name for row in rows if row.met is False]
+    if missed:
+        print(f"goals MISSED: {len(missed)} of {sum(1 for row in rows if row.goal)}")
 
 
 # -- servers: apps under uvicorn, each in its own subprocess on a free loopback port ---------------

@@ -38,9 +38,14 @@ logger = logging.getLogger("gateway.app")
 
 def make_store(config: GatewayConfig) -> Store:
     if config.store.kind == "sqlite":
+        from gateway.store.retention import Retention
         from gateway.store.sqlite import SqliteStore
 
-        return SqliteStore(config.store.path)
+        retain = config.store.retain
+        policy = Retention(
+            max_age=retain.max_age, max_tasks=retain.max_tasks, sweep_every=retain.sweep_every
+        )
+        return SqliteStore(config.store.path, policy)
     return MemoryStore()
 
 

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from services import TYPES
 
@@ -106,9 +113,36 @@ class BusSettings(_Strict):
     publish_timeout: float = Field(default=1.0, ge=0)
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
+
+
+def _duration(value: Any) -> Any:
+    """Seconds, or a string like `90s`, `15m`, `12h`, `7d`."""
+    if isinstance(value, str) and value.strip()[-1:] in _DURATION_UNITS:
+        number = value.strip()[:-1].strip()
+        try:
+            return float(number) * _DURATION_UNITS[value.strip()[-1]]
+        except ValueError:
+            raise ValueError(f"{value!r} is not a duration (e.g. 90s, 15m, 12h, 7d)") from None
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+
+
+class RetainSettings(_Strict):
+    """Finished tasks kept in the sqlite file (null turns a limit off); sessions, their saved
+    contexts and unfinished tasks are never removed by it."""
+
+    max_age: Duration | None = Field(default=7 * 86_400.0, description="seconds or 7d/12h/15m/90s")
+    max_tasks: int | None = Field(default=100_000, ge=0)
+    sweep_every: Duration = Field(default=60.0, description="seconds between retention sweeps")
+
+
 class StoreSettings(_Strict):
     kind: Literal["memory", "sqlite"] = "memory"
     path: str = "gateway.db"
+    retain: RetainSettings = Field(default_factory=RetainSettings)
 
 
 class EventSettings(_Strict):

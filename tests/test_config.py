@@ -136,6 +136,18 @@ def test_out_of_range_value(tmp_path: Path) -> None:
     assert "service 'echo'" in message and "timeout" in message and "greater than 0" in message
 
 
+def test_store_retention_takes_durations_and_can_be_turned_off(tmp_path: Path) -> None:
+    retain = {"max_age": "12h", "max_tasks": None, "sweep_every": "30s"}
+    config = parse_config({"store": {"kind": "sqlite", "retain": retain}}, "test")
+    assert config.store.retain.max_age == 12 * 3600
+    assert config.store.retain.max_tasks is None
+    assert config.store.retain.sweep_every == 30
+    default = parse_config({"store": "sqlite"}, "test").store.retain
+    assert (default.max_age, default.max_tasks) == (7 * 86400, 100_000)
+    message = config_error(tmp_path, {"store": {"retain": {"max_age": "soonish"}}})
+    assert "store.retain.max_age" in message
+
+
 def test_missing_file(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as info:

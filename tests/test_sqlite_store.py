@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import anyio
@@ -10,6 +11,7 @@ import pytest
 from gateway.control_plane.sessions import SessionRecord
 from gateway.control_plane.tasks import TaskRecord
 from gateway.store import sqlite as sqlite_store
+from gateway.store.retention import Retention
 from gateway.store.sqlite import SqliteStore
 
 pytestmark = pytest.mark.anyio
@@ -47,3 +49,30 @@ async def test_commits_survive_reopening_and_the_context_cache_is_bounded(
         assert reopened.load_context("s", "svc5") is None
         assert reopened.load_sessions() == []
         await reopened.close()
+
+
+async def test_a_file_from_before_retention_is_migrated_and_swept(tmp_path: Path) -> None:
+    """An older file (no finished_at column, no incremental auto-vacuum) is brought up to date
+    at open; a sweep then removes its finished tasks and leaves the unfinished one."""
+    db = tmp_path / "old.db"
+    done = TaskRecord(task_id="done", service="s", status="completed", finished_at=1.0)
+    live = TaskRecord(task_id="live", service="s", status="running")
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE tasks (task_id TEXT PRIMARY KEY, status TEXT, body TEXT)")
+        for record in (done, live):
+            conn.execute(
+                "INSERT INTO tasks VALUES (?, ?, ?)",
+                (record.task_id, record.status.value, record.model_dump_json()),
+            )
+    async with anyio.create_task_group() as tg:
+        store = SqliteStore(db, Retention(max_age=None, max_tasks=0, sweep_every=3600))
+        await store.open(tg)
+        swept: list[list[tuple]] = []
+        store.add_sweep_listener(swept.append)
+        assert await store.sweep() == 1
+        assert swept == [[("done", None)]]
+        assert store.load_task("done") is None
+        assert store.load_task("live") is not None
+        await store.close()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental

@@ -90,9 +90,25 @@ class ControlPlane:
         self._task_group = task_group
 
     async def open_store(self, task_group: TaskGroup) -> None:
+        self.store.add_sweep_listener(self._swept)
         await self.store.open(task_group)
         for session in self.store.load_sessions():
             self.sessions.add(session)
+
+    def _swept(self, rows: list[tuple]) -> None:
+        """The store's retention deleted these finished tasks: forget them here too (so they
+        answer 404), with their events and their place in their sessions' task lists."""
+        by_session: dict[str, set[str]] = {}
+        for task_id, session_id in rows:
+            self.tasks.drop_finished(task_id)
+            self.events.forget(task_id)
+            if session_id:
+                by_session.setdefault(session_id, set()).add(task_id)
+        for session_id, gone in by_session.items():
+            session = self.sessions.get(session_id)
+            if session is not None:
+                session.task_ids = [t for t in session.task_ids if t not in gone]
+                self.store.save_session(session)
 
     async def recover(self) -> None:
         """After a restart: accepted-but-unstarted tasks run; interrupted ones end failed."""

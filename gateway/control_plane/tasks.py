@@ -96,6 +96,13 @@ class TaskTable:
             self._active_by_service[record.service] -= 1
         self._done.pop(task_id, None)
 
+    def drop_finished(self, task_id: str) -> None:
+        """Forget a finished task the store's retention deleted (a live one is never dropped)."""
+        record = self._records.get(task_id)
+        if record is not None and record.is_terminal:
+            del self._records[task_id]
+            self._finished_order.pop(task_id, None)
+
     def set_status(self, task_id: str, status: TaskStatus) -> TaskRecord | None:
         """Move a live task to a non-terminal status; terminal tasks stay as they are."""
         record = self._records.get(task_id)

@@ -8,6 +8,7 @@ nothing beyond the in-memory tables (tests, ephemeral use).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from anyio.abc import TaskGroup
@@ -37,6 +38,10 @@ class Store:
     async def flush(self) -> None:
         """Return once every change recorded so far is committed; raise `StoreUnavailable` if
         the commit holding them failed."""
+
+    def add_sweep_listener(self, listener: Callable[[list[tuple]], None]) -> None:
+        """`listener` hears the (task_id, session_id) rows each retention sweep deleted (a
+        store without retention never calls it)."""
 
     def save_task(self, record: TaskRecord, *, new: bool = False) -> None:
         """Record a task. `new`: its first save, made before the submission is answered; if that

@@ -11,13 +11,19 @@ A commit that fails (disk full, I/O error) is never reported as written: `flush(
 writer retries with a capped back-off (cut short by a new submission, which is waiting for its
 answer, and by closing). While nothing is left to retry, a tiny probe write tells
 when the disk takes writes again, so `writable` (and `/readyz`) recover by themselves.
+
+Finished tasks are kept as the `Retention` policy says (`gateway/store/retention.py`): a sweeper
+in the gateway's task group deletes the oldest past it in small transactions and returns the
+space (the file uses `auto_vacuum=INCREMENTAL`; an older file is converted once at open).
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +33,14 @@ from anyio.abc import TaskGroup
 from gateway.control_plane.sessions import SessionRecord
 from gateway.control_plane.tasks import TaskRecord
 from gateway.store import Store, StoreUnavailable
+from gateway.store.retention import Retention, delete_expired, reclaim_step
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status);
 CREATE TABLE IF NOT EXISTS sessions (
@@ -50,6 +58,11 @@ CREATE TABLE IF NOT EXISTS contexts (
     PRIMARY KEY (session_id, service)
 );
 """
+
+# after the column exists (files from before retention get it added at open)
+FINISHED_INDEX = (
+    "CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_at) WHERE finished_at IS NOT NULL"
+)
 
 UNFINISHED = ("pending", "running", "waiting_for_human")
 CONTEXT_CACHE_SIZE = 4096
@@ -72,15 +85,18 @@ class _Commit:
 class SqliteStore(Store):
     durable = True
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, retention: Retention | None = None) -> None:
         self.path = Path(path)
+        self.retention = retention or Retention()
+        #: Called with the (task_id, session_id) rows each sweep deleted, on the event loop.
+        self.on_swept: list[Callable[[list[tuple]], None]] = []
         self.writable = True
         self.failed_commits = 0
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         # the open batch: changes recorded since the writer last took one
         self._tasks: dict[str, str] = {}
-        self._task_status: dict[str, str] = {}
+        self._task_meta: dict[str, tuple[str, float | None]] = {}  # status, finished_at
         self._new_tasks: set[str] = set()
         self._sessions: dict[str, str | None] = {}
         self._contexts: dict[tuple[str, str], str | None] = {}
@@ -94,6 +110,7 @@ class SqliteStore(Store):
         self._urgent = anyio.Event()  # ends a back-off: someone waits for an answer, or closing
         self._delay = 0.0
         self._closing = False
+        self._closed = anyio.Event()
         self._limiter = anyio.CapacityLimiter(1)
         self._writer_done = anyio.Event()
 
@@ -101,18 +118,46 @@ class SqliteStore(Store):
     async def open(self, task_group: TaskGroup) -> None:
         await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
         task_group.start_soon(self._writer, name="sqlite-store-writer")
+        if self.retention.active:
+            task_group.start_soon(self._sweeper, name="sqlite-store-sweeper")
 
     def _connect(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        fresh = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+        if fresh:  # only takes effect before the first table exists
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(SCHEMA)
+        self._migrate(conn, fresh)
         self._conn = conn
         self._reader = sqlite3.connect(self.path, check_same_thread=False)
 
+    def _migrate(self, conn: sqlite3.Connection, fresh: bool) -> None:
+        """Bring a file written by an older version up to date (once, at open)."""
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+        if "finished_at" not in columns:
+            marks = ",".join("?" for _ in UNFINISHED)
+            conn.execute("BEGIN")
+            conn.execute("ALTER TABLE tasks ADD COLUMN finished_at REAL")
+            conn.execute(
+                "UPDATE tasks SET finished_at = json_extract(body, '$.finished_at') "
+                f"WHERE status NOT IN ({marks})",
+                UNFINISHED,
+            )
+            conn.execute("COMMIT")
+        conn.execute(FINISHED_INDEX)
+        if not fresh and conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            # Space freed by retention is reused either way; returning it to the file system
+            # needs incremental auto-vacuum, which an existing file only gets by a full VACUUM.
+            logger.warning("converting %s to incremental auto-vacuum (one-time VACUUM)", self.path)
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("VACUUM")
+
     async def close(self) -> None:
         self._closing = True
+        self._closed.set()
         self._urgent.set()
         self._wake.set()
         with anyio.move_on_after(10):
@@ -144,7 +189,7 @@ class SqliteStore(Store):
 
     def save_task(self, record: TaskRecord, *, new: bool = False) -> None:
         self._tasks[record.task_id] = record.model_dump_json()
-        self._task_status[record.task_id] = record.status.value
+        self._task_meta[record.task_id] = (record.status.value, record.finished_at)
         if new:
             self._new_tasks.add(record.task_id)
             self._urgent.set()
@@ -278,13 +323,13 @@ class SqliteStore(Store):
 
     def _take_batch(self) -> dict[str, Any]:
         batch = {
-            "tasks": [(k, self._task_status[k], v) for k, v in self._tasks.items()],
+            "tasks": [(k, *self._task_meta[k], v) for k, v in self._tasks.items()],
             "new": self._new_tasks,
             "sessions": list(self._sessions.items()),
             "contexts": list(self._contexts.items()),
         }
         self._in_flight_tasks = self._tasks
-        self._tasks, self._task_status, self._sessions, self._contexts = {}, {}, {}, {}
+        self._tasks, self._task_meta, self._sessions, self._contexts = {}, {}, {}, {}
         self._new_tasks = set()
         self._changed = False
         return batch
@@ -292,10 +337,10 @@ class SqliteStore(Store):
     def _restore(self, batch: dict[str, Any]) -> None:
         """Put a failed batch back for the retry, under anything recorded since (newer wins).
         First saves of new tasks are dropped: their submissions are refused, not retried."""
-        for task_id, status, body in batch["tasks"]:
+        for task_id, status, finished_at, body in batch["tasks"]:
             if task_id not in batch["new"] and task_id not in self._tasks:
                 self._tasks[task_id] = body
-                self._task_status[task_id] = status
+                self._task_meta[task_id] = (status, finished_at)
                 self._changed = True
         for session_id, body in batch["sessions"]:
             if session_id not in self._sessions:
@@ -322,8 +367,9 @@ class SqliteStore(Store):
         conn.execute("BEGIN")
         try:
             conn.executemany(
-                "INSERT INTO tasks(task_id, status, body) VALUES (?, ?, ?) "
-                "ON CONFLICT(task_id) DO UPDATE SET status = excluded.status, body = excluded.body",
+                "INSERT INTO tasks(task_id, status, finished_at, body) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(task_id) DO UPDATE SET status = excluded.status, "
+                "finished_at = excluded.finished_at, body = excluded.body",
                 batch["tasks"],
             )
             for session_id, body in batch["sessions"]:
@@ -354,3 +400,46 @@ class SqliteStore(Store):
             if conn.in_transaction:  # sqlite may already have rolled back (disk full)
                 conn.execute("ROLLBACK")
             raise
+
+    # -- retention ---------------------------------------------------------------------------
+    def add_sweep_listener(self, listener: Callable[[list[tuple]], None]) -> None:
+        self.on_swept.append(listener)
+
+    async def _sweeper(self) -> None:
+        """A bounded periodic job (the one kind of timer loop allowed): sweep, then sleep."""
+        while not self._closing:
+            with anyio.move_on_after(self.retention.sweep_every):
+                await self._closed.wait()  # closing ends the wait early
+            if not self._closing:
+                await self.sweep()
+
+    async def sweep(self) -> int:
+        """Delete finished tasks past the retention policy, batch by batch, then return the
+        freed pages to the file system step by step; each step is one short worker-thread call
+        between the writer's commits. Returns how many tasks were deleted."""
+        deleted = 0
+        try:
+            while not self._closing:
+                gone = await anyio.to_thread.run_sync(self._sweep_step, limiter=self._limiter)
+                if not gone:
+                    break
+                deleted += len(gone)
+                for listener in self.on_swept:
+                    listener(gone)
+            while not self._closing and await anyio.to_thread.run_sync(
+                self._reclaim_step, limiter=self._limiter
+            ):
+                pass
+        except sqlite3.Error as exc:  # e.g. the disk is full: the next sweep tries again
+            logger.warning("retention sweep of %s stopped: %s", self.path, exc)
+        if deleted:
+            logger.info("retention removed %d finished task(s) from %s", deleted, self.path)
+        return deleted
+
+    def _sweep_step(self) -> list[tuple]:
+        if self._conn is None:  # closed meanwhile
+            return []
+        return delete_expired(self._conn, self.retention, time.time())
+
+    def _reclaim_step(self) -> bool:
+        return self._conn is not None and reclaim_step(self._conn)

@@ -15,6 +15,10 @@ when the disk takes writes again, so `writable` (and `/readyz`) recover by thems
 Finished tasks are kept as the `Retention` policy says (`gateway/store/retention.py`): a sweeper
 in the gateway's task group deletes the oldest past it in small transactions and returns the
 space (the file uses `auto_vacuum=INCREMENTAL`; an older file is converted once at open).
+
+Size: one class on purpose — the writer, its failure handling and the sweeper share one
+connection, one worker-thread limiter and the pending-batch state; the retention SQL itself
+lives in `retention.py`.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ def test_ctrl_c_asks_to_cancel_or_detach(server) -> None:
 def test_human_inbox_answers_the_approval_and_the_workflow_completes(server) -> None:
     with client(server) as gw:
         first = gw.submit("approval", request="deploy v2")
-        child = terminal(server, "human", "inbox")
+        child = terminal(server, "human", "inbox", "approvers")
         child.expect("Approval needed: Approve deploy v2")
         child.expect("answer:")
         child.sendline("yes")
@@ -160,7 +160,15 @@ def test_human_inbox_answers_the_approval_and_the_workflow_completes(server) -> 
             "approved": True,
             "answer": "yes",
         }
-        child.expect(["waiting for questions", "press Enter"])
+        # nothing waits now: the inbox blocks on the gateway's event feed until a question comes
+        child.expect("waiting for questions")
+        second = gw.submit("approval", request="drop the table")
+        child.expect("Approval needed: Approve drop the table")
+        child.expect("answer:")
+        child.sendline("no")
+        child.expect("answered")
+        assert second.result(timeout=10)["approved"] is False
+        child.expect("waiting for questions")
         child.sendintr()
         assert ended(child) == 0
 

@@ -186,3 +186,15 @@ def test_result_waits_past_its_timeout_raise_timeout_error(server) -> None:
             task.result(timeout=0.2)
         task.cancel()
         assert task.wait(timeout=5)["status"] == "cancelled"
+
+
+@pytest.mark.anyio
+async def test_the_async_client_resumes_a_dropped_stream_too(server) -> None:
+    port = int(server.base_url.rsplit(":", 1)[1])
+    with dropping_proxy(port, 5) as proxy:
+        async with AsyncGatewayClient(proxy.url) as client:
+            task = await client.submit("ticker", count=15, delay=0.02)
+            events = [e async for e in task.events()]
+        assert proxy.dropped == 1
+    assert [e.data["i"] for e in events if e.name == "Tick"] == list(range(15))
+    assert events[-1].kind == "result"

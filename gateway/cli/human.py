@@ -7,6 +7,7 @@ stream until a new question is created (no polling).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import click
@@ -17,6 +18,7 @@ from gateway.cli.output import Output, age, fail, output_option
 from gateway.client_wire import Conflict, NotFound, StreamCursor
 
 FEED = "/control_plane/events"
+CLOCK_SLACK = 5.0  # seconds the gateway's clock may be behind ours
 
 
 @click.group()
@@ -71,15 +73,19 @@ def _show(out: Output, question: dict[str, Any], more: int) -> None:
     out.console.print(escape(str(question.get("prompt") or question.get("input") or "")))
 
 
-def _wait_for_question(app, service: str | None, cursor: StreamCursor) -> None:
-    """Block until the gateway reports a new question (or a task starts waiting for one)."""
+def _wait_for_question(app, service: str | None, cursor: StreamCursor, since: float) -> None:
+    """Block until the gateway reports a new question (or a task starts waiting for one).
+
+    The feed first replays what it holds; entries from before the inbox opened (`since`, with
+    slack for clock skew) are history the listing already covered, not news."""
     url = str(httpx.URL(FEED, params={"service": service} if service else None))
     with app.out.stderr.status("[dim]waiting for questions… (Ctrl-C to leave)[/dim]"):
         try:
             for event in app.client.stream(url, cursor):
-                if (event.kind == "human" and event.name == "created") or (
+                news = (event.kind == "human" and event.name == "created") or (
                     event.kind == "status" and event.status == "waiting_for_human"
-                ):
+                )
+                if news and (event.at or since) >= since - CLOCK_SLACK:
                     return
         except NotFound:
             pass  # a gateway without the aggregate stream: let the person say when to look
@@ -96,11 +102,12 @@ def inbox(app, service) -> None:
     out, client = app.out, app.client
     skipped: set[str] = set()
     cursor = StreamCursor()
+    opened = time.time()
     try:
         while True:
             waiting = [q for q in client.human.pending(service) if q["task_id"] not in skipped]
             if not waiting:
-                _wait_for_question(app, service, cursor)
+                _wait_for_question(app, service, cursor, opened)
                 continue
             question = waiting[0]
             _show(out, question, len(waiting) - 1)

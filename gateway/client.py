@@ -93,6 +93,10 @@ def _task_body(
     return body
 
 
+def _oldest(limit: int) -> dict[str, Any]:
+    return {"limit": limit, "sort": "created_at", "order": "asc"}
+
+
 def _stream_timeout(timeout: float) -> httpx.Timeout:
     return httpx.Timeout(timeout, read=None)  # a stream may be quiet while a person thinks
 
@@ -322,7 +326,7 @@ class AsyncHuman:
         """Waiting human tasks, oldest first, each with its `service`."""
         waiting: list[dict[str, Any]] = []
         for name, prefix in (await self._prefixes(service)).items():
-            page = await self.client.request("GET", f"{prefix}/tasks", params={"limit": limit})
+            page = await self.client.request("GET", f"{prefix}/tasks", params=_oldest(limit))
             items = page.get("items", []) if isinstance(page, dict) else page
             waiting += [{**item, "service": name} for item in items]
         return sorted(waiting, key=lambda t: t.get("created_at") or 0)
@@ -557,7 +561,7 @@ class Human:
     def pending(self, service: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         waiting: list[dict[str, Any]] = []
         for name, prefix in self._prefixes(service).items():
-            page = self.client.request("GET", f"{prefix}/tasks", params={"limit": limit})
+            page = self.client.request("GET", f"{prefix}/tasks", params=_oldest(limit))
             items = page.get("items", []) if isinstance(page, dict) else page
             waiting += [{**item, "service": name} for item in items]
         return sorted(waiting, key=lambda t: t.get("created_at") or 0)

@@ -20,7 +20,7 @@ from gateway.cli.output import (
     items,
     output_option,
 )
-from gateway.client_wire import Conflict, result_value
+from gateway.client_wire import Conflict, ResultEvent, result_value
 
 STATUSES = ("pending", "running", "waiting_for_human", "waiting_for_input") + tuple(EXIT_BY_STATUS)
 
@@ -118,9 +118,12 @@ def run(app, service, args, json_text, session_id, live) -> None:
                 record = follow(view, task.events())
             record = record if record and record.get("status") else task.wait()
         elif live:
+            record = {}
             for event in task.events():  # piped: the events as JSON lines, the result last
                 out.emit_json(event.model_dump(exclude_none=True), compact=True)
-            return
+                if isinstance(event, ResultEvent):
+                    record = event.record
+            raise click.exceptions.Exit(EXIT_BY_STATUS.get(str(record.get("status")), 1))
         else:
             record = task.wait()
     except KeyboardInterrupt:

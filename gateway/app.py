@@ -24,6 +24,8 @@ from gateway.control_plane.routes import routes as control_plane_routes
 from gateway.observe.logs import configure_logging
 from gateway.observe.metrics import GatewayMetrics, metrics_endpoint
 from gateway.observe.tracing import TracingUnavailable, setup_tracing
+from gateway.protocols.llama_agents import LlamaAgentsProtocol
+from gateway.protocols.llama_agents import routes as llama_agents_routes
 from gateway.runtime import Runtime, RuntimeSettings
 from gateway.store import Store
 from gateway.store.memory import MemoryStore
@@ -32,6 +34,7 @@ from gateway.web.errors import EXCEPTION_HANDLERS, error_response
 from gateway.web.middleware import BearerAuth, BodyLimit, Cors
 from gateway.web.openapi import build_openapi
 from services.base import BaseService
+from services.workflow import WorkflowService
 
 logger = logging.getLogger("gateway.app")
 
@@ -89,6 +92,17 @@ def build_app_for_services(services: list[Any]) -> Starlette:
     return create_app(Runtime.for_services(services), GatewayConfig())
 
 
+def protocol_routes(runtime: Runtime, config: GatewayConfig) -> list[BaseRoute]:
+    """The llama-agents protocol over this gateway's workflow services, if enabled."""
+    settings = config.protocols.llama_agents
+    workflows = {name: s for name, s in runtime.services.items() if isinstance(s, WorkflowService)}
+    if not settings.enabled or not workflows:
+        return []
+    protocol = LlamaAgentsProtocol(runtime.control_plane, workflows, lambda: runtime.ready)
+    found = llama_agents_routes(protocol)
+    return [Mount(settings.prefix, routes=found)] if settings.prefix else found
+
+
 def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
     async def info(request: Request) -> Response:
         return JSONResponse(
@@ -124,6 +138,7 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint(metrics, runtime.control_plane.tasks.active_count)),
         Mount("/control_plane", routes=control_plane_routes(runtime.control_plane)),
+        *protocol_routes(runtime, config),
     ]
     for service in runtime.services.values():
         routes.append(

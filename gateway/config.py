@@ -161,6 +161,19 @@ class AuthSettings(_Strict):
     tokens_env: str = Field(description="env variable holding comma-separated bearer tokens")
 
 
+class LlamaAgentsProtocol(_Strict):
+    enabled: bool = True
+    prefix: str = Field(
+        default="",
+        pattern=r"^(/[A-Za-z0-9_.\-]+)*$",
+        description="where its routes live; empty = at the root, where WorkflowClient expects them",
+    )
+
+
+class ProtocolSettings(_Strict):
+    llama_agents: LlamaAgentsProtocol = Field(default_factory=LlamaAgentsProtocol)
+
+
 class CorsSettings(_Strict):
     allow_origins: list[str] = Field(default_factory=list)
 
@@ -192,6 +205,7 @@ class GatewayConfig(_Strict):
     auth: AuthSettings | None = None
     cors: CorsSettings = Field(default_factory=CorsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    protocols: ProtocolSettings = Field(default_factory=ProtocolSettings)
     services: dict[str, AnyEntry] = Field(default_factory=dict)
     source_path: str | None = Field(default=None, exclude=True)
 

@@ -11,7 +11,7 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_serializer
 
 CONTROL_PLANE_NAME = "control_plane"
 # Client-chosen ids (tasks, sessions, human tasks): safe in paths, logs and keys.
@@ -200,3 +200,13 @@ class TaskEvent(BaseModel):
     status: TaskStatus | None = None
     at: float = Field(default_factory=time.time)
     seq: int | None = None
+    # A workflow event as the llama-agents protocol writes it ({value, qualified_name, type,
+    # types}); set by the workflow service, left out of the JSON when absent.
+    envelope: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_envelope(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("envelope") is None:
+            data.pop("envelope", None)
+        return data

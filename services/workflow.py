@@ -35,6 +35,7 @@ from gateway.messages import (
     TaskStatus,
     WorkflowState,
 )
+from gateway.protocols.envelopes import envelope_of
 from gateway.store.signing import sign, verify
 from services.calling import contain_steps
 from services.human.bridge import HumanBridge
@@ -144,11 +145,10 @@ class WorkflowService(KwargsService):
         finally:
             self._handlers.pop(task.task_id, None)
         await self.save_context(task, handler.ctx)
-        return TaskResult(
-            task_id=task.task_id,
-            result=result_text(result),
-            data={"result": to_jsonable(result)},
-        )
+        data = {"result": to_jsonable(result)}
+        if isinstance(result, StopEvent):  # a custom stop event is its own result
+            data["stop_event"] = envelope_of(result)
+        return TaskResult(task_id=task.task_id, result=result_text(result), data=data)
 
     async def on_stream_event(self, task: TaskDefinition, handler: Any, event: Event) -> None:
         """Forward an event the workflow wrote to its stream (the control plane's SSE feed).
@@ -165,6 +165,7 @@ class WorkflowService(KwargsService):
                 kind="event",
                 name=type(event).__name__,
                 data=to_jsonable(data),
+                envelope=envelope_of(event),
             )
         )
 

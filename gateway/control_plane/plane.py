@@ -188,8 +188,10 @@ class ControlPlane:
             self.bus.deregister_consumer(entry.consumer_id)
 
     # -- sessions ----------------------------------------------------------------------------
-    def create_session(self) -> SessionRecord:
-        record = self.sessions.create()
+    def create_session(self, session_id: str | None = None) -> SessionRecord:
+        if session_id is not None and self.sessions.get(session_id) is not None:
+            raise ApiError(409, f"a session with id {session_id!r} already exists")
+        record = self.sessions.create(session_id)
         self.store.save_session(record)
         return record
 

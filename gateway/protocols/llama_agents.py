@@ -364,7 +364,9 @@ class LlamaAgentsProtocol:
         try:
             async for event in subscription:
                 seq = _seq(event)
-                envelope = _envelope(event)
+                if event.kind == "result":
+                    record = self.plane.task(record.task_id)
+                envelope = _envelope(event, record)
                 if envelope is None:
                     continue
                 if after is not None and seq <= after:
@@ -425,20 +427,18 @@ def _is_replay(event: TaskEvent) -> bool:
     return bool(getattr(event, "replayed", False))
 
 
-def _envelope(event: TaskEvent) -> dict[str, Any] | None:
-    """A task event as the protocol's envelope; None for what the protocol does not show."""
+def _envelope(event: TaskEvent, record: TaskRecord) -> dict[str, Any] | None:
+    """A task event as the protocol's envelope; None for what the protocol does not show.
+
+    The run's last event is its stop event, built from the finished task record.
+    """
     if event.kind == "event":
-        envelope = event.data.get("envelope") if isinstance(event.data, dict) else None
-        return envelope if isinstance(envelope, dict) else None
+        return event.envelope
     if event.kind == "result":
-        status = event.status or TaskStatus(event.data.get("status", "completed"))
-        if status is TaskStatus.COMPLETED:
-            stop = event.data.get("stop_event")
-            if isinstance(stop, dict):
-                return stop
-            return envelopes.stop_envelope(event.data.get("result"))
+        if record.status is TaskStatus.COMPLETED:
+            return LlamaAgentsProtocol._result(record).model_dump()
         return envelopes.failure_envelope(
-            event.data.get("error"), cancelled=status is TaskStatus.CANCELLED
+            record.error, cancelled=record.status is TaskStatus.CANCELLED
         )
     return None
 

@@ -6,6 +6,7 @@ tests/test_llama_agents_client.py; here: shapes, status codes, continuation, can
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -259,3 +260,38 @@ async def test_openapi_documents_the_protocol_under_its_own_tag() -> None:
             if "llama-agents protocol" in operation.get("tags", [])
         }
         assert {"/workflows", "/workflows/{name}/run", "/events/{handler_id}", "/health"} <= tagged
+
+
+async def test_event_stream_frames_cursors_and_the_end() -> None:
+    async with gateway_client(config()) as client:
+        done = await client.post("/workflows/stats/run", json={"start_event": {"numbers": [1, 2]}})
+        handler_id = done.json()["handler_id"]
+        sse = await client.get(f"/events/{handler_id}", params={"after_sequence": "-1"})
+        assert sse.headers["content-type"].startswith("text/event-stream")
+        frames = [f for f in sse.text.split("\n\n") if f.strip()]
+        ids = [int(f.split("\n")[0].removeprefix("id: ")) for f in frames]
+        assert ids == sorted(ids) and len(set(ids)) == len(ids) == 3
+        ndjson = await client.get(
+            f"/events/{handler_id}", params={"after_sequence": "-1", "sse": "false"}
+        )
+        assert ndjson.headers["content-type"].startswith("application/x-ndjson")
+        lines = [json.loads(line) for line in ndjson.text.splitlines()]
+        assert [e["type"] for e in lines] == ["Progress", "Progress", "StopEvent"]
+        assert lines[0]["qualified_name"] == "examples.pipeline.Progress"
+        bare = await client.get(
+            f"/events/{handler_id}",
+            params={"after_sequence": "-1", "sse": "false", "include_qualified_name": "false"},
+        )
+        assert json.loads(bare.text.splitlines()[0])["qualified_name"] is None
+        # resuming after the first event (query or Last-Event-ID) gives exactly the rest
+        rest = await client.get(f"/events/{handler_id}", params={"after_sequence": ids[0]})
+        by_header = await client.get(
+            f"/events/{handler_id}", headers={"Last-Event-ID": str(ids[0])}
+        )
+        assert rest.text == by_header.text == "\n\n".join(frames[1:]) + "\n\n"
+        # "now" (the default) on an ended handler, or a cursor at its end: nothing left, 204
+        assert (await client.get(f"/events/{handler_id}")).status_code == 204
+        end = await client.get(f"/events/{handler_id}", params={"after_sequence": ids[-1]})
+        assert end.status_code == 204
+        bad = await client.get(f"/events/{handler_id}", params={"after_sequence": "soon"})
+        assert bad.status_code == 400

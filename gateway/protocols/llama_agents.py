@@ -35,6 +35,8 @@ TAG = "llama-agents protocol"
 SESSION_PREFIX = "h:"
 # How long a send_event waits for a just-submitted handler to start running.
 START_WAIT = 10.0
+# A cursor past any issued event number: the hub then starts at "now".
+NOW = 2**62
 
 _STATUS = {
     TaskStatus.COMPLETED: "completed",
@@ -358,21 +360,19 @@ class LlamaAgentsProtocol:
     ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
         """(sequence, envelope) of the run's workflow events after `after`, then its stop event.
 
-        `after=None` ("now") skips what already happened.
+        Sequence numbers are the task's event numbers (our SSE ids); `after=None` ("now") skips
+        what already happened, `-1` replays everything still held.
         """
-        subscription = self.plane.subscribe(record.task_id)
+        cursor = NOW if after is None else max(after, 0)
+        subscription = self.plane.subscribe(record.task_id, after=cursor)
         try:
             async for event in subscription:
-                seq = _seq(event)
                 if event.kind == "result":
                     record = self.plane.task(record.task_id)
                 envelope = _envelope(event, record)
                 if envelope is None:
                     continue
-                if after is not None and seq <= after:
-                    continue
-                if after is None and event.kind != "result" and _is_replay(event):
-                    continue
+                seq = event.seq or 0
                 if not qualified:
                     envelope = {**envelope, "qualified_name": None}
                 yield seq, envelope
@@ -417,14 +417,6 @@ def _cursor(after_sequence: str, last_event_id: str | None, sse: bool) -> int | 
         return int(raw)
     except ValueError:
         raise ApiError(400, f"after_sequence must be an integer or 'now', got {raw!r}") from None
-
-
-def _seq(event: TaskEvent) -> int:
-    return int(getattr(event, "seq", 0) or 0)
-
-
-def _is_replay(event: TaskEvent) -> bool:
-    return bool(getattr(event, "replayed", False))
 
 
 def _envelope(event: TaskEvent, record: TaskRecord) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ from gateway.config import parse_config
 from tests.conftest import running_server
 from tests.fixtures_faults import demo_services
 
+PROTOCOL_TAG = "llama-agents protocol"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
 CHECKS = [
     not_a_server_error,
@@ -96,8 +97,13 @@ def test_the_real_server_serves_the_fuzzed_document(fuzz_server) -> None:
     suppress_health_check=list(hypothesis.HealthCheck),
 )
 def test_no_5xx_and_every_response_matches_the_schema(case, fuzz_server):
+    checks = CHECKS
+    if PROTOCOL_TAG in (case.operation.tags or []):
+        # That protocol answers 500 *with the handler* for a failed or cancelled run: a
+        # documented outcome there (the schema check still holds it to the handler's shape).
+        checks = [check for check in CHECKS if check is not not_a_server_error]
     try:
-        case.call_and_validate(base_url=fuzz_server.base_url, checks=CHECKS, timeout=30)
+        case.call_and_validate(base_url=fuzz_server.base_url, checks=checks, timeout=30)
     finally:
         if case.path.endswith("/toggle_agent_running"):
             # The fuzzer may have paused an agent; paused agents hold their tasks (by design),

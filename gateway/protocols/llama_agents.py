@@ -76,6 +76,12 @@ class HandlerData(BaseModel):
     completed_at: str | None
 
 
+class ResultData(HandlerData):
+    """`GET /results/{id}`: the handler, with `result` the bare result of its StopEvent."""
+
+    result: Any = None
+
+
 class HandlersList(BaseModel):
     handlers: list[HandlerData]
 
@@ -448,7 +454,8 @@ def routes(protocol: LlamaAgentsProtocol) -> list[BaseRoute]:
             methods=["POST"],
             body=RunBody,
             response=HandlerData,
-            errors=(400, 404, 409, 500, 503),
+            responses={500: HandlerData},
+            errors=(400, 404, 409, 503),
             summary="Run a workflow and wait (200 completed, 500 otherwise; body: the handler)",
             **doc,
         ),
@@ -489,8 +496,9 @@ def routes(protocol: LlamaAgentsProtocol) -> list[BaseRoute]:
         api_route(
             "/results/{handler_id}",
             p.get_result,
-            response=HandlerData,
-            errors=(404, 500),
+            response=ResultData,
+            responses={202: ResultData, 500: ResultData},
+            errors=(404,),
             summary="A handler's result (deprecated in the protocol)",
             **doc,
         ),
@@ -505,7 +513,8 @@ def routes(protocol: LlamaAgentsProtocol) -> list[BaseRoute]:
             "/handlers/{handler_id}",
             p.get_handler,
             response=HandlerData,
-            errors=(404, 500),
+            responses={202: HandlerData, 500: HandlerData},
+            errors=(404,),
             summary="A handler (202 running, 200 completed, 500 failed/cancelled)",
             **doc,
         ),
@@ -523,7 +532,8 @@ def routes(protocol: LlamaAgentsProtocol) -> list[BaseRoute]:
             "/events/{handler_id}",
             p.stream_events,
             query=EventsQuery,
-            stream=True,
+            content={"text/event-stream": EventEnvelope, "application/x-ndjson": None},
+            responses={204: None},
             errors=(400, 404),
             summary="A handler's events (SSE with id: sequence, or NDJSON); 204 once consumed",
             **doc,

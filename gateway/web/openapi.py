@@ -34,6 +34,26 @@ _PLAIN_DOCS: dict[str, str] = {
 _PLAIN_MEDIA: dict[str, str] = {"/metrics": "text/plain", "/docs": "text/html"}
 
 
+def _other_content(media: str, model: Any, refs: Any) -> dict[str, Any]:
+    """A success body in another protocol's shape: SSE frames of `model`, or plain text."""
+    if media == "text/event-stream" and model is not None:
+        return {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string", "pattern": "^[0-9]+$"},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": _schema_for(model, "serialization", refs),
+                    },
+                },
+                "required": ["id", "data"],
+            }
+        }
+    return {"schema": {"type": "string"}}
+
+
 def _sse_content(event_ref: dict[str, Any]) -> dict[str, Any]:
     """`text/event-stream`: each event is `id: <seq>` + `event: <kind>` + `data: <TaskEvent>`."""
     kinds = list(get_args(TaskEvent.model_fields["kind"].annotation))
@@ -149,6 +169,8 @@ def build_openapi(
             schemas.want(doc.body, "validation")
             schemas.want(doc.query, "validation")
             schemas.want(doc.response, "serialization")
+            for model in [*doc.responses.values(), *(doc.content or {}).values()]:
+                schemas.want(model, "serialization")
     refs, components = schemas.build()
     error_ref = refs[(ErrorBody, "serialization")]
     event_ref = refs[(TaskEvent, "serialization")]
@@ -219,7 +241,14 @@ def _operation(
 
     responses: dict[str, Any] = {}
     status = str(doc.status_code if doc else 200)
-    if doc and doc.stream:
+    if doc and doc.content:
+        responses[status] = {
+            "description": "Success",
+            "content": {
+                media: _other_content(media, model, refs) for media, model in doc.content.items()
+            },
+        }
+    elif doc and doc.stream:
         responses[status] = {
             "description": "Server-Sent Events",
             "content": _sse_content(event_ref),
@@ -239,6 +268,9 @@ def _operation(
     if _may_answer_unfinished(doc) and status == "200":
         extra.setdefault(202, doc.response)  # type: ignore[union-attr]
     for extra_status, annotation in extra.items():
+        if annotation is None:
+            responses[str(extra_status)] = {"description": "No Content"}
+            continue
         responses[str(extra_status)] = {
             "description": ERROR_CODES.get(extra_status, "Accepted"),
             "content": {

@@ -153,6 +153,9 @@ class RouteDoc:
     tags: Sequence[str] = field(default_factory=tuple)
     stream: bool = False
     responses: dict[int, Any] = field(default_factory=dict)
+    # Success bodies that are not our JSON or TaskEvent SSE: media type -> the model of each
+    # SSE frame's `data` (for text/event-stream) or None (any text, e.g. NDJSON).
+    content: dict[str, type[BaseModel] | None] | None = None
 
 
 def api_route(
@@ -170,6 +173,7 @@ def api_route(
     name: str | None = None,
     stream: bool = False,
     responses: dict[int, Any] | None = None,
+    content: dict[str, type[BaseModel] | None] | None = None,
 ) -> Route:
     """A Starlette Route whose handler receives `(request, body=..., query=...)` parsed."""
 
@@ -193,5 +197,6 @@ def api_route(
         tags=tuple(tags),
         stream=stream,
         responses=dict(responses or {}),
+        content=content,
     )
     return route

@@ -205,7 +205,7 @@ class TaskEvent(BaseModel):
     envelope: dict[str, Any] | None = None
 
     @model_serializer(mode="wrap")
-    def _omit_absent_envelope(self, handler: Any) -> dict[str, Any]:
+    def _omit_absent_envelope(self, handler: Any):  # no return type: keeps the fields schema
         data = handler(self)
         if data.get("envelope") is None:
             data.pop("envelope", None)

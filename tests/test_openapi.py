@@ -155,6 +155,8 @@ async def test_request_and_response_schemas_come_from_the_pydantic_models() -> N
             schema = success["content"]["application/json"]["schema"]
             assert component_of(schema) == doc.response.__name__
         for status, response in operation["responses"].items():
+            if int(status) in doc.responses:  # a documented non-error body (another protocol's)
+                continue
             if int(status) >= 400:
                 schema = response["content"]["application/json"]["schema"]
                 assert component_of(schema) == "ErrorBody", (method, path, status)

@@ -1,4 +1,5 @@
-"""`python -m gateway --config PATH [--host H] [--port P] [--reload]` (= `agent-gateway serve`)."""
+"""`python -m gateway --config PATH [--host H] [--port P] [--reload] [--services a,b]`
+(= `agent-gateway serve`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.app import build_app
+from gateway.app import build_app, hosted_services
 from gateway.config import CONFIG_ENV, ConfigError, GatewayConfig, build_services, load_config
 from gateway.observe.logs import configure_logging
 
@@ -37,12 +38,28 @@ def watched_folders(config: GatewayConfig) -> list[str]:
     return sorted(str(f) for f in folders)
 
 
+def check_redis(config: GatewayConfig) -> None:
+    """Fail start-up with one line when the configured Redis does not answer."""
+    import anyio
+
+    from gateway.bus import BusUnavailable
+    from gateway.bus.redis import check_reachable
+
+    for field, url in (("bus.url", config.bus.url), ("store.url", config.store.url)):
+        if url:
+            try:
+                anyio.run(check_reachable, url)
+            except BusUnavailable as exc:
+                raise ConfigError(f"{config.source_path}: {field}: {exc}") from None
+
+
 def serve(
     config_path: str | None = None,
     host: str | None = None,
     port: int | None = None,
     log_level: str = "info",
     reload: bool = False,
+    services: str | None = None,
 ) -> int:
     """Serve a config; 2 with one line on stderr when the config is wrong."""
     configure_logging(log_level)
@@ -50,7 +67,10 @@ def serve(
         config = load_config(config_path)
         # With --reload the child process builds the app; checking the services here still
         # stops a broken config in one line, without opening the store twice.
-        app = build_services(config) if reload else build_app(config)
+        hosted = hosted_services(config, services)
+        app = build_services(config) if reload else build_app(config, hosted)
+        if config.bus.kind == "redis":
+            check_redis(config)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -71,6 +91,8 @@ def serve(
     # The reloader runs the app in a child process that builds it again from $GATEWAY_CONFIG.
     config_file = Path(config.source_path or "config.yaml").resolve()
     os.environ[CONFIG_ENV] = str(config_file)
+    if services:
+        os.environ["GATEWAY_SERVICES"] = services
     uvicorn.run(
         "gateway.app:app",
         reload=True,
@@ -94,8 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reload", action="store_true", help="restart when the config or its code changes"
     )
+    parser.add_argument(
+        "--services",
+        default=None,
+        help="serve only these services (comma-separated; Redis mode, the rest run elsewhere)",
+    )
     args = parser.parse_args(argv)
-    return serve(args.config, args.host, args.port, args.log_level, args.reload)
+    return serve(args.config, args.host, args.port, args.log_level, args.reload, args.services)
 
 
 if __name__ == "__main__":

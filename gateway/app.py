@@ -66,8 +66,30 @@ def load_tokens(config: GatewayConfig) -> list[str] | None:
     return tokens
 
 
-def build_app(config: GatewayConfig) -> Starlette:
-    """The whole deployment described by `config`, as one Starlette app."""
+def hosted_services(config: GatewayConfig, names: str | None) -> set[str] | None:
+    """`--services a,b` (or $GATEWAY_SERVICES): the subset this process serves; None = all."""
+    if not names:
+        return None
+    chosen = {n.strip() for n in names.split(",") if n.strip()}
+    unknown = sorted(chosen - set(config.services))
+    if unknown:
+        raise ConfigError(
+            f"{config.source_path or '<config>'}: --services names unknown service(s) "
+            f"{', '.join(unknown)} (configured: {', '.join(config.services) or 'none'})"
+        )
+    if config.bus.kind != "redis":
+        raise ConfigError(
+            f"{config.source_path or '<config>'}: --services needs bus.kind redis (the other "
+            "services must be reachable in other processes)"
+        )
+    return chosen
+
+
+def build_app(config: GatewayConfig, hosted: set[str] | None = None) -> Starlette:
+    """The whole deployment described by `config`, as one Starlette app.
+
+    `hosted` limits the services this process serves (Redis mode; the rest run elsewhere).
+    """
     settings = RuntimeSettings(
         default_service=config.default_service,
         bus_buffer_size=config.bus.buffer_size,
@@ -81,9 +103,13 @@ def build_app(config: GatewayConfig) -> Starlette:
         tracing = setup_tracing(config.tracing, config.name)
     except (TracingUnavailable, ValueError) as exc:
         raise ConfigError(f"{config.source_path or '<config>'}: tracing: {exc}") from None
-    runtime = Runtime(
-        build_services(config), settings=settings, store=make_store(config), tracing=tracing
-    )
+    services = build_services(config)
+    if config.bus.kind == "redis":
+        from gateway.scaleout import redis_runtime
+
+        runtime = redis_runtime(config, services, settings, hosted, tracing=tracing)
+    else:
+        runtime = Runtime(services, settings=settings, store=make_store(config), tracing=tracing)
     return create_app(runtime, config)
 
 
@@ -124,7 +150,8 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
     async def readyz(request: Request) -> Response:
         if not runtime.control_plane.store.writable:
             return error_response(503, "the store cannot write", headers={"Retry-After": "2"})
-        if runtime.ready and runtime.control_plane.accepting:
+        connected = getattr(runtime.bus, "healthy", True)  # Redis mode: the server answers
+        if runtime.ready and runtime.control_plane.accepting and connected:
             return JSONResponse({"status": "ready"})
         return error_response(503, "not ready", headers={"Retry-After": "1"})
 
@@ -141,9 +168,18 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
         *protocol_routes(runtime, config),
     ]
     for service in runtime.services.values():
-        routes.append(
-            Mount(service.mount_prefix, routes=service.routes(), name=service.service_name)
-        )
+        service_routes = service.routes()
+        if service.service_name not in runtime.hosted:
+            # Served by another process: only `/run` (which goes through the shared bus) is
+            # offered here. A tool service's `/run` calls the tool in-process, so not that one.
+            service_routes = [
+                r
+                for r in service_routes
+                if getattr(r, "path", "") == "/run" and service.service_type != "tool"
+            ]
+            if not service_routes:
+                continue
+        routes.append(Mount(service.mount_prefix, routes=service_routes, name=service.service_name))
 
     def document() -> dict[str, Any]:
         return build_openapi(routes, title=config.name, version=__version__, auth=bool(tokens))
@@ -191,7 +227,8 @@ async def _lifespan(runtime: Runtime) -> AsyncIterator[None]:
 
 def default_app() -> Starlette:
     configure_logging()
-    return build_app(load_config())
+    config = load_config()
+    return build_app(config, hosted_services(config, os.environ.get("GATEWAY_SERVICES")))
 
 
 _default: Starlette | None = None

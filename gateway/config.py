@@ -109,8 +109,15 @@ ENTRY_TAGS = frozenset(SERVICE_CLASSES) | {"custom"}
 
 # -- gateway sections -----------------------------------------------------------------------------
 class BusSettings(_Strict):
+    kind: Literal["memory", "redis"] = "memory"
     buffer_size: int = Field(default=1024, ge=1)
     publish_timeout: float = Field(default=1.0, ge=0)
+    url: str = Field(default="redis://127.0.0.1:6379/0", pattern=r"^rediss?://")
+    namespace: str = Field(default="gateway", pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    claim_idle: float = Field(
+        default=15.0, gt=0, description="seconds before a dead replica's task is taken over"
+    )
+    max_deliveries: int = Field(default=3, ge=1)
 
 
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
@@ -140,9 +147,10 @@ class RetainSettings(_Strict):
 
 
 class StoreSettings(_Strict):
-    kind: Literal["memory", "sqlite"] = "memory"
+    kind: Literal["memory", "sqlite", "redis"] = "memory"
     path: str = "gateway.db"
     retain: RetainSettings = Field(default_factory=RetainSettings)
+    url: str | None = Field(default=None, pattern=r"^rediss?://")
 
 
 class EventSettings(_Strict):
@@ -230,6 +238,12 @@ class GatewayConfig(_Strict):
             raise ValueError(
                 f"default_service {self.default_service!r} is not one of the services "
                 f"({', '.join(self.services) or 'none configured'})"
+            )
+        if (self.bus.kind == "redis") != (self.store.kind == "redis"):
+            raise ValueError(
+                "bus.kind redis and store.kind redis go together: replicas share tasks, "
+                f"sessions and contexts (got bus.kind {self.bus.kind}, "
+                f"store.kind {self.store.kind})"
             )
         prefixes: dict[str, str] = {}
         for name, entry in self.services.items():

@@ -45,6 +45,10 @@ class Runtime:
         store: Store | None = None,
         secret: bytes | None = None,
         tracing: Any = None,
+        *,
+        bus: MessageBus | None = None,
+        plane_class: type[ControlPlane] = ControlPlane,
+        hosted: set[str] | None = None,
     ) -> None:
         self.settings = settings or RuntimeSettings()
         self.tracing = tracing  # gateway.observe.tracing.Tracing, or None (off)
@@ -54,11 +58,14 @@ class Runtime:
         if secret is None:
             secret, _ = load_secret()
         self.secret = secret
-        self.bus = MessageBus(
+        # `hosted`: the services this process serves (all by default); the others are only
+        # attached, for their `/run` and metadata, and reached through the shared bus.
+        self.hosted = set(self.services) if hosted is None else set(hosted)
+        self.bus = bus or MessageBus(
             buffer_size=self.settings.bus_buffer_size,
             publish_timeout=self.settings.publish_timeout,
         )
-        self.control_plane = ControlPlane(
+        self.control_plane = plane_class(
             self.bus,
             default_service=self.settings.default_service,
             store=store or MemoryStore(),
@@ -72,6 +79,8 @@ class Runtime:
         self.bus.tracing = self.control_plane.tracing = tracing
         self.bus.register_consumer(self.control_plane.consumer())
         for service in services:
+            if service.service_name not in self.hosted:
+                continue
             self.control_plane.register_local(
                 service.service_definition, service, service.max_queued_tasks
             )
@@ -122,7 +131,11 @@ class Runtime:
                 tracing=self.tracing,
             )
             for service in self.services.values():
-                await service.start(host)
+                if service.service_name not in self.hosted:
+                    service.attach(host)
+            for service in self.services.values():
+                if service.service_name in self.hosted:
+                    await service.start(host)
             await self.control_plane.recover()
             self.started = self.ready = True
             try:

@@ -275,6 +275,11 @@ class BaseService(BaseModel, ABC):
         await self.register_to_message_queue()
         await self.on_start()
 
+    def attach(self, host: ServiceHost) -> None:
+        """Know the gateway without serving: another process hosts this service, and this one
+        only forwards its `/run` (and lends its metadata, e.g. tool schemas, to agents)."""
+        self._host = host
+
     async def on_start(self) -> None:
         """Hook for subclasses that wire themselves to other services once all are mounted."""
 

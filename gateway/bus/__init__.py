@@ -1,8 +1,9 @@
 """The bus: how messages reach consumers, whatever carries them.
 
 It owns the `Consumer` contract and the errors every transport raises; the transports are
-`memory` (one process, objects by reference) and `http_remote` (a service that registered over
-HTTP). It knows messages, never services, the control plane or the app.
+`memory` (one process, objects by reference), `http_remote` (a service that registered over
+HTTP) and `redis` (Streams, for several processes). It knows messages, never services, the
+control plane or the app.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ class BusFull(BusError):
     def __init__(self, message_type: str, retry_after: float) -> None:
         super().__init__(f"the queue of {message_type!r} is full; retry later")
         self.message_type = message_type
+        self.retry_after = retry_after
+
+
+class BusUnavailable(BusError):
+    """The transport (Redis) cannot be reached right now; the caller may retry."""
+
+    def __init__(self, detail: str, retry_after: float = 1.0) -> None:
+        super().__init__(detail)
         self.retry_after = retry_after
 
 

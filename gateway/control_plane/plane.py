@@ -232,6 +232,19 @@ class ControlPlane:
             raise ApiError(404, f"no task {task_id!r}")
         return record
 
+    # Lookups a shared store answers (Redis mode overrides these; here they are the tables).
+    async def find_task(self, task_id: str) -> TaskRecord:
+        return self.task(task_id)
+
+    async def find_session(self, session_id: str) -> SessionRecord:
+        return self.session(session_id)
+
+    async def new_session(self) -> SessionRecord:
+        return self.create_session()
+
+    async def open_subscription(self, task_id: str, after: int = 0) -> Subscription:
+        return self.subscribe(task_id, after)
+
     async def submit(
         self, task: TaskDefinition, service: str | None = None, state: dict | None = None
     ) -> TaskRecord:

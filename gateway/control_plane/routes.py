@@ -183,7 +183,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
 
     async def get_task(request: Request) -> TaskRecord:
         """A task's status and, once it ended, its result or error."""
-        return cp.task(_path(request, "task_id"))
+        return await cp.find_task(_path(request, "task_id"))
 
     async def task_result(request: Request, query: WaitQuery) -> Response:
         """Long-poll: answers as soon as the task ends (200), or after `wait` seconds (202)."""
@@ -201,7 +201,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         no longer held are announced by a `gap` event first.
         """
         after = resume_after(request, query.after)
-        return sse_response(cp.subscribe(_path(request, "task_id"), after))
+        return sse_response(await cp.open_subscription(_path(request, "task_id"), after))
 
     async def all_events(request: Request, query: FeedQuery) -> Response:
         """Server-Sent Events of every task's status changes (and human queue changes).
@@ -226,12 +226,12 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
     # -- sessions -------------------------------------------------------------------------
     async def create_session(request: Request) -> Response:
         """Create a session (201 with `{session_id}`)."""
-        record = cp.create_session()
+        record = await cp.new_session()
         return JSONResponse({"session_id": record.session_id}, 201)
 
     async def create_session_compat(request: Request) -> Response:
         """Reference form: the new session id as a JSON string."""
-        return JSONResponse(cp.create_session().session_id)
+        return JSONResponse((await cp.new_session()).session_id)
 
     async def list_sessions(request: Request, query: PageQuery) -> dict[str, Any]:
         """Sessions: id -> SessionDefinition, paged by limit/offset."""
@@ -242,18 +242,19 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
 
     async def get_session(request: Request) -> SessionDefinition:
         """One session."""
-        return cp.session(_path(request, "session_id")).definition()
+        return (await cp.find_session(_path(request, "session_id"))).definition()
 
     async def delete_session(request: Request) -> dict[str, str]:
         """Delete a session and its saved state."""
         session_id = _path(request, "session_id")
+        await cp.find_session(session_id)
         cp.delete_session(session_id)
         return {"deleted": session_id}
 
     async def create_session_task(request: Request, body: SessionTaskCreate) -> Response:
         """Run a task in this session; answers the new task id as a JSON string."""
         session_id = _path(request, "session_id")
-        cp.session(session_id)
+        await cp.find_session(session_id)
         task = TaskDefinition(
             input=body.input,
             task_id=body.task_id,
@@ -265,7 +266,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
 
     async def list_session_tasks(request: Request) -> list[SessionTaskInfo]:
         """The session's tasks in submission order, each with its status."""
-        session = cp.session(_path(request, "session_id"))
+        session = await cp.find_session(_path(request, "session_id"))
         infos = []
         for task_id in session.task_ids:
             record = cp.tasks.get(task_id) or cp.store.load_task(task_id)
@@ -277,7 +278,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
 
     async def current_task(request: Request) -> Response:
         """The oldest task of the session that has not ended, or null."""
-        session = cp.session(_path(request, "session_id"))
+        session = await cp.find_session(_path(request, "session_id"))
         for task_id in session.task_ids:
             record = cp.tasks.get(task_id)
             if record is not None and not record.is_terminal:
@@ -286,11 +287,11 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
 
     async def session_task_result(request: Request) -> Response:
         """Reference form: the TaskResult once the task ended, null before."""
-        session = cp.session(_path(request, "session_id"))
+        session = await cp.find_session(_path(request, "session_id"))
         task_id = _path(request, "task_id")
         if task_id not in session.task_ids:
             raise ApiError(404, f"session {session.session_id!r} has no task {task_id!r}")
-        record = cp.task(task_id)
+        record = await cp.find_task(task_id)
         if not record.is_terminal:
             return JSONResponse(None)
         result = record.result or TaskResult(
@@ -300,11 +301,13 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
 
     async def get_state(request: Request) -> dict[str, Any]:
         """The session's JSON state dict."""
-        return cp.session(_path(request, "session_id")).state
+        return (await cp.find_session(_path(request, "session_id"))).state
 
     async def merge_state(request: Request, body: StatePatch) -> dict[str, Any]:
         """Merge keys into the session's state; answers the whole state."""
-        return cp.merge_session_state(_path(request, "session_id"), body.state).state
+        session_id = _path(request, "session_id")
+        await cp.find_session(session_id)
+        return cp.merge_session_state(session_id, body.state).state
 
     sid = "/sessions/{session_id}"
     tid = "/tasks/{task_id}"

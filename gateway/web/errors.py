@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.bus import BusFull, NoConsumer
+from gateway.bus import BusFull, BusUnavailable, NoConsumer
 
 ERROR_CODES = {
     400: "bad_request",
@@ -85,6 +85,12 @@ async def handle_bus_full(request: Request, exc: Exception) -> Response:
     return error_response(503, str(exc), headers={"Retry-After": retry})
 
 
+async def handle_bus_unavailable(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BusUnavailable)
+    retry = str(max(1, int(round(exc.retry_after))))
+    return error_response(503, str(exc), headers={"Retry-After": retry})
+
+
 async def handle_no_consumer(request: Request, exc: Exception) -> Response:
     return error_response(503, str(exc), headers={"Retry-After": "1"})
 
@@ -94,4 +100,5 @@ EXCEPTION_HANDLERS: dict[Any, Callable[[Request, Exception], Awaitable[Response]
     HTTPException: handle_http_exception,
     BusFull: handle_bus_full,
     NoConsumer: handle_no_consumer,
+    BusUnavailable: handle_bus_unavailable,
 }

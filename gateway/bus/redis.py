@@ -1,0 +1,538 @@
+"""The Redis transport: one deployment across processes and machines.
+
+It extends the in-memory bus rather than replacing it: consumers in this process are still
+reached by reference; Redis carries only what leaves the process (as JSON, validated on receipt).
+
+- Tasks: one stream per service, consumer group `workers`, consumer name = this replica's id.
+  A receive loop per hosted service blocks on XREADGROUP, taking no more entries than it has
+  free slots, so idle replicas get the rest. An entry is acknowledged by the control plane's
+  terminal script, never here. Entries this replica still works on get their idle time reset
+  by a heartbeat (XCLAIM ... JUSTID); entries idle longer than `claim_idle` (their replica
+  died) are taken over with XAUTOCLAIM, and after `max_deliveries` the task is given up.
+- Addressed messages (tool-call replies, cancels, events into a running task): one inbox stream
+  per replica, read with XREAD BLOCK.
+- Discovery: each replica advertises its services and reply addresses in a key with a TTL that
+  its heartbeat refreshes; a dead replica disappears by itself.
+- Wake-ups: one pub/sub connection per replica. `done` carries ids of tasks that ended, `ev` ids
+  of tasks with new events. A missed notification is harmless: waiters re-check the record after
+  registering and every time the connection comes back. Pub/sub costs one connection per
+  replica whatever the number of waiters, which is why it is used rather than a blocking read
+  per waiter.
+
+The heartbeat/claim job is a bounded periodic job by nature (claims are about elapsed time);
+everything else blocks on reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from gateway.bus import BusUnavailable, Consumer, NoConsumer
+from gateway.bus.memory import MessageBus
+from gateway.messages import CONTROL_PLANE_NAME, ActionTypes, QueueMessage, new_id
+
+logger = logging.getLogger("gateway.bus.redis")
+
+GROUP = "workers"
+BLOCK_MS = 2000  # blocking reads wake at least this often (to notice shutdown and outages)
+MAX_BACKOFF = 5.0
+INBOX_MAXLEN = 10_000
+
+
+def connect(url: str, *, listener: bool = False) -> Redis:
+    """A client for `url`. Its socket timeout is above the block time of blocking reads (a
+    shorter one would fail every read that waits); a pub/sub listener waits without one."""
+    return Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_connect_timeout=2,
+        socket_timeout=None if listener else BLOCK_MS / 1000 + 3,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),  # we retry ourselves, with back-off, where it is safe
+    )
+
+
+async def check_reachable(url: str) -> None:
+    """Start-up check: raise BusUnavailable with a one-line reason if `url` does not answer."""
+    client = connect(url)
+    try:
+        with anyio.fail_after(3):
+            await client.ping()
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise BusUnavailable(f"cannot reach Redis at {url}: {exc or type(exc).__name__}") from None
+    finally:
+        await client.aclose()
+
+
+class TaskHooks(Protocol):
+    """What the bus asks the control plane about tasks it receives or takes over."""
+
+    async def before_task(self, message: QueueMessage) -> None: ...
+
+    async def task_is_over(self, task_id: str) -> bool: ...
+
+    async def give_up(self, message: QueueMessage, deliveries: int) -> None: ...
+
+
+@dataclass
+class _Flight:
+    service: str
+    entry_id: str
+    holds_slot: bool
+
+
+class RedisBus(MessageBus):
+    """The in-memory bus plus Redis Streams for everything that crosses processes."""
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        *,
+        claim_idle: float = 15.0,
+        max_deliveries: int = 3,
+        replica_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.url = url
+        self.prefix = f"gw:{namespace}:"
+        self.claim_idle = claim_idle
+        self.max_deliveries = max_deliveries
+        self.replica_id = replica_id or new_id().replace("-", "")[:16]
+        self.heartbeat = max(0.2, min(claim_idle / 3, 5.0))
+        self.client = connect(url)
+        self._blocking = connect(url)  # blocking reads: one pooled connection per loop
+        self._listener = connect(url, listener=True)
+        self.hooks: TaskHooks | None = None
+        self.healthy = False
+        self.on_discovery: Callable[[dict[str, dict[str, Any]]], None] | None = None
+        self._hosted: dict[str, dict[str, Any]] = {}  # service -> its advertised definition
+        self._slots: dict[str, anyio.Semaphore] = {}
+        self._inflight: dict[str, _Flight] = {}
+        self._remote: dict[str, dict[str, Any]] = {}  # service -> {definition, replicas}
+        self._owners: dict[str, str] = {}  # reply address -> replica id
+        self._done_waiters: dict[str, anyio.Event] = {}
+        self._event_waiters: dict[str, anyio.Event] = {}
+        self._advert_changed = anyio.Event()
+        self._idle = anyio.Event()
+        self._receiving = anyio.CancelScope()
+        self._stream_group: TaskGroup | None = None
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    # -- set-up ------------------------------------------------------------------------------
+    def host(self, service: str, definition: dict[str, Any], prefetch: int) -> None:
+        """This replica serves `service` (its stream is read once `start_streams` runs)."""
+        self._hosted[service] = definition
+        self._slots[service] = anyio.Semaphore(prefetch)
+
+    async def connect(self, task_group: TaskGroup) -> None:
+        """Check Redis, advertise, learn the others, start the loops that do not run tasks."""
+        try:
+            with anyio.fail_after(5):
+                await self.client.ping()
+                await self._advertise()
+                await self._discover()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise BusUnavailable(f"cannot reach Redis at {self.url}: {exc}") from None
+        self.healthy = True
+        task_group.start_soon(self._inbox_loop, name="redis-inbox")
+        task_group.start_soon(self._notification_loop, name="redis-notifications")
+        task_group.start_soon(self._heartbeat_loop, name="redis-heartbeat")
+
+    def start_streams(self, task_group: TaskGroup) -> None:
+        """Start reading the hosted services' streams (once their consumers are registered)."""
+        task_group.start_soon(self._run_streams, name="redis-streams")
+
+    async def _run_streams(self) -> None:
+        with self._receiving:
+            async with anyio.create_task_group() as group:
+                for service in self._hosted:
+                    group.start_soon(self._stream_loop, service, name=f"redis-stream:{service}")
+
+    def stop_receiving(self) -> None:
+        """Shutdown: take no more entries; unfinished ones are left for other replicas."""
+        self._receiving.cancel()
+
+    async def wait_idle(self) -> None:
+        """Return once no task received here is still being worked on."""
+        while self._inflight:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        for client in (self.client, self._blocking, self._listener):
+            with contextlib.suppress(Exception):  # already gone with the server
+                await client.aclose()
+
+    def register_consumer(self, consumer: Consumer) -> Consumer:
+        registered = super().register_consumer(consumer)
+        self._advert_changed.set()  # a new reply address: tell the others soon
+        return registered
+
+    # -- publishing --------------------------------------------------------------------------
+    async def publish(self, message: QueueMessage, timeout: float | None = -1.0) -> None:
+        kind = message.type
+        if message.action in (ActionTypes.CANCEL_TASK, ActionTypes.SEND_EVENT):
+            await self._broadcast_to_hosts(message, timeout)
+            return
+        if kind == CONTROL_PLANE_NAME or self._by_type.get(kind):
+            await super().publish(message, timeout)
+            return
+        try:
+            if kind in self._remote:
+                await self._xadd(self.key("stream", kind), message)
+                return
+            owner = self._owners.get(kind)
+            if owner is None:
+                await self._discover()
+                owner = self._owners.get(kind)
+            if owner is None:
+                raise NoConsumer(kind)
+            await self._xadd(self.key("inbox", owner), message, maxlen=INBOX_MAXLEN)
+        except RedisError as exc:
+            raise self._unavailable(exc) from None
+
+    def has_consumer(self, message_type: str) -> bool:
+        return super().has_consumer(message_type) or message_type in self._remote
+
+    async def _broadcast_to_hosts(self, message: QueueMessage, timeout: float | None) -> None:
+        """Cancels and events go to every replica hosting the service; the one running the
+        task acts, the others find no such task and ignore it."""
+        if self._by_type.get(message.type):
+            await super().publish(message, timeout)
+        replicas = self._remote.get(message.type, {}).get("replicas", [])
+        for replica in replicas:
+            if replica != self.replica_id:
+                try:
+                    await self._xadd(self.key("inbox", replica), message, maxlen=INBOX_MAXLEN)
+                except RedisError as exc:
+                    raise self._unavailable(exc) from None
+
+    async def _xadd(self, stream: str, message: QueueMessage, maxlen: int | None = None) -> None:
+        if self._advert_changed.is_set():
+            await self._advertise()  # our reply address must be known before anyone answers
+        await self.client.xadd(
+            stream, {"m": message.model_dump_json()}, maxlen=maxlen, approximate=True
+        )
+
+    def _unavailable(self, exc: BaseException) -> BusUnavailable:
+        self.healthy = False
+        return BusUnavailable(f"the message transport (Redis) is unavailable: {exc}")
+
+    # -- waking waiters ----------------------------------------------------------------------
+    def done_signal(self, task_id: str) -> anyio.Event:
+        """An event set when `task_id` may have ended (re-check the record after it fires)."""
+        event = self._done_waiters.get(task_id)
+        if event is None:
+            event = self._done_waiters[task_id] = anyio.Event()
+        return event
+
+    def event_signal(self, task_id: str) -> anyio.Event:
+        event = self._event_waiters.get(task_id)
+        if event is None:
+            event = self._event_waiters[task_id] = anyio.Event()
+        return event
+
+    def _wake(self, waiters: dict[str, anyio.Event], task_id: str) -> None:
+        event = waiters.pop(task_id, None)
+        if event is not None:
+            event.set()
+
+    def _wake_all(self) -> None:
+        for waiters in (self._done_waiters, self._event_waiters):
+            for task_id in list(waiters):
+                self._wake(waiters, task_id)
+
+    async def _notification_loop(self) -> None:
+        done, events = self.key("done"), self.key("ev")
+        backoff = _Backoff()
+        while True:
+            pubsub = self._listener.pubsub()
+            try:
+                await pubsub.subscribe(done, events)
+                self._wake_all()  # anything that ended while we were not listening
+                backoff.reset()
+                async for item in pubsub.listen():
+                    if item.get("type") != "message":
+                        continue
+                    waiters = self._done_waiters if item["channel"] == done else None
+                    if waiters is not None:
+                        self._wake(waiters, item["data"])
+                    self._wake(self._event_waiters, item["data"])
+            except (RedisError, OSError) as exc:
+                self._lost(exc)
+                await backoff.sleep()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    with contextlib.suppress(Exception):
+                        await pubsub.aclose()
+
+    def _lost(self, exc: BaseException) -> None:
+        if self.healthy:
+            logger.warning("lost Redis (%s); reconnecting with back-off", exc)
+        self.healthy = False
+
+    # -- receiving tasks ---------------------------------------------------------------------
+    async def _stream_loop(self, service: str) -> None:
+        stream = self.key("stream", service)
+        slots = self._slots[service]
+        backoff = _Backoff()
+        group_ready = False
+        while True:
+            await slots.acquire()
+            taken = 1
+            while taken < 64 and slots.value > 0:
+                slots.acquire_nowait()
+                taken += 1
+            try:
+                if not group_ready:
+                    await _ensure_group(self._blocking, stream)
+                    group_ready = True
+                reply = await self._blocking.xreadgroup(
+                    GROUP, self.replica_id, {stream: ">"}, count=taken, block=BLOCK_MS
+                )
+                self.healthy = True
+                backoff.reset()
+            except ResponseError as exc:
+                for _ in range(taken):
+                    slots.release()
+                if "NOGROUP" in str(exc):  # Redis lost its data: make the group again
+                    group_ready = False
+                    continue
+                raise
+            except (RedisError, OSError) as exc:
+                for _ in range(taken):
+                    slots.release()
+                self._lost(exc)
+                group_ready = False
+                await backoff.sleep()
+                continue
+            entries = reply[0][1] if reply else []
+            for _ in range(taken - len(entries)):
+                slots.release()
+            for entry_id, fields in entries:
+                await self._receive(service, entry_id, fields, holds_slot=True)
+
+    async def _receive(
+        self, service: str, entry_id: str, fields: dict[str, str], holds_slot: bool
+    ) -> None:
+        stream = self.key("stream", service)
+        try:
+            message = QueueMessage.model_validate_json(fields.get("m", ""))
+        except ValueError:
+            logger.error("dropped a malformed entry %s of %s", entry_id, stream)
+            await self._ack(stream, entry_id)
+            self._release(service, holds_slot)
+            return
+        if message.action != ActionTypes.NEW_TASK:
+            # Tool calls and the like are not tasks: no record to end, so taken at most once.
+            await self._ack(stream, entry_id)
+            self._release(service, holds_slot)
+            await self._deliver_locally(message)
+            return
+        task_id = str((message.data.get("task") or {}).get("task_id", ""))
+        if task_id in self._inflight:  # we already run it (our own entry, claimed back)
+            self._release(service, holds_slot)
+            return
+        self._inflight[task_id] = _Flight(service, entry_id, holds_slot)
+        try:
+            if self.hooks is not None:
+                await self.hooks.before_task(message)
+        except Exception as exc:  # e.g. Redis went away: leave the entry to be claimed again
+            logger.warning("could not prepare task %s (%s); it will be retried", task_id, exc)
+            self.settle(task_id)
+            return
+        await self._deliver_locally(message)
+
+    async def _deliver_locally(self, message: QueueMessage) -> None:
+        try:
+            await MessageBus.publish(self, message, timeout=None)
+        except NoConsumer:
+            logger.warning("no local consumer for %s any more; message dropped", message.type)
+
+    def settle(self, task_id: str) -> None:
+        """This replica is done with `task_id` (ended, or abandoned to be claimed again)."""
+        flight = self._inflight.pop(task_id, None)
+        if flight is not None:
+            self._release(flight.service, flight.holds_slot)
+            if not self._inflight:
+                self._idle.set()
+
+    def _release(self, service: str, holds_slot: bool) -> None:
+        if holds_slot:
+            self._slots[service].release()
+
+    async def _ack(self, stream: str, entry_id: str) -> None:
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.xack(stream, GROUP, entry_id)
+                pipe.xdel(stream, entry_id)
+                await pipe.execute()
+        except RedisError as exc:
+            logger.warning("could not acknowledge %s on %s: %s", entry_id, stream, exc)
+
+    # -- inbox -------------------------------------------------------------------------------
+    async def _inbox_loop(self) -> None:
+        inbox = self.key("inbox", self.replica_id)
+        last = "0-0"
+        backoff = _Backoff()
+        while True:
+            try:
+                reply = await self._blocking.xread({inbox: last}, count=100, block=BLOCK_MS)
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                self._lost(exc)
+                await backoff.sleep()
+                continue
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    try:
+                        message = QueueMessage.model_validate_json(fields.get("m", ""))
+                    except ValueError:
+                        logger.error("dropped a malformed inbox entry %s", entry_id)
+                        continue
+                    await self._deliver_locally(message)
+                with contextlib.suppress(RedisError):
+                    await self.client.xtrim(inbox, minid=last, approximate=False)
+
+    # -- heartbeat: advertise, keep our entries, take over the dead's ------------------------
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            with anyio.move_on_after(self.heartbeat):
+                await self._advert_changed.wait()
+            try:
+                await self._advertise()
+                await self._keep_inflight()
+                await self._discover()
+                for service in self._hosted:
+                    await self._claim_idle(service)
+                self.healthy = True
+            except (RedisError, OSError) as exc:
+                self._lost(exc)
+
+    async def _advertise(self) -> None:
+        self._advert_changed = anyio.Event()
+        reply_types = [
+            t for t in self._by_type if t not in self._hosted and t != CONTROL_PLANE_NAME
+        ]
+        advert = {"services": self._hosted, "consumers": reply_types}
+        ttl = max(1, math.ceil(self.heartbeat * 3))
+        await self.client.set(self.key("replica", self.replica_id), json.dumps(advert), ex=ttl)
+
+    async def _discover(self) -> None:
+        keys = [k async for k in self.client.scan_iter(match=self.key("replica", "*"), count=100)]
+        adverts = await self.client.mget(keys) if keys else []
+        remote: dict[str, dict[str, Any]] = {}
+        owners: dict[str, str] = {}
+        for key, raw in zip(keys, adverts, strict=True):
+            if raw is None:
+                continue
+            replica = key.rsplit(":", 1)[-1]
+            advert = json.loads(raw)
+            for name, definition in advert.get("services", {}).items():
+                entry = remote.setdefault(name, {"definition": definition, "replicas": []})
+                entry["replicas"].append(replica)
+            for reply_type in advert.get("consumers", []):
+                owners[reply_type] = replica
+        self._remote, self._owners = remote, owners
+        if self.on_discovery is not None:
+            self.on_discovery(remote)
+
+    async def _keep_inflight(self) -> None:
+        """Reset the idle time of entries still being worked on here, so none is stolen."""
+        by_service: dict[str, list[str]] = {}
+        for flight in self._inflight.values():
+            by_service.setdefault(flight.service, []).append(flight.entry_id)
+        for service, ids in by_service.items():
+            for start in range(0, len(ids), 256):
+                await self.client.xclaim(
+                    self.key("stream", service),
+                    GROUP,
+                    self.replica_id,
+                    0,
+                    ids[start : start + 256],
+                    justid=True,
+                )
+
+    async def _claim_idle(self, service: str) -> None:
+        stream = self.key("stream", service)
+        idle_ms = int(self.claim_idle * 1000)
+        try:
+            _, entries, *_ = await self.client.xautoclaim(
+                stream, GROUP, self.replica_id, idle_ms, "0-0", count=100
+            )
+        except ResponseError:  # no group yet: nothing to claim
+            return
+        for entry_id, fields in entries:
+            if fields is None:
+                continue
+            pending = await self.client.xpending_range(stream, GROUP, entry_id, entry_id, 1)
+            deliveries = pending[0]["times_delivered"] if pending else 1
+            await self._take_over(service, entry_id, fields, deliveries)
+
+    async def _take_over(
+        self, service: str, entry_id: str, fields: dict[str, str], deliveries: int
+    ) -> None:
+        stream = self.key("stream", service)
+        try:
+            message = QueueMessage.model_validate_json(fields.get("m", ""))
+        except ValueError:
+            await self._ack(stream, entry_id)
+            return
+        task_id = str((message.data.get("task") or {}).get("task_id", ""))
+        if task_id in self._inflight:
+            return
+        hooks = self.hooks
+        if message.action == ActionTypes.NEW_TASK and hooks is not None:
+            if await hooks.task_is_over(task_id):
+                await self._ack(stream, entry_id)
+                return
+            if deliveries > self.max_deliveries:
+                logger.warning("task %s: gave up after %d deliveries", task_id, deliveries - 1)
+                await self.client.xadd(
+                    self.key("dead", service), {"m": fields.get("m", ""), "entry": entry_id}
+                )
+                await hooks.give_up(message, deliveries - 1)
+                return
+        logger.info("took over entry %s of %s (delivery %d)", entry_id, service, deliveries)
+        await self._receive(service, entry_id, fields, holds_slot=False)
+
+
+async def _ensure_group(client: Redis, stream: str) -> None:
+    try:
+        await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+class _Backoff:
+    """Reconnect delays: 0.05 s doubling up to MAX_BACKOFF."""
+
+    def __init__(self) -> None:
+        self.delay = 0.05
+
+    def reset(self) -> None:
+        self.delay = 0.05
+
+    async def sleep(self) -> None:
+        await anyio.sleep(self.delay)
+        self.delay = min(MAX_BACKOFF, self.delay * 2)

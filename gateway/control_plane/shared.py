@@ -1,0 +1,380 @@
+"""The control plane of a deployment spread over several processes (Redis mode).
+
+Same API as `ControlPlane`; what changes is where the truth lives. Task records, session lanes,
+sessions and contexts are in Redis (`gateway.store.redis`), so any replica accepts any task and
+answers any query; this process keeps only caches and its local waiters. Submitting and ending
+are the store's atomic scripts, which is what keeps "exactly one terminal state" true when a
+task is delivered twice (a replica died, its entry was taken over).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from redis.exceptions import RedisError
+
+from gateway.bus import BusUnavailable, NoConsumer
+from gateway.bus.redis import RedisBus
+from gateway.control_plane.plane import ControlPlane
+from gateway.control_plane.registry import RegisteredService
+from gateway.control_plane.sessions import SessionRecord
+from gateway.control_plane.tasks import TaskRecord
+from gateway.messages import (
+    ActionTypes,
+    NewTask,
+    QueueMessage,
+    ServiceDefinition,
+    TaskDefinition,
+    TaskEvent,
+    TaskResult,
+    TaskStatus,
+)
+from gateway.store.redis import RedisStore, SubmitRefused
+from gateway.web.errors import ApiError
+
+logger = logging.getLogger("gateway.control_plane.shared")
+
+RETRY_AFTER = {"Retry-After": "1"}
+
+
+def _unavailable(exc: BaseException) -> ApiError:
+    return ApiError(503, f"the shared store (Redis) is unavailable: {exc}", headers=RETRY_AFTER)
+
+
+class SharedControlPlane(ControlPlane):
+    """A control plane whose tasks, lanes and sessions live in Redis."""
+
+    bus: RedisBus
+    store: RedisStore
+
+    def __init__(self, bus: RedisBus, *, store: RedisStore, **kwargs: Any) -> None:
+        super().__init__(bus, store=store, **kwargs)
+        bus.hooks = self
+        bus.on_discovery = self._sync_registry
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def register_local(self, definition: ServiceDefinition, service: Any, max_queued: int) -> None:
+        super().register_local(definition, service, max_queued)
+        advert = {**definition.model_dump(mode="json"), "max_queued_tasks": max_queued}
+        prefetch = max(1, getattr(service, "max_concurrent_tasks", 8)) * 2
+        self.bus.host(definition.service_name, advert, prefetch)
+
+    async def open_store(self, task_group: TaskGroup) -> None:
+        await self.bus.connect(task_group)
+        await self.store.open(task_group)
+
+    async def recover(self) -> None:
+        """Nothing to replay here: unfinished tasks wait in their streams, whoever died."""
+        assert self._task_group is not None
+        self.bus.start_streams(self._task_group)
+
+    async def drain(self, grace: float) -> list[str]:
+        """Take no more work; let local tasks end within `grace`; leave the rest in Redis.
+
+        A task still running here after the grace period is not cancelled: its entry stays
+        unacknowledged, so another replica takes it over after `claim_idle`.
+        """
+        self.stop_accepting()
+        self.bus.stop_receiving()
+        with anyio.move_on_after(grace):
+            await self.bus.wait_idle()
+        self._stopped = True
+        return []
+
+    def _sync_registry(self, remote: dict[str, dict[str, Any]]) -> None:
+        """Discovery: services any live replica hosts appear; those nobody hosts go."""
+        for name, info in remote.items():
+            if name in self.registry:
+                continue
+            advert = dict(info["definition"])
+            max_queued = int(advert.pop("max_queued_tasks", 1024))
+            definition = ServiceDefinition.model_validate({**advert, "remote": True})
+            self.registry.add(RegisteredService(definition, None, max_queued_tasks=max_queued))
+        for name, entry in list(self.registry.definitions().items()):
+            stale = entry.remote and name not in remote
+            registered = self.registry.get(name)
+            if stale and registered is not None and registered.consumer_id is None:
+                self.registry.remove(name)
+
+    # -- lookups -----------------------------------------------------------------------------
+    async def find_task(self, task_id: str) -> TaskRecord:
+        try:
+            record = await self.store.fetch_task(task_id)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        if record is None:
+            raise ApiError(404, f"no task {task_id!r}")
+        return record
+
+    async def find_session(self, session_id: str) -> SessionRecord:
+        try:
+            record = await self.store.fetch_session(session_id)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        if record is None:
+            self.sessions.delete(session_id)
+            raise ApiError(404, f"no session {session_id!r}")
+        cached = self.sessions.get(session_id)
+        if cached is None:
+            self.sessions.add(record)
+            return record
+        cached.task_ids, cached.state = record.task_ids, record.state
+        return cached
+
+    async def new_session(self) -> SessionRecord:
+        record = self.sessions.create()
+        try:
+            await self.store.create_session(record)
+        except RedisError as exc:
+            self.sessions.delete(record.session_id)
+            raise _unavailable(exc) from None
+        return record
+
+    # -- tasks -------------------------------------------------------------------------------
+    async def submit(
+        self, task: TaskDefinition, service: str | None = None, state: dict | None = None
+    ) -> TaskRecord:
+        if not self.accepting:
+            raise ApiError(503, "the gateway is shutting down", headers={"Retry-After": "5"})
+        target = self.resolve_service(service or task.agent_id)
+        entry = self.registry.get(target)
+        assert entry is not None
+        task = task.model_copy(update={"agent_id": target})
+        record = TaskRecord(
+            task_id=task.task_id, service=target, session_id=task.session_id, input=task.input
+        )
+        message = QueueMessage(
+            publisher_id=self.publisher_id,
+            type=target,
+            action=ActionTypes.NEW_TASK,
+            data=NewTask(task=task, state=state or {}).model_dump(mode="json"),
+        )
+        event = TaskEvent(task_id=task.task_id, kind="status", status=TaskStatus.PENDING)
+        try:
+            await self.store.submit(record, message, entry.max_queued_tasks, event)
+        except SubmitRefused as refused:
+            raise self._refusal(refused.reason, task, entry) from None
+        except RedisError as exc:
+            self.bus.healthy = False
+            raise _unavailable(exc) from None
+        return record
+
+    @staticmethod
+    def _refusal(reason: str, task: TaskDefinition, entry: RegisteredService) -> ApiError:
+        if reason == "exists":
+            return ApiError(409, f"a task with id {task.task_id!r} already exists")
+        if reason == "nosession":
+            return ApiError(404, f"no session {task.session_id!r}")
+        return ApiError(
+            503,
+            f"service {task.agent_id!r} has {entry.max_queued_tasks} tasks queued; retry later",
+            headers=RETRY_AFTER,
+        )
+
+    async def wait(self, task_id: str, timeout: float | None) -> TaskRecord:
+        record = await self.find_task(task_id)
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        while not record.is_terminal:
+            left = None if deadline is None else deadline - anyio.current_time()
+            if left is not None and left <= 0:
+                break
+            signal = self.bus.done_signal(task_id)
+            record = await self.find_task(task_id)  # it may have ended before we listened
+            if record.is_terminal:
+                break
+            with anyio.move_on_after(left):
+                await signal.wait()
+            record = await self.find_task(task_id)
+        return record
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        record = await self.find_task(task_id)
+        if record.is_terminal:
+            raise ApiError(409, f"task {task_id!r} already ended as {record.status.value}")
+        await self._end(task_id, TaskStatus.CANCELLED, error="cancelled by request")
+        with anyio.move_on_after(1):
+            try:
+                await self.bus.publish(
+                    QueueMessage(
+                        publisher_id=self.publisher_id,
+                        type=record.service,
+                        action=ActionTypes.CANCEL_TASK,
+                        data={"task_id": task_id},
+                    )
+                )
+            except (BusUnavailable, NoConsumer):
+                logger.warning("could not tell %s to stop task %s", record.service, task_id)
+        return await self.find_task(task_id)
+
+    async def send_event(self, task_id: str, name: str, data: dict[str, Any]) -> None:
+        record = await self.find_task(task_id)
+        if record.is_terminal:
+            raise ApiError(409, f"task {task_id!r} already ended as {record.status.value}")
+        if record.status is TaskStatus.PENDING:
+            raise ApiError(409, f"task {task_id!r} has not started yet; retry once it runs")
+        await self.bus.publish(
+            QueueMessage(
+                publisher_id=self.publisher_id,
+                type=record.service,
+                action=ActionTypes.SEND_EVENT,
+                data={"task_id": task_id, "event": name, "data": data},
+            )
+        )
+
+    # -- messages from the services of this process ------------------------------------------
+    async def process_message(self, message: QueueMessage) -> None:
+        if self._stopped:
+            return
+        if message.action == ActionTypes.COMPLETED_TASK:
+            result = TaskResult.model_validate(message.data)
+            await self._end(result.task_id, result.status, result=result, error=result.error)
+        elif message.action == ActionTypes.TASK_STREAM:
+            event = TaskEvent.model_validate(message.data)
+            try:
+                if event.kind == "status" and event.status is not None:
+                    await self.store.set_status(event)
+                else:
+                    await self.store.add_event(event)
+            except RedisError as exc:  # progress is best effort; the outcome is not
+                logger.warning("event of task %s not recorded: %s", event.task_id, exc)
+        else:
+            raise ValueError(f"the control plane does not handle {message.action!r}")
+
+    async def _end(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        result: TaskResult | None = None,
+        error: str | None = None,
+    ) -> None:
+        finished_at = time.time()
+        event = TaskEvent(
+            task_id=task_id,
+            kind="result",
+            status=status,
+            data={
+                "status": status.value,
+                "result": result.model_dump(mode="json") if result is not None else None,
+                "error": error,
+            },
+        )
+        try:
+            await self.store.flush()  # contexts saved by the task land before the lane moves
+            service = await self.store.finish(task_id, status, result, error, finished_at, event)
+        except RedisError as exc:
+            # Not stored, so not acknowledged: the entry is taken over and the task runs again.
+            logger.warning("end of task %s not stored (%s); it will run again", task_id, exc)
+            self.bus.healthy = False
+            return
+        finally:
+            self.bus.settle(task_id)
+        if service is None:
+            return  # it had ended already: the first terminal state stands
+        logger.info(
+            "task ended", extra={"task_id": task_id, "service": service, "status": status.value}
+        )
+        if self.on_task_end:
+            record = TaskRecord(
+                task_id=task_id,
+                service=service,
+                status=status,
+                result=result,
+                error=error,
+                finished_at=finished_at,
+            )
+            for listener in self.on_task_end:
+                listener(record)
+
+    # -- hooks of the Redis bus --------------------------------------------------------------
+    async def before_task(self, message: QueueMessage) -> None:
+        """A task of a session runs here: bring its session and saved contexts into the caches
+        that the services read synchronously."""
+        session_id = (message.data.get("task") or {}).get("session_id")
+        if session_id:
+            await self.find_session(session_id)
+            await self.store.prefetch_contexts(session_id)
+
+    async def task_is_over(self, task_id: str) -> bool:
+        status = await self.store.task_status(task_id)
+        return status is None or TaskStatus(status).is_terminal
+
+    async def give_up(self, message: QueueMessage, deliveries: int) -> None:
+        task_id = str((message.data.get("task") or {}).get("task_id", ""))
+        await self._end(task_id, TaskStatus.FAILED, error=f"gave up after {deliveries} deliveries")
+
+    # -- events ------------------------------------------------------------------------------
+    async def open_subscription(self, task_id: str, after: int = 0) -> SharedSubscription:
+        await self.find_task(task_id)
+        return SharedSubscription(self, task_id, after)
+
+    def subscribe(self, task_id: str, after: int = 0) -> SharedSubscription:  # type: ignore[override]
+        return SharedSubscription(self, task_id, after)
+
+
+class SharedSubscription:
+    """A task's events from its Redis stream: held ones after `after`, then live ones, up to
+    the result. Works on any replica, whichever one runs the task; woken by the bus's `ev`
+    notifications. Events no longer held (trimmed to `events.replay_size`) are announced by a
+    `gap` event, as in one process."""
+
+    def __init__(self, plane: SharedControlPlane, task_id: str, after: int = 0) -> None:
+        self._plane = plane
+        self._task_id = task_id
+        self._cursor = max(after, 0)
+
+    async def frames(self) -> AsyncIterator[tuple[int, str, str]]:
+        store, bus = self._plane.store, self._plane.bus
+        last = "0-0"
+        while True:
+            signal = bus.event_signal(self._task_id)
+            batch = await store.read_events(self._task_id, last)
+            for entry_id, event in batch:
+                last = entry_id
+                seq = event.seq or 0
+                if seq <= self._cursor:
+                    continue
+                if seq > self._cursor + 1:
+                    yield self._gap(seq)
+                self._cursor = seq
+                yield seq, event.kind, event.model_dump_json()
+                if event.kind == "result":
+                    return
+            if batch:
+                continue
+            record = await store.fetch_task(self._task_id)
+            if record is None:
+                return
+            if record.is_terminal:  # its result event expired with the stream
+                event = ControlPlane._result_event(record).model_copy(
+                    update={"seq": record.last_seq}
+                )
+                if record.last_seq > self._cursor:
+                    yield record.last_seq, "result", event.model_dump_json()
+                return
+            await signal.wait()
+
+    def _gap(self, first: int) -> tuple[int, str, str]:
+        event = TaskEvent(
+            task_id=self._task_id,
+            kind="gap",
+            name="gap",
+            seq=first - 1,
+            data={
+                "after": self._cursor,
+                "first_available": first,
+                "dropped": first - self._cursor - 1,
+            },
+        )
+        return first - 1, "gap", event.model_dump_json()
+
+    async def __aiter__(self) -> AsyncIterator[TaskEvent]:
+        async for _, _, raw in self.frames():
+            yield TaskEvent.model_validate_json(raw)
+
+    def close(self) -> None:
+        """Nothing to release: the stream is read on demand."""

@@ -1,0 +1,368 @@
+"""Redis store: the shared source of truth when several gateway processes form one deployment.
+
+Task records are hashes; the two transitions that must never race between replicas are Lua
+scripts, each one atomic on the server:
+
+- `submit`: refuse a taken id or a full backlog, write the record and its first event, append the
+  task to its session lane, and add the stream entry only if the task heads its lane — so a 202
+  always has both a record and (now or when its lane frees) a stream entry.
+- `finish`: the first terminal state wins; it stores the outcome, acknowledges and deletes the
+  stream entry, hands the lane to the next task, and notifies waiting replicas. Later attempts
+  (a duplicate delivery, a late result after a cancel) answer "ended" and change nothing.
+
+Sessions are JSON strings plus a list of task ids; signed contexts are one hash per session.
+Context and session writes are recorded at once (the `Store` contract) and written by `flush()`,
+which the control plane awaits before a task's terminal transition, so the next task of a
+session, wherever it runs, finds the context the previous one saved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from gateway.control_plane.sessions import SessionRecord
+from gateway.control_plane.tasks import TaskRecord
+from gateway.messages import QueueMessage, TaskEvent, TaskResult, TaskStatus
+from gateway.store import Store
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+logger = logging.getLogger("gateway.store.redis")
+
+GROUP = "workers"  # one consumer group per service stream
+FINISHED_TTL = 86_400  # seconds a finished task's record and events stay readable
+EVENTS_TTL = 86_400  # bound on the event stream of a task that never ends
+CONTEXT_CACHE_SIZE = 4096
+
+_TERMINAL = "completed failed cancelled timed_out"
+
+SUBMIT = """
+local p, id, svc, sid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local tkey = p .. 'task:' .. id
+if redis.call('EXISTS', tkey) == 1 then return 'exists' end
+local stream = p .. 'stream:' .. svc
+if redis.call('XLEN', stream) >= tonumber(ARGV[5]) then return 'full' end
+if sid ~= '' and redis.call('EXISTS', p .. 'session:' .. sid) == 0 then return 'nosession' end
+redis.call('HSET', tkey, 'task_id', id, 'service', svc, 'session_id', sid, 'input', ARGV[9],
+  'status', 'pending', 'created_at', ARGV[8], 'msg', ARGV[6])
+local ekey = p .. 'ev:' .. id
+redis.call('HSET', tkey, 'seq', 1)
+redis.call('XADD', ekey, '*', 'e', ARGV[7], 's', 1)
+redis.call('EXPIRE', ekey, ARGV[10])
+redis.call('EXPIRE', tkey, ARGV[10])
+if sid ~= '' then
+  redis.call('RPUSH', p .. 'session:' .. sid .. ':tasks', id)
+  if redis.call('RPUSH', p .. 'lane:' .. sid .. ':' .. svc, id) > 1 then return 'queued' end
+end
+redis.call('HSET', tkey, 'entry', redis.call('XADD', stream, '*', 'm', ARGV[6]))
+return 'ok'
+"""
+
+FINISH = """
+local p, id = ARGV[1], ARGV[2]
+local tkey = p .. 'task:' .. id
+local cur = redis.call('HGET', tkey, 'status')
+if not cur then return 'unknown' end
+if string.find(ARGV[9], cur, 1, true) then return 'ended' end
+redis.call('HSET', tkey, 'status', ARGV[3], 'result', ARGV[4], 'error', ARGV[5],
+  'finished_at', ARGV[6])
+redis.call('HDEL', tkey, 'msg')
+redis.call('EXPIRE', tkey, ARGV[8])
+local svc = redis.call('HGET', tkey, 'service')
+local stream = p .. 'stream:' .. svc
+local entry = redis.call('HGET', tkey, 'entry')
+if entry then
+  redis.pcall('XACK', stream, 'workers', entry)
+  redis.call('XDEL', stream, entry)
+end
+local ekey = p .. 'ev:' .. id
+redis.call('XADD', ekey, '*', 'e', ARGV[7], 's', redis.call('HINCRBY', tkey, 'seq', 1))
+redis.call('EXPIRE', ekey, ARGV[8])
+local sid = redis.call('HGET', tkey, 'session_id')
+if sid and sid ~= '' then
+  local lane = p .. 'lane:' .. sid .. ':' .. svc
+  if redis.call('LINDEX', lane, 0) == id then
+    redis.call('LPOP', lane)
+    while true do
+      local nxt = redis.call('LINDEX', lane, 0)
+      if not nxt then break end
+      local nkey = p .. 'task:' .. nxt
+      if redis.call('HGET', nkey, 'status') == 'pending' then
+        local msg = redis.call('HGET', nkey, 'msg')
+        redis.call('HSET', nkey, 'entry', redis.call('XADD', stream, '*', 'm', msg))
+        break
+      end
+      redis.call('LPOP', lane)
+    end
+  else
+    redis.call('LREM', lane, 1, id)
+  end
+end
+redis.call('PUBLISH', p .. 'done', id)
+redis.call('PUBLISH', p .. 'ev', id)
+return svc
+"""
+
+STATUS = """
+local p, id = ARGV[1], ARGV[2]
+local tkey = p .. 'task:' .. id
+local cur = redis.call('HGET', tkey, 'status')
+if not cur or string.find(ARGV[6], cur, 1, true) then return 0 end
+redis.call('HSET', tkey, 'status', ARGV[3])
+if ARGV[3] == 'running' then redis.call('HSETNX', tkey, 'started_at', ARGV[4]) end
+local seq = redis.call('HINCRBY', tkey, 'seq', 1)
+redis.call('XADD', p .. 'ev:' .. id, 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[5], 's', seq)
+redis.call('PUBLISH', p .. 'ev', id)
+return 1
+"""
+
+EVENT = """
+local p, id = ARGV[1], ARGV[2]
+local tkey = p .. 'task:' .. id
+if redis.call('EXISTS', tkey) == 0 then return 0 end
+local seq = redis.call('HINCRBY', tkey, 'seq', 1)
+redis.call('XADD', p .. 'ev:' .. id, 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3], 's', seq)
+redis.call('PUBLISH', p .. 'ev', id)
+return 1
+"""
+
+
+class SubmitRefused(Exception):
+    """The submit script said no: `reason` is `exists`, `full` or `nosession`."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RedisStore(Store):
+    """Tasks, sessions and contexts in Redis, shared by every replica of a deployment."""
+
+    durable = True
+
+    def __init__(self, client: Redis, namespace: str, replay_size: int = 256) -> None:
+        self.client = client
+        self.prefix = f"gw:{namespace}:"
+        self.replay_size = max(1, replay_size)
+        self._submit = client.register_script(SUBMIT)
+        self._finish = client.register_script(FINISH)
+        self._status = client.register_script(STATUS)
+        self._event = client.register_script(EVENT)
+        self._contexts: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._pending_contexts: dict[tuple[str, str], str] = {}
+        self._pending_sessions: dict[str, SessionRecord | None] = {}
+        self._flush_lock = anyio.Lock()
+        self._dirty = anyio.Event()
+
+    def key(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self, task_group: TaskGroup) -> None:
+        task_group.start_soon(self._writer, name="redis-store-writer")
+
+    async def close(self) -> None:
+        with anyio.move_on_after(5):
+            try:
+                await self.flush()
+            except Exception:
+                logger.warning("unsaved session/context changes lost at shutdown (Redis down)")
+
+    async def _writer(self) -> None:
+        """Write recorded changes soon after they are recorded (a flush may come first)."""
+        while True:
+            await self._dirty.wait()
+            self._dirty = anyio.Event()
+            try:
+                await self.flush()
+            except Exception as exc:  # Redis away: keep the changes, try again on the next one
+                logger.warning("could not write session/context changes: %s", exc)
+
+    async def flush(self) -> None:
+        """Write every recorded session/context change, in order, before returning."""
+        async with self._flush_lock:
+            if not self._pending_contexts and not self._pending_sessions:
+                return
+            contexts, self._pending_contexts = self._pending_contexts, {}
+            sessions, self._pending_sessions = self._pending_sessions, {}
+            try:
+                async with self.client.pipeline(transaction=True) as pipe:
+                    for (sid, service), payload in contexts.items():
+                        pipe.hset(self.key("ctx", sid), service, payload)
+                    for sid, record in sessions.items():
+                        if record is None:
+                            pipe.delete(
+                                self.key("session", sid),
+                                self.key("session", sid, "tasks"),
+                                self.key("ctx", sid),
+                            )
+                        else:
+                            body = record.model_dump_json(include={"state", "created_at"})
+                            pipe.set(self.key("session", sid), body)
+                    await pipe.execute()
+            except BaseException:
+                # Put them back under anything recorded since (newer values win).
+                self._pending_contexts = {**contexts, **self._pending_contexts}
+                self._pending_sessions = {**sessions, **self._pending_sessions}
+                raise
+
+    # -- sessions and contexts (the Store contract: record now, write soon) ------------------
+    def save_session(self, record: SessionRecord) -> None:
+        self._pending_sessions[record.session_id] = record
+        self._dirty.set()
+
+    def delete_session(self, session_id: str) -> None:
+        self._pending_sessions[session_id] = None
+        for key in [k for k in self._contexts if k[0] == session_id]:
+            del self._contexts[key]
+        for key in [k for k in self._pending_contexts if k[0] == session_id]:
+            del self._pending_contexts[key]
+        self._dirty.set()
+
+    def save_context(self, session_id: str, service: str, payload: str) -> None:
+        self._pending_contexts[(session_id, service)] = payload
+        self._remember_context((session_id, service), payload)
+        self._dirty.set()
+
+    def load_context(self, session_id: str, service: str) -> str | None:
+        """From the cache `prefetch_session` filled when the task was received."""
+        return self._contexts.get((session_id, service))
+
+    def _remember_context(self, key: tuple[str, str], payload: str) -> None:
+        self._contexts[key] = payload
+        self._contexts.move_to_end(key)
+        while len(self._contexts) > CONTEXT_CACHE_SIZE:
+            self._contexts.popitem(last=False)
+
+    async def create_session(self, record: SessionRecord) -> None:
+        body = record.model_dump_json(include={"state", "created_at"})
+        await self.client.set(self.key("session", record.session_id), body)
+
+    async def fetch_session(self, session_id: str) -> SessionRecord | None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(self.key("session", session_id))
+            pipe.lrange(self.key("session", session_id, "tasks"), 0, -1)
+            body, task_ids = await pipe.execute()
+        if body is None:
+            return None
+        fields = json.loads(body)
+        return SessionRecord(session_id=session_id, task_ids=task_ids, **fields)
+
+    async def prefetch_contexts(self, session_id: str) -> None:
+        """Load a session's saved contexts into the cache before one of its tasks runs here."""
+        saved = await self.client.hgetall(self.key("ctx", session_id))
+        for service, payload in saved.items():
+            self._remember_context((session_id, service), payload)
+
+    # -- tasks -------------------------------------------------------------------------------
+    async def submit(
+        self, record: TaskRecord, message: QueueMessage, max_queued: int, event: TaskEvent
+    ) -> str:
+        """Run the submit script; returns `ok` or `queued`, raises SubmitRefused otherwise."""
+        outcome = await self._submit(
+            args=[
+                self.prefix,
+                record.task_id,
+                record.service,
+                record.session_id or "",
+                max_queued,
+                message.model_dump_json(),
+                event.model_dump_json(),
+                repr(record.created_at),
+                record.input,
+                EVENTS_TTL,
+            ]
+        )
+        if outcome not in ("ok", "queued"):
+            raise SubmitRefused(outcome)
+        return outcome
+
+    async def finish(
+        self,
+        task_id: str,
+        status: TaskStatus,
+        result: TaskResult | None,
+        error: str | None,
+        finished_at: float,
+        event: TaskEvent,
+    ) -> str | None:
+        """The terminal transition: the service name if this call ended the task, else None."""
+        outcome = await self._finish(
+            args=[
+                self.prefix,
+                task_id,
+                status.value,
+                result.model_dump_json() if result is not None else "",
+                error or "",
+                repr(finished_at),
+                event.model_dump_json(),
+                FINISHED_TTL,
+                _TERMINAL,
+            ]
+        )
+        return None if outcome in ("ended", "unknown") else outcome
+
+    async def set_status(self, event: TaskEvent) -> bool:
+        assert event.status is not None
+        return bool(
+            await self._status(
+                args=[
+                    self.prefix,
+                    event.task_id,
+                    event.status.value,
+                    repr(event.at),
+                    event.model_dump_json(),
+                    _TERMINAL,
+                    self.replay_size,
+                ]
+            )
+        )
+
+    async def add_event(self, event: TaskEvent) -> None:
+        await self._event(
+            args=[self.prefix, event.task_id, event.model_dump_json(), self.replay_size]
+        )
+
+    async def fetch_task(self, task_id: str) -> TaskRecord | None:
+        fields = await self.client.hgetall(self.key("task", task_id))
+        return _record(fields) if fields else None
+
+    async def task_status(self, task_id: str) -> str | None:
+        return await self.client.hget(self.key("task", task_id), "status")
+
+    async def read_events(self, task_id: str, after: str) -> list[tuple[str, TaskEvent]]:
+        """Events after stream entry `after`, each with its `seq` (its SSE id) filled in."""
+        entries = await self.client.xrange(self.key("ev", task_id), min=f"({after}", count=256)
+        events = []
+        for entry_id, fields in entries:
+            event = TaskEvent.model_validate_json(fields["e"])
+            events.append((entry_id, event.model_copy(update={"seq": int(fields["s"])})))
+        return events
+
+
+def _record(fields: dict[str, Any]) -> TaskRecord:
+    def number(name: str) -> float | None:
+        value = fields.get(name)
+        return float(value) if value else None
+
+    result = fields.get("result")
+    return TaskRecord(
+        task_id=fields["task_id"],
+        service=fields["service"],
+        session_id=fields.get("session_id") or None,
+        input=fields.get("input", ""),
+        status=TaskStatus(fields["status"]),
+        result=TaskResult.model_validate_json(result) if result else None,
+        error=fields.get("error") or None,
+        created_at=number("created_at") or 0.0,
+        started_at=number("started_at"),
+        finished_at=number("finished_at"),
+        last_seq=int(fields.get("seq") or 0),
+    )

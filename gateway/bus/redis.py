@@ -129,7 +129,8 @@ class RedisBus(MessageBus):
         self._event_waiters: dict[str, anyio.Event] = {}
         self._advert_changed = anyio.Event()
         self._idle = anyio.Event()
-        self._receiving = anyio.CancelScope()
+        self._receiving: anyio.CancelScope | None = None
+        self._stop_receiving = False
         self._stream_group: TaskGroup | None = None
 
     def key(self, *parts: str) -> str:
@@ -160,14 +161,18 @@ class RedisBus(MessageBus):
         task_group.start_soon(self._run_streams, name="redis-streams")
 
     async def _run_streams(self) -> None:
-        with self._receiving:
+        with anyio.CancelScope() as self._receiving:
+            if self._stop_receiving:
+                return
             async with anyio.create_task_group() as group:
                 for service in self._hosted:
                     group.start_soon(self._stream_loop, service, name=f"redis-stream:{service}")
 
     def stop_receiving(self) -> None:
         """Shutdown: take no more entries; unfinished ones are left for other replicas."""
-        self._receiving.cancel()
+        self._stop_receiving = True
+        if self._receiving is not None:
+            self._receiving.cancel()
 
     async def wait_idle(self) -> None:
         """Return once no task received here is still being worked on."""
@@ -177,6 +182,8 @@ class RedisBus(MessageBus):
 
     async def aclose(self) -> None:
         await super().aclose()
+        with contextlib.suppress(Exception), anyio.move_on_after(1):  # leave discovery now
+            await self.client.delete(self.key("replica", self.replica_id))
         for client in (self.client, self._blocking, self._listener):
             with contextlib.suppress(Exception):  # already gone with the server
                 await client.aclose()

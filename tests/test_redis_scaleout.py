@@ -102,6 +102,9 @@ async def test_two_replicas_one_killed_every_accepted_task_ends_exactly_once(
             f"\nterminal states: {dict(statuses)}"
             f"\nended twice: {len(twice)}  lost: {len(lost)}"
         )
+        taken_over = a.log().count("took over entry")
+        print(f"entries taken over from the killed replica: {taken_over}")
+        assert taken_over > 0  # B died with work in flight, and A finished it
         assert len(accepted) >= 250
         assert len(set(accepted)) == len(accepted)
         assert lost == [] and twice == []

@@ -149,6 +149,13 @@ async def test_backlog_refusal_cancel_and_events_in_redis_mode() -> None:
             events = await client.get(f"/control_plane/tasks/{task_id}/events")
             kinds = [line[7:] for line in events.text.splitlines() if line.startswith("event: ")]
             assert kinds[0] == "status" and kinds[-1] == "result", events.text
+            ids = [int(line[4:]) for line in events.text.splitlines() if line.startswith("id: ")]
+            assert ids == list(range(1, len(ids) + 1))
+            resumed = await client.get(
+                f"/control_plane/tasks/{task_id}/events", headers={"Last-Event-ID": "1"}
+            )
+            again = [int(line[4:]) for line in resumed.text.splitlines() if line.startswith("id: ")]
+            assert again == ids[1:]
             assert (await client.get("/control_plane/tasks/nope")).status_code == 404
 
 

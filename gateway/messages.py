@@ -6,6 +6,7 @@ all of them round-trip through JSON: nothing here is ever pickled.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from enum import StrEnum
@@ -20,6 +21,18 @@ ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+# Message ids only need to be unique: a random per-process prefix and a counter cost a fraction
+# of a uuid4 (which reads os.urandom), and a task sends several messages. Ids of tasks, sessions
+# and other things clients hold stay uuid4.
+_MESSAGE_PREFIX = uuid.uuid4().hex[:20]
+_message_counter = itertools.count()
+
+
+def new_message_id() -> str:
+    p = _MESSAGE_PREFIX
+    return f"{p[:8]}-{p[8:12]}-{p[12:16]}-{p[16:20]}-{next(_message_counter):012x}"
 
 
 class ActionTypes(StrEnum):
@@ -73,7 +86,7 @@ class QueueMessage(BaseModel):
     `trace` carries the OpenTelemetry context of whoever published it (None when tracing is off).
     """
 
-    id_: str = Field(default_factory=new_id)
+    id_: str = Field(default_factory=new_message_id)
     publisher_id: str = "default"
     type: str = "default"
     action: ActionTypes | None = None

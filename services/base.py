@@ -11,6 +11,7 @@ scope, the reference's registration and launcher methods) is read as one piece b
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
 from abc import ABC, abstractmethod
@@ -114,6 +115,9 @@ class BaseService(BaseModel, ABC):
     model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True)
 
     service_type: ClassVar[str] = "custom"
+    # True when `handle_message` only hands work on (spawns it, sets an event) and never waits:
+    # the in-memory bus then calls it within `publish`, saving the receive loop's wake-up.
+    inline_delivery: ClassVar[bool] = False
 
     service_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.\-]+$")
     description: str = "A gateway service."
@@ -139,7 +143,7 @@ class BaseService(BaseModel, ABC):
     _http: httpx.AsyncClient | None = PrivateAttr(default=None)
 
     # -- identity and discovery ---------------------------------------------------------------
-    @property
+    @functools.cached_property
     def publisher_id(self) -> str:
         return f"{type(self).__qualname__}-{self._publisher_id}"
 
@@ -226,7 +230,10 @@ class BaseService(BaseModel, ABC):
             base += f":{self.port}" if self.port else ""
             return RemoteConsumer.for_url(self.service_name, f"{base}/process_message")
         return Consumer(
-            message_type=self.service_name, handler=self.handle_message, id_=self.publisher_id
+            message_type=self.service_name,
+            handler=self.handle_message,
+            id_=self.publisher_id,
+            inline=self.inline_delivery,
         )
 
     async def register_to_message_queue(self) -> Consumer:

@@ -77,6 +77,9 @@ class KwargsService(BaseService):
     """A service that runs `execute(task, state)` once per task of keyword inputs."""
 
     run_request: ClassVar[type[KwargsRunRequest]] = KwargsRunRequest
+    # Every message is handled by spawning (tasks, tool calls) or by a quick hand-off (events,
+    # cancels): delivered within `publish`, one event-loop hop fewer per task.
+    inline_delivery: ClassVar[bool] = True
     run_summary: ClassVar[str] = "Run and wait for the result"
 
     def routes(self) -> list[BaseRoute]:
@@ -98,7 +101,10 @@ class KwargsService(BaseService):
     async def _run_http(self, request: Request, body: KwargsRunRequest, query: RunQuery) -> Any:
         extra = {"task_id": body.task_id} if body.task_id else {}
         task = TaskDefinition(
-            input=json.dumps(body.run_kwargs()), session_id=body.session_id, **extra
+            input=json.dumps(body.run_kwargs()),
+            session_id=body.session_id,
+            agent_id=self.service_name,  # already its service's: submit need not copy it
+            **extra,
         )
         after = resume_after(request, query.after) if query.stream else 0
         return await self.run_and_wait(task, body.wait, stream=query.stream, after=after)

@@ -12,6 +12,7 @@ import pytest
 from llama_index.core.tools import ToolMetadata
 
 from gateway.bus.memory import MessageBus
+from services.kwargs import KwargsService
 from services.tool.meta_tool import MetaServiceTool
 from tests.conftest import gateway_client
 from tests.fixtures_faults import assert_error, gate, reset_gates, wait_ended, wait_status
@@ -106,6 +107,8 @@ async def test_a_crashed_consumer_loop_is_restarted_and_fails_its_in_flight_task
         await original(self, registration, message)
 
     monkeypatch.setattr(MessageBus, "_handle", crash_once)
+    # Workflow services are delivered to inline (no receive loop); this is about the loops.
+    monkeypatch.setattr(KwargsService, "inline_delivery", False)
     apps: list = []
     cfg = config(victim={"type": "workflow", "source": "tests.fixtures_faults:nap"})
     async with gateway_client(cfg, app_out=apps) as client:

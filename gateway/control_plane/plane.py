@@ -264,7 +264,8 @@ class ControlPlane:
                 f"service {target!r} has {entry.max_queued_tasks} tasks queued; retry later",
                 headers={"Retry-After": "1"},
             )
-        task = task.model_copy(update={"agent_id": target})
+        if task.agent_id != target:
+            task = task.model_copy(update={"agent_id": target})
         record = self.tasks.add(
             TaskRecord(
                 task_id=task.task_id, service=target, session_id=task.session_id, input=task.input
@@ -272,7 +273,8 @@ class ControlPlane:
         )
         if self.tracing is not None:
             self.tracing.start_task(record)
-        self._idle = anyio.Event()
+        if self._idle.is_set():
+            self._idle = anyio.Event()
         if self.store.durable:
             # Committed before it can run: a task the store refused must never have started.
             await self._commit_new(record, session)

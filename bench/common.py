@@ -191,12 +191,29 @@ def _wait_until_up(app: UvicornApp, process: subprocess.Popen, base: str, log: P
             time.sleep(0.05)
 
 
+class Served(dict[str, str]):
+    """{name: base URL} of served apps, plus `pids` {name: process id}."""
+
+    pids: dict[str, int]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far; Linux /proc only.
+
+    On a machine shared with other work, a server's CPU per request moves much less than its
+    throughput does, so the benchmarks report both."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def serve(folder: Path, *apps: UvicornApp) -> Iterator[dict[str, str]]:
-    """Start every app at once (logs in `folder/<name>.log`), yield {name: base URL} once each one
-    answers, and stop them all at the end."""
+def serve(folder: Path, *apps: UvicornApp) -> Iterator[Served]:
+    """Start every app at once (logs in `folder/<name>.log`), yield {name: base URL} (with their
+    `pids`) once each one answers, and stop them all at the end."""
     processes: list[subprocess.Popen] = []
-    bases: dict[str, str] = {}
+    bases = Served()
+    bases.pids = {}
     try:
         for app in apps:
             port = free_port()
@@ -212,6 +229,7 @@ def serve(folder: Path, *apps: UvicornApp) -> Iterator[dict[str, str]]:
                 )
             processes.append(process)
             bases[app.name] = f"http://{HOST}:{port}"
+            bases.pids[app.name] = process.pid
         for app, process in zip(apps, processes, strict=True):
             _wait_until_up(app, process, bases[app.name], folder / f"{app.name}.log")
         yield bases

@@ -9,8 +9,10 @@ Three targets, each its own uvicorn subprocess (same options) on a free loopback
 Load comes from `wrk` (apt-get install wrk): one thread, 1 and 16 connections, rounds of
 ROUND_SECONDS that rotate the targets so drift on a shared machine hits all of them alike.
 Reported for each: the median round by throughput (its throughput and p50) and the worst p99 of
-all rounds, so a bad round shows instead of being picked away. Without wrk the Python load
-generator is used instead, with a warning: its figures are client-bound.
+all rounds, so a bad round shows instead of being picked away; also the server process's CPU
+time per request in the median round (user + system, from /proc: steadier than req/s on a
+shared machine). Without wrk the Python load generator is used instead, with a warning: its
+figures are client-bound.
 
     python -m bench.roundtrip
 """
@@ -32,6 +34,7 @@ from bench.common import (
     Row,
     UvicornApp,
     answer_has,
+    cpu_seconds,
     gateway_app,
     run_and_print,
     run_load,
@@ -85,8 +88,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-# -- one measurement: (units per second, p50 ms, p99 ms) ----------------------------------------
-Figure = tuple[float, float, float]
+# -- one measurement: (units per second, p50 ms, p99 ms, server CPU µs per unit) ----------------
+Figure = tuple[float, float, float, float]
 
 
 def _wrk_measure(folder: Path, bases: dict[str, str]):
@@ -111,10 +114,13 @@ def _wrk_measure(folder: Path, bases: dict[str, str]):
         "tasks": bases["gateway"] + "/control_plane/tasks",
     }
 
-    def measure(target: str, connections: int, seconds: float) -> Figure:
+    def measure(target: str, connections: int, seconds: int) -> Figure:
+        pid = bases.pids["bare" if target == "bare" else "gateway"]
+        cpu = cpu_seconds(pid)
         result = run_wrk(urls[target], scripts[target], connections, seconds)
-        rate = result.tasks_per_s if target == "tasks" else result.rps
-        return rate, result.p50_ms, result.p99_ms
+        cpu = cpu_seconds(pid) - cpu
+        units = result.completed if target == "tasks" else result.requests
+        return units / result.seconds, result.p50_ms, result.p99_ms, cpu / max(units, 1) * 1e6
 
     return measure
 
@@ -131,7 +137,7 @@ def _python_measure(bases: dict[str, str]):
         if target == "run":
             url = bases["gateway"] + "/services/echo/run"
         load = run_load(url, RUN_BODY, answer_has("result", "ping"), connections, count)
-        return load.rps, load.latency_ms(50), load.latency_ms(99)
+        return load.rps, load.latency_ms(50), load.latency_ms(99), float("nan")
 
     return measure
 
@@ -159,13 +165,13 @@ def _python_tasks(base: str, connections: int, tasks: int) -> Figure:
             return time.perf_counter() - started
 
     elapsed = anyio.run(drive)
-    return tasks / elapsed, float("nan"), float("nan")
+    return tasks / elapsed, float("nan"), float("nan"), float("nan")
 
 
 def summarise(figures: list[Figure]) -> Figure:
-    """The median round by throughput (its rate and p50), with the worst p99 of all rounds."""
-    rate, p50, _ = sorted(figures)[len(figures) // 2]
-    return rate, p50, max(f[2] for f in figures)
+    """The median round by throughput (its rate, p50 and CPU), with the worst p99 of all rounds."""
+    rate, p50, _, cpu = sorted(figures)[len(figures) // 2]
+    return rate, p50, max(f[2] for f in figures), cpu
 
 
 def _compare(measure, connections: int) -> dict[str, Figure]:
@@ -224,6 +230,25 @@ def run() -> list[Row]:
                         GOALS["tasks"],
                     ),
                 ]
+                if use_wrk:  # the server's CPU per request: steadier than req/s when shared
+                    rows += [
+                        Row(
+                            f"roundtrip {c} /run server CPU (median round)",
+                            gw[3],
+                            bare[3],
+                            "µs/req",
+                            "",
+                            False,
+                        ),
+                        Row(
+                            f"roundtrip {c} tasks + long-poll server CPU (median round)",
+                            tasks[3],
+                            bare[3],
+                            "µs/task",
+                            "",
+                            False,
+                        ),
+                    ]
     return rows
 
 

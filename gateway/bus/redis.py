@@ -257,6 +257,11 @@ class RedisBus(MessageBus):
             event = self._event_waiters[task_id] = anyio.Event()
         return event
 
+    def wake_done(self, task_id: str) -> None:
+        """`task_id` ended in this process: wake its waiters here at once."""
+        self._wake(self._done_waiters, task_id)
+        self._wake(self._event_waiters, task_id)
+
     def _wake(self, waiters: dict[str, anyio.Event], task_id: str) -> None:
         event = waiters.pop(task_id, None)
         if event is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -40,6 +41,7 @@ from gateway.web.errors import ApiError
 logger = logging.getLogger("gateway.control_plane.shared")
 
 RETRY_AFTER = {"Retry-After": "1"}
+MAX_PENDING_EVENTS = 100_000
 
 
 def _unavailable(exc: BaseException) -> ApiError:
@@ -56,6 +58,16 @@ class SharedControlPlane(ControlPlane):
         super().__init__(bus, store=store, **kwargs)
         bus.hooks = self
         bus.on_discovery = self._sync_registry
+        # Progress events are written behind the services' backs (ordered, batched) so a task
+        # never waits on Redis to say it runs; its end waits until they are written.
+        self._events: list[TaskEvent] = []
+        self._events_recorded = 0
+        self._events_written = 0
+        self._events_dirty = anyio.Event()
+        self._events_landed = anyio.Event()
+        # Ended tasks this process saw end (a terminal record never changes): answers waiters
+        # here without another read.
+        self._ended: OrderedDict[str, TaskRecord] = OrderedDict()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def register_local(self, definition: ServiceDefinition, service: Any, max_queued: int) -> None:
@@ -67,6 +79,7 @@ class SharedControlPlane(ControlPlane):
     async def open_store(self, task_group: TaskGroup) -> None:
         await self.bus.connect(task_group)
         await self.store.open(task_group)
+        task_group.start_soon(self._event_writer, name="redis-event-writer")
 
     async def recover(self) -> None:
         """Nothing to replay here: unfinished tasks wait in their streams, whoever died."""
@@ -103,6 +116,9 @@ class SharedControlPlane(ControlPlane):
 
     # -- lookups -----------------------------------------------------------------------------
     async def find_task(self, task_id: str) -> TaskRecord:
+        ended = self._ended.get(task_id)
+        if ended is not None:
+            return ended
         try:
             record = await self.store.fetch_task(task_id)
         except RedisError as exc:
@@ -234,14 +250,7 @@ class SharedControlPlane(ControlPlane):
             result = TaskResult.model_validate(message.data)
             await self._end(result.task_id, result.status, result=result, error=result.error)
         elif message.action == ActionTypes.TASK_STREAM:
-            event = TaskEvent.model_validate(message.data)
-            try:
-                if event.kind == "status" and event.status is not None:
-                    await self.store.set_status(event)
-                else:
-                    await self.store.add_event(event)
-            except RedisError as exc:  # progress is best effort; the outcome is not
-                logger.warning("event of task %s not recorded: %s", event.task_id, exc)
+            self._record_event(TaskEvent.model_validate(message.data))
         else:
             raise ValueError(f"the control plane does not handle {message.action!r}")
 
@@ -265,7 +274,8 @@ class SharedControlPlane(ControlPlane):
         )
         try:
             await self.store.flush()  # contexts saved by the task land before the lane moves
-            service = await self.store.finish(task_id, status, result, error, finished_at, event)
+            await self._flush_events()  # and its progress before its result
+            record = await self.store.finish(task_id, status, result, error, finished_at, event)
         except RedisError as exc:
             # Not stored, so not acknowledged: the entry is taken over and the task runs again.
             logger.warning("end of task %s not stored (%s); it will run again", task_id, exc)
@@ -273,22 +283,46 @@ class SharedControlPlane(ControlPlane):
             return
         finally:
             self.bus.settle(task_id)
-        if service is None:
+        if record is None:
             return  # it had ended already: the first terminal state stands
+        self._ended[task_id] = record
+        while len(self._ended) > self.tasks.retain_finished:
+            self._ended.popitem(last=False)
+        self.bus.wake_done(task_id)  # waiters here need not wait for the notification
         logger.info(
-            "task ended", extra={"task_id": task_id, "service": service, "status": status.value}
+            "task ended",
+            extra={"task_id": task_id, "service": record.service, "status": status.value},
         )
-        if self.on_task_end:
-            record = TaskRecord(
-                task_id=task_id,
-                service=service,
-                status=status,
-                result=result,
-                error=error,
-                finished_at=finished_at,
-            )
-            for listener in self.on_task_end:
-                listener(record)
+        for listener in self.on_task_end:
+            listener(record)
+
+    # -- progress events, written behind ------------------------------------------------------
+    def _record_event(self, event: TaskEvent) -> None:
+        if len(self._events) >= MAX_PENDING_EVENTS:  # Redis away for long: progress is lossy
+            logger.warning("event of task %s dropped: too many waiting for Redis", event.task_id)
+            return
+        self._events.append(event)
+        self._events_recorded += 1
+        self._events_dirty.set()
+
+    async def _event_writer(self) -> None:
+        while True:
+            await self._events_dirty.wait()
+            self._events_dirty = anyio.Event()
+            while self._events:
+                batch, self._events = self._events, []
+                try:
+                    await self.store.write_events(batch)
+                except RedisError as exc:  # progress is best effort; the outcome is not
+                    logger.warning("%d task event(s) not recorded: %s", len(batch), exc)
+                self._events_written += len(batch)
+                landed, self._events_landed = self._events_landed, anyio.Event()
+                landed.set()
+
+    async def _flush_events(self) -> None:
+        target = self._events_recorded
+        while self._events_written < target:
+            await self._events_landed.wait()
 
     # -- hooks of the Redis bus --------------------------------------------------------------
     async def before_task(self, message: QueueMessage) -> None:

@@ -107,7 +107,7 @@ if sid and sid ~= '' then
 end
 redis.call('PUBLISH', p .. 'done', id)
 redis.call('PUBLISH', p .. 'ev', id)
-return svc
+return redis.call('HGETALL', tkey)
 """
 
 STATUS = """
@@ -126,7 +126,8 @@ return 1
 EVENT = """
 local p, id = ARGV[1], ARGV[2]
 local tkey = p .. 'task:' .. id
-if redis.call('EXISTS', tkey) == 0 then return 0 end
+local cur = redis.call('HGET', tkey, 'status')
+if not cur or string.find(ARGV[5], cur, 1, true) then return 0 end
 local seq = redis.call('HINCRBY', tkey, 'seq', 1)
 redis.call('XADD', p .. 'ev:' .. id, 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3], 's', seq)
 redis.call('PUBLISH', p .. 'ev', id)
@@ -292,8 +293,8 @@ class RedisStore(Store):
         error: str | None,
         finished_at: float,
         event: TaskEvent,
-    ) -> str | None:
-        """The terminal transition: the service name if this call ended the task, else None."""
+    ) -> TaskRecord | None:
+        """The terminal transition: the ended record if this call ended the task, else None."""
         outcome = await self._finish(
             args=[
                 self.prefix,
@@ -307,28 +308,23 @@ class RedisStore(Store):
                 _TERMINAL,
             ]
         )
-        return None if outcome in ("ended", "unknown") else outcome
+        if not isinstance(outcome, list):  # "ended" (the first terminal state stands), "unknown"
+            return None
+        return _record(dict(zip(outcome[::2], outcome[1::2], strict=True)))
 
-    async def set_status(self, event: TaskEvent) -> bool:
-        assert event.status is not None
-        return bool(
-            await self._status(
-                args=[
-                    self.prefix,
-                    event.task_id,
-                    event.status.value,
-                    repr(event.at),
-                    event.model_dump_json(),
-                    _TERMINAL,
-                    self.replay_size,
-                ]
-            )
-        )
-
-    async def add_event(self, event: TaskEvent) -> None:
-        await self._event(
-            args=[self.prefix, event.task_id, event.model_dump_json(), self.replay_size]
-        )
+    async def write_events(self, events: list[TaskEvent]) -> None:
+        """Progress of running tasks, in order, in one round trip: status changes move a task
+        that has not ended; other events join its stream. Nothing is written after the end."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for event in events:
+                raw = event.model_dump_json()
+                if event.kind == "status" and event.status is not None:
+                    args = [self.prefix, event.task_id, event.status.value, repr(event.at), raw]
+                    await self._status(args=[*args, _TERMINAL, self.replay_size], client=pipe)
+                else:
+                    args = [self.prefix, event.task_id, raw, self.replay_size, _TERMINAL]
+                    await self._event(args=args, client=pipe)
+            await pipe.execute()
 
     async def fetch_task(self, task_id: str) -> TaskRecord | None:
         fields = await self.client.hgetall(self.key("task", task_id))

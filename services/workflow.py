@@ -116,6 +116,9 @@ class WorkflowService(KwargsService):
     # -- bus ------------------------------------------------------------------------------------
     async def process_other(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.SEND_EVENT:
+            # Delivered inline (in the sender's task): let the run take its next step first, as
+            # it could while a receive loop woke up, so a run that was just started is waiting.
+            await anyio.lowlevel.checkpoint()
             task_id = str(message.data.get("task_id"))
             name, data = str(message.data.get("event")), message.data.get("data") or {}
             if not self.send_event(task_id, name, data):

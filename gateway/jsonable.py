@@ -29,3 +29,20 @@ def result_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     return json.dumps(to_jsonable(value), ensure_ascii=False)
+
+
+def event_fields(event: Any) -> dict[str, Any]:
+    """A llama-index event's fields as one flat JSON object.
+
+    Events keep extra keyword fields in a private `_data` dict, which `model_dump` shows as a
+    `{"_data": {...}}` wrapper; our event payloads carry those fields directly instead.
+    """
+    try:
+        dumped = event.model_dump(mode="json")
+    except Exception:
+        return {"repr": repr(event)}
+    extra = dumped.pop("_data", None)
+    if isinstance(extra, dict):
+        for key, value in extra.items():
+            dumped.setdefault(str(key), to_jsonable(value))
+    return dumped

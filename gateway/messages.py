@@ -52,6 +52,7 @@ class TaskStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     WAITING_FOR_HUMAN = "waiting_for_human"
+    WAITING_FOR_INPUT = "waiting_for_input"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -128,12 +129,18 @@ class TaskDefinition(BaseModel):
 
 
 class TaskResult(BaseModel):
-    """What a service answers for a task; `status` says how it ended, `error` why it failed."""
+    """What a service answers for a task; `status` says how it ended, `error` why it failed.
+
+    `result` (text) and `data` are the reference's fields. `output` is the output as a JSON
+    value, which our API shows as the task's `result`; a service that leaves it unset (e.g.
+    one written for the reference) is shown by its `result` text.
+    """
 
     task_id: str
     history: list[ChatMessage] = Field(default_factory=list)
     result: str = ""
     data: dict[str, Any] = Field(default_factory=dict)
+    output: Any = None
     status: TaskStatus = TaskStatus.COMPLETED
     error: str | None = None
 

@@ -36,12 +36,12 @@ from llama_index.core.base.llms.types import ChatMessage as LlamaChatMessage
 from llama_index.core.base.llms.types import ToolCallBlock
 from llama_index.core.memory import ChatMemoryBuffer
 from llama_index.core.tools import AsyncBaseTool
-from pydantic import BaseModel, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 from workflows.events import Event, StopEvent
 
-from gateway.jsonable import to_jsonable
+from gateway.jsonable import event_fields, to_jsonable
 from gateway.messages import (
     ActionTypes,
     ChatMessage,
@@ -56,6 +56,7 @@ from gateway.messages import (
 from gateway.store import Store
 from gateway.store.signing import SignatureError, sign, verify
 from gateway.web.errors import ApiError
+from gateway.web.paging import Page, PageQuery, paginate
 from gateway.web.routing import api_route, parse_body, parse_query
 from services.base import BaseService, RunResponse, ServiceInfo
 from services.calling import contain_steps
@@ -85,7 +86,9 @@ class AgentServiceInfo(ServiceInfo):
 
 
 class AgentRunRequest(BaseModel):
-    """Body of `POST /run`: the user message, optionally in a session."""
+    """Body of `POST /run`: the user message, optionally in a session (unknown keys: 422)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     input: str = Field(min_length=1, max_length=1_000_000)
     session_id: str | None = Field(default=None, max_length=128)
@@ -98,6 +101,16 @@ class TaskCreated(BaseModel):
 
 class SessionQuery(BaseModel):
     session_id: str | None = Field(default=None, max_length=128)
+
+
+class MessagesQuery(PageQuery):
+    """The chat history is a list like any other: newest first unless `order=asc`."""
+
+    session_id: str | None = Field(default=None, max_length=128)
+
+
+class MessagePage(Page[ChatMessage]):
+    """A page of chat messages."""
 
 
 class ToggleRunning(BaseModel):
@@ -156,10 +169,7 @@ def event_data(event: Event) -> dict[str, Any]:
             "response": event.response.content,
             "tool_calls": [to_jsonable(t) for t in event.tool_calls],
         }
-    try:
-        return event.model_dump(mode="json")
-    except Exception:
-        return {"repr": repr(event)}
+    return event_fields(event)
 
 
 class _Session:
@@ -272,9 +282,10 @@ class AgentService(BaseService):
             api_route(
                 "/messages",
                 self._messages,
-                query=SessionQuery,
-                response=list[ChatMessage],
-                summary="The chat history (default memory, or `?session_id=`)",
+                query=MessagesQuery,
+                response=MessagePage,
+                summary="The chat history (default memory, or `?session_id=`), paged",
+                errors=(409, 422),
                 tags=tags,
             ),
             toggle,
@@ -323,8 +334,9 @@ class AgentService(BaseService):
         record = await self.service_host.control_plane.submit(body, self.service_name)
         return TaskCreated(task_id=record.task_id)
 
-    async def _messages(self, request: Request, query: SessionQuery) -> list[ChatMessage]:
-        return self.messages(query.session_id)
+    async def _messages(self, request: Request, query: MessagesQuery) -> MessagePage:
+        page = paginate(self.messages(query.session_id), query)
+        return MessagePage(items=page.items, total=page.total)
 
     async def _toggle(self, request: Request) -> RunningState:
         """The reference took `state` as a query parameter; a JSON body works too."""
@@ -344,7 +356,7 @@ class AgentService(BaseService):
 
     async def _run_http(self, request: Request, body: AgentRunRequest) -> Any:
         task = TaskDefinition(input=body.input, session_id=body.session_id)
-        return await self.run_and_wait(task, body.wait)
+        return await self.run_and_wait(task, body.wait, sent=body.input)
 
     # -- memory -----------------------------------------------------------------------------------
     def _session(self, session_id: str | None) -> _Session:

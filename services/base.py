@@ -24,13 +24,14 @@ import httpx
 from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from gateway.bus import Consumer, NoConsumer
 from gateway.bus.http_remote import RemoteConsumer
 from gateway.bus.memory import MessageBus
 from gateway.contain import describe, is_our_cancellation, user_code
+from gateway.control_plane.tasks import Task
 from gateway.messages import (
     CONTROL_PLANE_NAME,
     ActionTypes,
@@ -85,19 +86,11 @@ class ServiceInfo(BaseModel):
     description: str
     type: str
     running: bool
-    step_interval: float
     num_outstanding_calls: int
 
 
-class RunResponse(BaseModel):
-    """The answer of a synchronous `/run`: how the task ended and what it produced."""
-
-    task_id: str
-    status: TaskStatus
-    result: str | None = None
-    data: dict[str, Any] = Field(default_factory=dict)
-    error: str | None = None
-    history: list[ChatMessage] = Field(default_factory=list)
+# The answer of a synchronous `/run` is the task, in the one shape our API shows tasks in.
+RunResponse = Task
 
 
 class RunQuery(BaseModel):
@@ -202,7 +195,6 @@ class BaseService(BaseModel, ABC):
             description=self.description,
             type=self.service_type,
             running=self.running,
-            step_interval=self.step_interval,
             num_outstanding_calls=len(self._scopes),
         ).model_dump()
 
@@ -531,13 +523,19 @@ class BaseService(BaseModel, ABC):
 
     # -- synchronous runs -------------------------------------------------------------------
     async def run_and_wait(
-        self, task: TaskDefinition, wait: float | None, stream: bool = False, after: int = 0
-    ) -> RunResponse | Response:
+        self,
+        task: TaskDefinition,
+        wait: float | None,
+        stream: bool = False,
+        after: int = 0,
+        sent: Any = None,
+    ) -> Task | Response:
         """Submit through the control plane (so the task is visible) and wait for its end.
 
         With `stream`, answer at once with the task's Server-Sent Events instead; a re-POST of
         the same task id with a resume point (`after` > 0, from `Last-Event-ID`) resumes that
-        task's stream instead of submitting it again.
+        task's stream instead of submitting it again. `sent` is the input as the client gave
+        it (shown back on the task).
         """
         control_plane = self.service_host.control_plane
         if stream:
@@ -545,18 +543,9 @@ class BaseService(BaseModel, ABC):
                 if control_plane.tasks.get(task.task_id).service != self.service_name:
                     raise ApiError(409, f"task {task.task_id!r} belongs to another service")
                 return sse_response(control_plane.subscribe(task.task_id, after))
-            record = await control_plane.submit(task, self.service_name)
+            record = await control_plane.submit(task, self.service_name, sent=sent)
             return sse_response(control_plane.subscribe(record.task_id, after))
-        record = await control_plane.run(task, self.service_name, wait)
+        record = await control_plane.run(task, self.service_name, wait, sent=sent)
         if not record.is_terminal:
-            pending = RunResponse(task_id=record.task_id, status=record.status)
-            return JSONResponse(pending.model_dump(mode="json"), status_code=202)
-        result = record.result
-        return RunResponse(
-            task_id=record.task_id,
-            status=record.status,
-            result=result.result if result else None,
-            data=result.data if result else {},
-            error=record.error,
-            history=result.history if result else [],
-        )
+            return Response(record.view().model_dump_json(), 202, media_type="application/json")
+        return record.view()

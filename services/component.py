@@ -67,7 +67,7 @@ def package_output(task_id: str, value: Any) -> TaskResult:
     plain = to_jsonable(value)
     data = plain if isinstance(plain, dict) else {"result": plain}
     text = plain if isinstance(plain, str) else json.dumps(plain, ensure_ascii=False)
-    return TaskResult(task_id=task_id, result=text, data=data)
+    return TaskResult(task_id=task_id, result=text, data=data, output=plain)
 
 
 class ComponentRunRequest(KwargsRunRequest):

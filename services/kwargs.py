@@ -11,7 +11,7 @@ import json
 from abc import abstractmethod
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
@@ -46,7 +46,13 @@ def decode_run_input(text: str) -> dict[str, Any]:
 
 
 class KwargsRunRequest(BaseModel):
-    """Body of `POST /run`: `kwargs`, or the reference's `input` (a JSON object string)."""
+    """Body of `POST /run`: `kwargs`, or the reference's `input` (a JSON object string).
+
+    Unknown keys are refused (422 naming them): `{"message": "hi"}` without the `kwargs`
+    wrapper would otherwise run with no arguments and look like a success.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     kwargs: dict[str, Any] | None = None
     input: str | None = Field(default=None, description="JSON-encoded run kwargs")
@@ -71,6 +77,10 @@ class KwargsRunRequest(BaseModel):
         if self.input is not None:
             return decode_run_input(self.input)
         return self.kwargs or {}
+
+    def sent(self) -> Any:
+        """The input as the client gave it: the `input` text, or the kwargs object."""
+        return self.input if self.input is not None else (self.kwargs or {})
 
 
 class KwargsService(BaseService):
@@ -107,7 +117,7 @@ class KwargsService(BaseService):
             **extra,
         )
         after = resume_after(request, query.after) if query.stream else 0
-        return await self.run_and_wait(task, body.wait, stream=query.stream, after=after)
+        return await self.run_and_wait(task, body.wait, stream=query.stream, after=after, sent=body.sent())
 
     async def process_message(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.NEW_TASK:

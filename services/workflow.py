@@ -25,7 +25,7 @@ from workflows.context.serializers import JsonSerializer
 from workflows.errors import WorkflowTimeoutError
 from workflows.events import Event, InputRequiredEvent, StartEvent, StopEvent
 
-from gateway.jsonable import result_text, to_jsonable
+from gateway.jsonable import event_fields, result_text, to_jsonable
 from gateway.messages import (
     ActionTypes,
     QueueMessage,
@@ -148,10 +148,12 @@ class WorkflowService(KwargsService):
         finally:
             self._handlers.pop(task.task_id, None)
         await self.save_context(task, handler.ctx)
-        data = {"result": to_jsonable(result)}
+        value = to_jsonable(result)
+        data = {"result": value}
         if isinstance(result, StopEvent):  # a custom stop event is its own result
             data["stop_event"] = envelope_of(result)
-        return TaskResult(task_id=task.task_id, result=result_text(result), data=data)
+        text = "" if result is None else result_text(result)
+        return TaskResult(task_id=task.task_id, result=text, data=data, output=value)
 
     async def on_stream_event(self, task: TaskDefinition, handler: Any, event: Event) -> None:
         """Forward an event the workflow wrote to its stream (the control plane's SSE feed).
@@ -159,7 +161,7 @@ class WorkflowService(KwargsService):
         With a `human_service`, an InputRequiredEvent also becomes a task there (its id is added
         to the forwarded event) and the answer comes back as a HumanResponseEvent.
         """
-        data = _event_fields(event)
+        data = event_fields(event)
         if self._human is not None and isinstance(event, InputRequiredEvent):
             data.update(await self._human.ask(task, handler, event))
         await self.publish_event(
@@ -276,10 +278,3 @@ class WorkflowService(KwargsService):
             return False
         handler.ctx.send_event(self.build_event(name, data, task_id))
         return True
-
-
-def _event_fields(event: Event) -> dict[str, Any]:
-    try:
-        return event.model_dump(mode="json")
-    except Exception:
-        return {"repr": repr(event)}

@@ -150,11 +150,14 @@ class MuteService(_Minimal):
 
 # -- helpers for the tests ------------------------------------------------------------------------
 def assert_error(response: Any, status: int) -> dict[str, Any]:
-    """The gateway's one error shape: JSON `{"error": code, "detail": ...}` with `status`."""
+    """The gateway's one error shape: JSON `{"error": code, "detail": "text"}` with `status`
+    (validation errors add the structured list under `errors`)."""
     assert response.status_code == status, (response.status_code, response.text[:500])
     assert response.headers["content-type"].startswith("application/json"), response.headers
     body = response.json()
-    assert set(body) == {"error", "detail"}, body
+    assert set(body) in ({"error", "detail"}, {"error", "detail", "errors"}), body
+    assert isinstance(body["detail"], str) and body["detail"], body
+    assert "errors" not in body or body["error"] == "validation_error", body
     assert isinstance(body["error"], str) and body["error"], body
     return body
 

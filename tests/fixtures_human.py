@@ -156,7 +156,9 @@ async def wait_for_tasks(client: Any, service: str, count: int, timeout: float =
     tasks: list = []
     with anyio.move_on_after(timeout):
         while True:
-            tasks = (await client.get(f"/services/{service}/tasks")).json()
+            tasks = (
+                await client.get(f"/services/{service}/tasks", params={"order": "asc"})
+            ).json()["items"]
             if len(tasks) == count:
                 return tasks
             await anyio.sleep(0.01)

@@ -61,7 +61,9 @@ async def test_a_tampered_history_is_refused_and_the_task_fails(
         store.save_context(session, "assistant", json.dumps(saved))
         apps[0].state.runtime.services["assistant"].forget_session(session)  # drop the cache
         refused = await ask(client, "What is ans*10?", session)
-        listing = await client.get("/services/assistant/messages", params={"session_id": session})
+        listing = await client.get(
+            "/services/assistant/messages", params={"session_id": session, "order": "asc"}
+        )
     assert refused["status"] == "failed"
     assert "HMAC-SHA256" in refused["error"]
     assert listing.status_code == 409
@@ -77,9 +79,11 @@ async def test_deleting_the_session_deletes_the_agent_memory(tmp_path: Path) -> 
         gone = await client.post(
             "/services/assistant/run", json={"input": "What is ans*10?", "session_id": session}
         )
-        messages = await client.get("/services/assistant/messages", params={"session_id": session})
+        messages = await client.get(
+            "/services/assistant/messages", params={"session_id": session, "order": "asc"}
+        )
     assert gone.status_code == 404
-    assert messages.json() == []
+    assert messages.json()["items"] == []
 
 
 async def test_only_a_bounded_number_of_sessions_stay_cached(tmp_path: Path) -> None:

@@ -45,8 +45,10 @@ async def new_session(client: httpx.AsyncClient) -> str:
     return (await client.post("/control_plane/sessions")).json()["session_id"]
 
 
-def user_turns(messages: list[dict]) -> list[str]:
-    return [m["content"] for m in messages if m["role"] == "user"]
+def user_turns(messages: dict | list) -> list[str]:
+    """The user's turns of a history, or of a `/messages` page read with `order=asc`."""
+    items = messages["items"] if isinstance(messages, dict) else messages
+    return [m["content"] for m in items if m["role"] == "user"]
 
 
 @pytest.mark.anyio
@@ -58,8 +60,12 @@ async def test_agent_answers_with_tools_of_two_tool_services() -> None:
         delivered = {s["message_type"]: s["delivered"] for s in apps[0].state.runtime.bus.stats()}
     assert run["status"] == "completed"
     assert run["result"] == "The answer is 35."
-    calls = [(c["tool_name"], c["tool_kwargs"], c["output"]) for c in run["data"]["tool_calls"]]
-    assert calls == [("add", {"a": 3, "b": 4}, "7"), ("multiply", {"a": 7, "b": 5}, "35")]
+    calls = [c for m in run["history"] for c in m["additional_kwargs"].get("tool_calls", [])]
+    assert [(c["name"], c["kwargs"]) for c in calls] == [
+        ("add", {"a": 3, "b": 4}),
+        ("multiply", {"a": 7, "b": 5}),
+    ]
+    assert [m["content"] for m in run["history"] if m["role"] == "tool"] == ["7", "35"]
     assert [m["role"] for m in run["history"]] == [
         "user",
         "assistant",
@@ -106,9 +112,13 @@ async def test_memory_is_kept_within_a_session_and_separate_across_sessions() ->
         other = await ask(client, "What is ans*10?", second)
         default = await ask(client, "What is ans*10?")
         first_messages = (
-            await client.get("/services/assistant/messages", params={"session_id": first})
+            await client.get(
+                "/services/assistant/messages", params={"session_id": first, "order": "asc"}
+            )
         ).json()
-        default_messages = (await client.get("/services/assistant/messages")).json()
+        default_messages = (
+            await client.get("/services/assistant/messages", params={"order": "asc"})
+        ).json()
     assert one["result"] == "The answer is 5."
     assert two["result"] == "The answer is 50.", "chat history was lost between two runs"
     assert user_turns(two["history"]) == ["What is 2+3?", "What is ans*10?"]
@@ -129,14 +139,16 @@ async def test_reset_clears_memory() -> None:
         dropped = await ask(client, "What is ans+1?", drop)
         full = await client.post("/services/assistant/reset_agent")
         after = (
-            await client.get("/services/assistant/messages", params={"session_id": keep})
+            await client.get(
+                "/services/assistant/messages", params={"session_id": keep, "order": "asc"}
+            )
         ).json()
         forgotten = await ask(client, "What is ans+1?", keep)
     assert partial.json()["sessions_cleared"] == 1
     assert kept["result"] == "The answer is 3."
     assert dropped["result"] == "There is no previous answer in this conversation yet."
     assert full.json() == {"message": "Agent reset", "sessions_cleared": 2}
-    assert after == []
+    assert after == {"items": [], "total": 0}
     assert forgotten["result"] == "There is no previous answer in this conversation yet."
 
 
@@ -155,18 +167,22 @@ async def test_stopped_agent_queues_tasks_and_runs_them_in_order_when_resumed() 
             ids.append(created.json()["task_id"])
         await anyio.wait_all_tasks_blocked()
         waiting = [(await client.get(f"/control_plane/tasks/{i}")).json()["status"] for i in ids]
-        assert (await client.get("/services/assistant/messages")).json() == []
+        assert (await client.get("/services/assistant/messages", params={"order": "asc"})).json()[
+            "items"
+        ] == []
         resumed = await client.post("/services/assistant/toggle_agent_running?state=running")
         records = [
             (await client.get(f"/control_plane/tasks/{i}/result", params={"wait": 10})).json()
             for i in ids
         ]
-        messages = (await client.get("/services/assistant/messages")).json()
+        messages = (
+            await client.get("/services/assistant/messages", params={"order": "asc"})
+        ).json()
     assert stopped.json() == {"running": False} and worker == {"running": False}
     assert waiting == ["pending"] * 3
     assert resumed.json() == {"running": True}
     assert [r["status"] for r in records] == ["completed"] * 3
-    assert [r["result"]["result"] for r in records] == [
+    assert [r["result"] for r in records] == [
         "The answer is 2.",
         "The answer is 4.",
         "The answer is 6.",
@@ -187,11 +203,11 @@ async def test_toggle_rejects_an_unknown_state() -> None:
 async def test_failing_agent_ends_the_task_failed_and_keeps_memory_clean() -> None:
     async with gateway_client(CONFIG) as client:
         run = await client.post("/services/broken/run", json={"input": "hello", "wait": 10})
-        messages = (await client.get("/services/broken/messages")).json()
+        messages = (await client.get("/services/broken/messages", params={"order": "asc"})).json()
         info = (await client.get("/services/broken/")).json()
     assert run.json()["status"] == "failed"
     assert "the model is down" in run.json()["error"]
-    assert messages == []
+    assert messages["items"] == []
     assert info["tasks"][0]["status"] == "failed"
 
 
@@ -219,7 +235,7 @@ def test_agent_task_through_the_real_server(tmp_path: Path) -> None:
         done = client.get(f"/control_plane/tasks/{task_id}/result", params={"wait": 10})
         assert done.status_code == 200, server.log()
     assert done.json()["status"] == "completed"
-    assert done.json()["result"]["result"] == "The answer is 35."
+    assert done.json()["result"] == "The answer is 35."
 
 
 @pytest.mark.anyio

@@ -49,14 +49,15 @@ async def test_home_names_the_kind_of_component() -> None:
         ]
 
 
-async def test_async_callable_dict_output_is_the_data() -> None:
+async def test_async_callable_dict_output_is_the_result() -> None:
     async with gateway_client(config(adder=f"{FIX}:add")) as client:
         response = await client.post("/services/adder/run", json={"kwargs": {"a": 2, "b": 3.5}})
         assert response.status_code == 200
         body = response.json()
         assert body["status"] == "completed"
-        assert body["data"] == {"sum": 5.5}
-        assert json.loads(body["result"]) == {"sum": 5.5}
+        assert body["result"] == {"sum": 5.5}
+        assert body["input"] == {"a": 2, "b": 3.5}
+        assert "data" not in body
 
 
 async def test_sync_callable_runs_in_a_worker_thread() -> None:
@@ -64,14 +65,14 @@ async def test_sync_callable_runs_in_a_worker_thread() -> None:
         body = (await client.post("/services/concat/run", json={"kwargs": {"b": 2, "a": 1}})).json()
         # A string output is the result as is; `@False` = not the main (event loop) thread.
         assert body["result"] == "12@False"
-        assert body["data"] == {"result": "12@False"}
 
 
 async def test_reference_protocol_and_task_form_input() -> None:
     async with gateway_client(config(old=f"{FIX}:old_component")) as client:
         task_form = {"input": json.dumps({"input": "quiet"})}
         body = (await client.post("/services/old/run", json=task_form)).json()
-        assert body["data"] == {"output": "QUIET"}
+        assert body["result"] == {"output": "QUIET"}
+        assert body["input"] == task_form["input"]  # shown as sent
         both = await client.post("/services/old/run", json={"kwargs": {}, "input": "{}"})
         assert both.status_code == 422
         not_object = await client.post("/services/old/run", json={"input": "[1, 2]"})
@@ -89,7 +90,7 @@ async def test_query_engine_and_retriever() -> None:
         assert answer.json()["result"] == "Refunds are issued within 14 days."
         nodes = await client.post("/services/ret/run", json={"kwargs": {"q": "shipping"}})
         nodes = nodes.json()
-        [hit] = nodes["data"]["result"]
+        [hit] = nodes["result"]
         assert hit["score"] == 1.0
         assert hit["node"]["text"] == "Shipping takes 3 to 5 business days."
         unclear = await client.post("/services/qe/run", json={"kwargs": {"a": 1, "b": 2}})
@@ -102,12 +103,13 @@ async def test_non_json_output_is_converted_by_one_rule() -> None:
     async with gateway_client(config(**sources)) as client:
         odd = (await client.post("/services/odd/run", json={"kwargs": {}})).json()
         assert odd["status"] == "completed"
-        assert odd["data"] == {"point": {"x": 1, "y": 2}, "thing": "<opaque thing>", "pair": [1, 2]}
+        assert odd["result"] == {
+            "point": {"x": 1, "y": 2},
+            "thing": "<opaque thing>",
+            "pair": [1, 2],
+        }
         opaque = (await client.post("/services/opaque/run", json={"kwargs": {}})).json()
-        assert (opaque["result"], opaque["data"]) == (
-            "<opaque thing>",
-            {"result": "<opaque thing>"},
-        )
+        assert opaque["result"] == "<opaque thing>"
 
 
 async def test_control_plane_tasks_and_failures() -> None:
@@ -119,7 +121,7 @@ async def test_control_plane_tasks_and_failures() -> None:
         record = (
             await client.get(f"/control_plane/tasks/{ok.json()['task_id']}/result?wait=5")
         ).json()
-        assert (record["status"], record["result"]["data"]) == ("completed", {"sum": 3})
+        assert (record["status"], record["result"]) == ("completed", {"sum": 3})
 
         text = await client.post("/control_plane/tasks", json={"service": "adder", "input": "hi"})
         record = (

@@ -79,7 +79,7 @@ async def test_stream_in_order_then_result_then_closed() -> None:
         times = [data["at"] for _, data in events]
         assert times == sorted(times)
         final = events[-1][1]["data"]
-        assert final["result"]["data"]["result"] == {"ticks": 5, "note": "auto"}
+        assert final["result"] == {"ticks": 5, "note": "auto"}
         # a late subscriber (after the end) gets the same replay, and its stream ends too
         assert summary(await _events_of(client, task_id)) == summary(events)
 
@@ -144,7 +144,7 @@ async def test_a_late_subscriber_of_a_task_whose_events_are_gone_still_gets_its_
         assert summary(events) == ["gap:gap", "result:completed"]
         assert events[0][1]["data"] == {"after": 0, "first_available": 4, "dropped": 3}
         assert events[1][1]["seq"] == 4
-        assert events[1][1]["data"]["result"]["data"]["result"]["ticks"] == 1
+        assert events[1][1]["data"]["result"]["ticks"] == 1
         # a reader that had everything but the result gets just the result, no gap
         response = await client.get(f"{CP}/tasks/{first}/events", headers={"Last-Event-ID": "3"})
         assert summary(parse_sse(response.text.splitlines())) == ["result:completed"]
@@ -179,7 +179,7 @@ async def test_send_event_into_a_step_that_accepts_it() -> None:
         assert sent.json() == {"sent": "Go"}
         result = await wait_result(client, task_id)
         assert result["status"] == "completed"
-        assert result["result"]["data"]["result"] == {"ticks": 3, "note": "hi"}
+        assert result["result"] == {"ticks": 3, "note": "hi"}
 
         ended = await client.post(url, json={"event": "Go", "data": {}})
         assert ended.status_code == 409
@@ -198,7 +198,7 @@ async def test_send_event_to_a_workflow_waiting_with_wait_for_event() -> None:
         assert sent.status_code == 202, sent.text
         result = await wait_result(client, task_id)
         assert result["status"] == "completed"
-        assert result["result"]["result"] == "answered:yes"
+        assert result["result"] == "answered:yes"
 
 
 async def test_an_event_for_a_task_that_has_not_started_is_refused_not_lost() -> None:
@@ -222,7 +222,7 @@ async def test_an_event_for_a_task_that_has_not_started_is_refused_not_lost() ->
         go = {"event": "Go", "data": {"note": "2"}}
         assert (await client.post(f"{CP}/tasks/{second}/events", json=go)).status_code == 202
         result = await wait_result(client, second)
-        assert result["result"]["data"]["result"] == {"ticks": 0, "note": "2"}
+        assert result["result"] == {"ticks": 0, "note": "2"}
 
 
 async def test_run_with_stream_true_answers_with_the_events() -> None:
@@ -238,7 +238,7 @@ async def test_run_with_stream_true_answers_with_the_events() -> None:
         task_id = events[0][1]["task_id"]
         record = (await client.get(f"{CP}/tasks/{task_id}")).json()
         assert record["status"] == "completed"
-        assert events[-1][1]["data"]["result"]["data"]["result"]["ticks"] == 3
+        assert events[-1][1]["data"]["result"]["ticks"] == 3
 
 
 # -- the hub: slow subscribers ------------------------------------------------------------------
@@ -303,7 +303,7 @@ async def test_a_subscriber_that_never_reads_cannot_stall_a_task_of_the_app() ->
             f"{CP}/tasks/{task_id}/events", json={"event": "Go", "data": {"extra_ticks": 20}}
         )
         result = await wait_result(client, task_id)
-        assert result["result"]["data"]["result"]["ticks"] == 21
+        assert result["result"]["ticks"] == 21
         with anyio.fail_after(5):
             seen = [e async for e in stuck]
         # it reads now: a gap first (the early part is gone), then the last 8, result last
@@ -380,7 +380,7 @@ async def test_live_sse_order_subscribers_late_replay_and_disconnect(server) -> 
                 assert late_rest == expected
         result = await wait_result(http, task_id)
         assert result["status"] == "completed"
-        assert result["result"]["data"]["result"] == {"ticks": 5, "note": ""}
+        assert result["result"] == {"ticks": 5, "note": ""}
 
         # after the end: a new subscriber gets the whole replay and the stream closes
         with anyio.fail_after(10):
@@ -401,7 +401,7 @@ async def test_live_disconnect_of_the_only_subscriber_leaves_the_task_running(se
         await _post_go(http, task_id, extra=1)
         result = await wait_result(http, task_id)
         assert result["status"] == "completed"
-        assert result["result"]["data"]["result"]["ticks"] == 2
+        assert result["result"]["ticks"] == 2
 
 
 async def test_live_run_stream_true_streams_while_running(server) -> None:
@@ -427,4 +427,4 @@ async def test_live_run_stream_true_streams_while_running(server) -> None:
             "result:completed",
         ]
         result = reader.events[-1][1]
-        assert result["data"]["result"]["data"]["result"]["ticks"] == 3
+        assert result["data"]["result"]["ticks"] == 3

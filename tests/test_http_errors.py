@@ -28,8 +28,14 @@ def assert_error(response: httpx.Response, status: int, code: str) -> Any:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert set(body) == {"error", "detail"}, body
+    # `detail` is always one readable string; validation errors add the structured `errors`
+    assert set(body) in ({"error", "detail"}, {"error", "detail", "errors"}), body
+    assert isinstance(body["detail"], str) and body["detail"], body
     assert body["error"] == code
+    if "errors" in body:
+        first = body["errors"][0]
+        assert ".".join(first["loc"]) in body["detail"] and first["msg"] in body["detail"]
+        return body["errors"]
     return body["detail"]
 
 
@@ -227,4 +233,5 @@ async def test_garbage_never_gives_500() -> None:
                     response.text,
                 )
                 if response.status_code >= 400:
-                    assert set(response.json()) == {"error", "detail"}
+                    assert set(response.json()) <= {"error", "detail", "errors"}
+                    assert isinstance(response.json()["detail"], str)

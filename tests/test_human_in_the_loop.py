@@ -55,7 +55,7 @@ async def test_approval_waits_for_a_person_then_finishes(answer: str, approved: 
         assert handled.status_code == 200
         record = await result(client, task_id)
         assert record["status"] == "completed"
-        assert record["result"]["data"]["result"] == {
+        assert record["result"] == {
             "request": "deploy v2",
             "approved": approved,
             "answer": answer,
@@ -104,7 +104,7 @@ async def test_wait_for_event_form_and_requirements() -> None:
             f"/services/desk/tasks/{question['task_id']}/handle", json={"result": "Ada"}
         )
         record = await result(client, task_id)
-        assert (record["status"], record["result"]["result"]) == ("completed", "hello Ada")
+        assert (record["status"], record["result"]) == ("completed", "hello Ada")
 
 
 async def test_two_questions_in_one_run() -> None:
@@ -118,7 +118,7 @@ async def test_two_questions_in_one_run() -> None:
         await wait_for_status(client, task_id, "waiting_for_human")
         await client.post(f"/services/desk/tasks/{second['task_id']}/handle", json={"result": "b"})
         record = await result(client, task_id)
-        assert record["result"]["data"]["result"] == ["a", "b"]
+        assert record["result"] == ["a", "b"]
 
 
 async def test_cancelling_the_workflow_withdraws_its_question() -> None:
@@ -151,7 +151,7 @@ async def test_fn_input_answers_the_workflow_without_rest() -> None:
         response = await client.post("/services/flow/run", json={"kwargs": {"request": "lunch"}})
         body = response.json()
         assert body["status"] == "completed"
-        answer = body["data"]["result"]["answer"]
+        answer = body["result"]["answer"]
         assert answer.startswith(f"auto:{body['task_id']}-human-1:Approve lunch?")
 
 
@@ -176,7 +176,7 @@ def test_approval_end_to_end_through_uvicorn(tmp_path) -> None:
         while http.get(f"/control_plane/tasks/{task_id}").json()["status"] != "waiting_for_human":
             assert time.monotonic() < deadline, "the workflow never waited for a person"
             time.sleep(0.02)
-        [question] = http.get("/services/desk/tasks").json()
+        [question] = http.get("/services/desk/tasks").json()["items"]
         assert question["prompt"] == "Approval needed: Approve release 1.2? Answer yes or no."
 
         handled = http.post(
@@ -185,7 +185,7 @@ def test_approval_end_to_end_through_uvicorn(tmp_path) -> None:
         assert handled.status_code == 200
         record = http.get(f"/control_plane/tasks/{task_id}/result", params={"wait": 10}).json()
         assert record["status"] == "completed"
-        assert record["result"]["data"]["result"] == {
+        assert record["result"] == {
             "request": "release 1.2",
             "approved": True,
             "answer": "approved",

@@ -42,7 +42,8 @@ async def test_rest_task_lifecycle_with_history_and_errors() -> None:
         # The control plane tracks it and shows it waiting for a person.
         await wait_for_status(client, task_id, "waiting_for_human")
         listed = (await client.get("/services/desk/tasks")).json()
-        assert [t["task_id"] for t in listed] == [task_id]
+        assert [t["task_id"] for t in listed["items"]] == [task_id] and listed["total"] == 1
+        assert listed["items"][0]["service"] == "desk"
         assert (await client.get(f"/services/desk/tasks/{task_id}")).json()["input"] == "Ship it?"
 
         answered = await client.post(f"/services/desk/tasks/{task_id}/handle", json={"result": "y"})
@@ -51,21 +52,21 @@ async def test_rest_task_lifecycle_with_history_and_errors() -> None:
 
         record = (await client.get(f"/control_plane/tasks/{task_id}/result?wait=5")).json()
         assert record["status"] == "completed"
-        assert record["result"]["result"] == "y"
-        assert [(m["role"], m["content"]) for m in record["result"]["history"]] == [
+        assert record["result"] == "y"
+        assert [(m["role"], m["content"]) for m in record["history"]] == [
             ("assistant", "Please answer: Ship it?"),
             ("user", "y"),
         ]
 
         # Answered: gone from the queue, still readable, and a second answer is a conflict.
-        assert (await client.get("/services/desk/tasks")).json() == []
+        assert (await client.get("/services/desk/tasks")).json() == {"items": [], "total": 0}
         ended = (await client.get(f"/services/desk/tasks/{task_id}")).json()
         assert (ended["status"], ended["result"]) == ("completed", "y")
         again = await client.post(f"/services/desk/tasks/{task_id}/handle", json={"result": "n"})
         assert again.status_code == 409
         assert again.json()["error"] == "conflict"
         final = (await client.get(f"/control_plane/tasks/{task_id}")).json()
-        assert final["result"]["result"] == "y"
+        assert final["result"] == "y"
 
 
 async def test_unknown_ids_and_bad_bodies_are_json_errors() -> None:
@@ -97,12 +98,12 @@ async def test_unknown_ids_and_bad_bodies_are_json_errors() -> None:
         )
         assert no_session.status_code == 404
         # The refused tasks left nothing behind.
-        assert len((await client.get("/services/desk/tasks")).json()) == 1
+        assert (await client.get("/services/desk/tasks")).json()["total"] == 1
         bad_page = await client.get("/services/desk/tasks?limit=0")
         assert bad_page.status_code == 422
 
 
-async def test_paging_keeps_arrival_order_and_reports_the_total() -> None:
+async def test_paging_newest_first_or_in_arrival_order_with_the_total() -> None:
     async with gateway_client(config()) as client:
         ids = []
         for n in range(7):
@@ -110,13 +111,17 @@ async def test_paging_keeps_arrival_order_and_reports_the_total() -> None:
             ids.append((await client.post("/services/desk/tasks", json=body)).json()["task_id"])
         pages = []
         for offset in (0, 3, 6, 9):
-            response = await client.get(f"/services/desk/tasks?limit=3&offset={offset}")
-            assert response.headers["x-total-count"] == "7"
-            pages.append([t["task_id"] for t in response.json()])
+            response = await client.get(f"/services/desk/tasks?limit=3&offset={offset}&order=asc")
+            assert response.json()["total"] == 7
+            pages.append([t["task_id"] for t in response.json()["items"]])
         assert pages == [ids[0:3], ids[3:6], ids[6:7], []]
+        newest = (await client.get("/services/desk/tasks?limit=3")).json()["items"]
+        assert [t["task_id"] for t in newest] == ["t6", "t5", "t4"]  # the default: newest first
         await client.post("/services/desk/tasks/t4/handle", json={"result": "done"})
-        rest = (await client.get("/services/desk/tasks?limit=10")).json()
+        rest = (await client.get("/services/desk/tasks?limit=10&order=asc")).json()["items"]
         assert [t["task_id"] for t in rest] == ["t0", "t1", "t2", "t3", "t5", "t6"]
+        bad = await client.get("/services/desk/tasks?order=sideways")
+        assert bad.status_code == 422 and "order" in bad.json()["detail"]
 
 
 async def test_tasks_from_the_control_plane_wait_and_complete() -> None:
@@ -130,7 +135,7 @@ async def test_tasks_from_the_control_plane_wait_and_complete() -> None:
         assert waiting["task_id"] == task_id
         await client.post(f"/services/desk/tasks/{task_id}/handle", json={"result": "eu-west"})
         record = (await client.get(f"/control_plane/tasks/{task_id}/result?wait=5")).json()
-        assert (record["status"], record["result"]["result"]) == ("completed", "eu-west")
+        assert (record["status"], record["result"]) == ("completed", "eu-west")
 
 
 async def test_cancel_withdraws_the_task_exactly_once() -> None:
@@ -180,7 +185,7 @@ async def test_process_message_endpoint_accepts_bus_messages() -> None:
             "/services/desk/process_message", content=malformed.model_dump_json()
         )
         assert bad.status_code == 422
-        assert len((await client.get("/services/desk/tasks")).json()) == 1
+        assert (await client.get("/services/desk/tasks")).json()["total"] == 1
 
 
 async def test_tool_call_mode_answers_the_caller_not_the_control_plane() -> None:
@@ -218,7 +223,7 @@ async def test_tool_call_mode_answers_the_caller_not_the_control_plane() -> None
         with anyio.fail_after(5):
             withdrawn = ToolCallResult.model_validate((await receive.receive()).data)
         assert (withdrawn.id_, withdrawn.is_error, withdrawn.result) == ("tc-2", True, "cancelled")
-        assert (await client.get("/services/desk/tasks")).json() == []
+        assert (await client.get("/services/desk/tasks")).json() == {"items": [], "total": 0}
 
 
 async def test_fn_input_answers_instead_of_rest() -> None:
@@ -232,8 +237,8 @@ async def test_fn_input_answers_instead_of_rest() -> None:
         task_id = accepted.json()["task_id"]
         record = (await client.get(f"/control_plane/tasks/{task_id}/result?wait=5")).json()
         assert record["status"] == "completed"
-        assert record["result"]["result"] == f"auto:{task_id}:Approve?"
-        assert record["result"]["history"][1] == {
+        assert record["result"] == f"auto:{task_id}:Approve?"
+        assert record["history"][1] == {
             "role": "user",
             "content": f"auto:{task_id}:Approve?",
             "additional_kwargs": {},
@@ -251,8 +256,8 @@ async def test_sync_fn_input_runs_off_the_event_loop() -> None:
         RELEASE_SYNC.set()
         record = (await client.get(f"/control_plane/tasks/{task_id}/result?wait=5")).json()
         assert record["status"] == "completed"
-        assert record["result"]["result"].startswith("thread:")
-        assert record["result"]["result"] != "thread:MainThread"
+        assert record["result"].startswith("thread:")
+        assert record["result"] != "thread:MainThread"
 
 
 async def test_fn_input_failure_fails_the_task_and_rest_can_still_win() -> None:
@@ -267,7 +272,7 @@ async def test_fn_input_failure_fails_the_task_and_rest_can_still_win() -> None:
         )
         assert answered.status_code == 200
         record = (await client.get(f"/control_plane/tasks/{task_id}/result?wait=5")).json()
-        assert (record["status"], record["result"]["result"]) == ("completed", "me")
+        assert (record["status"], record["result"]) == ("completed", "me")
 
 
 @pytest.mark.parametrize(

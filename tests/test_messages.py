@@ -110,6 +110,7 @@ def test_task_status_values_and_terminality() -> None:
         "pending",
         "running",
         "waiting_for_human",
+        "waiting_for_input",
         "completed",
         "failed",
         "cancelled",

@@ -351,22 +351,23 @@ async def test_wrong_types_are_422_with_the_location() -> None:
         ]
         for path, payload, loc in cases:
             body = assert_error(await client.post(path, json=payload), 422)
-            locs = [error["loc"] for error in body["detail"]]
+            locs = [error["loc"] for error in body["errors"]]
             assert any(found[: len(loc)] == loc for found in locs), (path, payload, locs)
-            assert all({"loc", "msg", "type"} <= set(error) for error in body["detail"])
+            assert all({"loc", "msg", "type"} <= set(error) for error in body["errors"])
+            assert isinstance(body["detail"], str)
         for not_an_object in ([], "text", 3, None, True):
             payload = json.dumps(not_an_object)
             body = assert_error(await client.post("/control_plane/tasks", content=payload), 422)
-            assert body["detail"][0]["loc"] == ["body"]
+            assert body["errors"][0]["loc"] == ["body"]
         for query, loc in (
             ("limit=ten", ["query", "limit"]),
             ("offset=-1", ["query", "offset"]),
             ("status=exploded", ["query", "status"]),
         ):
             body = assert_error(await client.get(f"/control_plane/tasks?{query}"), 422)
-            assert body["detail"][0]["loc"] == loc
+            assert body["errors"][0]["loc"] == loc
         body = assert_error(await client.get("/control_plane/tasks/x/result?wait=forever"), 422)
-        assert body["detail"][0]["loc"] == ["query", "wait"]
+        assert body["errors"][0]["loc"] == ["query", "wait"]
 
 
 async def test_duplicate_keys_are_400() -> None:

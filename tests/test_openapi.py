@@ -87,7 +87,9 @@ def component_of(schema: dict[str, Any]) -> str:
 async def test_the_document_is_openapi_3_1_and_loads_in_schemathesis() -> None:
     document, _ = await load()
     assert document["openapi"] == "3.1.0"
-    assert document["info"] == {"title": "openapi-test", "version": __version__}
+    info = document["info"]
+    assert (info["title"], info["version"]) == ("openapi-test", __version__)
+    assert "**Lists**" in info["description"] and "**Errors**" in info["description"]
     operations = [(p, m) for p, ops in document["paths"].items() for m in ops]
     loaded = schemathesis.openapi.from_dict(document)
     assert len(list(loaded.get_all_operations())) == len(operations)
@@ -170,11 +172,24 @@ async def test_request_and_response_schemas_come_from_the_pydantic_models() -> N
         return component_of(content["schema"])
 
     assert ok_schema("/control_plane/tasks", "post", "202") == "TaskAccepted"
-    assert ok_schema("/control_plane/tasks/{task_id}", "get", "200") == "TaskRecord"
-    assert ok_schema("/control_plane/tasks/{task_id}/result", "get", "202") == "TaskRecord"
+    # one task shape everywhere a task is answered
+    assert ok_schema("/control_plane/tasks/{task_id}", "get", "200") == "Task"
+    assert ok_schema("/control_plane/tasks/{task_id}/result", "get", "202") == "Task"
+    assert ok_schema("/control_plane/tasks/{task_id}/cancel", "post", "200") == "Task"
     assert ok_schema("/control_plane/sessions", "post", "201") == "SessionCreated"
-    assert ok_schema("/services/echo/run", "post", "200") == "RunResponse"
-    assert ok_schema("/services/echo/run", "post", "202") == "RunResponse"  # wait ran out
+    assert ok_schema("/services/echo/run", "post", "200") == "Task"
+    assert ok_schema("/services/echo/run", "post", "202") == "Task"  # wait ran out
+    # one page shape for every list
+    for path, page in [
+        ("/control_plane/tasks", "TaskPage"),
+        ("/control_plane/sessions/list", "SessionPage"),
+    ]:
+        assert ok_schema(path, "get", "200") == page
+        assert set(components[page]["required"]) == {"items", "total"}
+        names = {p["name"] for p in paths[path]["get"]["parameters"]}
+        assert {"limit", "offset", "sort", "order"} <= names
+    assert set(components["ErrorBody"]["properties"]) == {"error", "detail", "errors"}
+    assert components["ErrorBody"]["properties"]["detail"]["type"] == "string"
     assert "TaskCreate" in components and "WorkflowRunRequest" in components
     assert "503" in paths["/readyz"]["get"]["responses"]
     assert "503" in paths["/control_plane/tasks"]["post"]["responses"]

@@ -69,7 +69,7 @@ async def _count(http: httpx.AsyncClient, session_id: str) -> int:
     body = {"kwargs": {"message": "again"}, "session_id": session_id, "wait": 10}
     answer = (await http.post("/services/counter/run", json=body)).json()
     assert answer["status"] == "completed", answer
-    return answer["data"]["result"]["turns"]
+    return answer["result"]["turns"]
 
 
 async def test_tasks_and_session_state_survive_sigkill(tmp_path: Path) -> None:
@@ -132,10 +132,10 @@ async def test_tasks_and_session_state_survive_sigkill(tmp_path: Path) -> None:
             # the queued ones ran (each ended, none is left without a terminal state)
             ran = await wait_result(http, queued)
             assert ran["status"] == "completed"
-            assert ran["result"]["result"] == "done:queued"
+            assert ran["result"] == "done:queued"
             lane_ran = await wait_result(http, lane_next)
             assert lane_ran["status"] == "completed"
-            assert lane_ran["result"]["result"] == "done:lane"
+            assert lane_ran["result"] == "done:lane"
 
             # the sessions came back with their tasks and statuses
             listing = (await http.get(f"{CP}/sessions/{lane_session}/tasks")).json()
@@ -184,7 +184,7 @@ async def test_a_graceful_restart_keeps_tasks_that_never_started(tmp_path: Path)
             for task_id, label in ((queued, "queued"), (lane_next, "lane")):
                 result = await wait_result(http, task_id)
                 assert result["status"] == "completed", result
-                assert result["result"]["result"] == f"done:{label}"
+                assert result["result"] == f"done:{label}"
 
 
 async def test_an_accepted_task_is_committed_before_the_answer_and_off_the_event_loop(

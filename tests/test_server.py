@@ -55,7 +55,7 @@ def test_uvicorn_serves_the_config(tmp_path: Path) -> None:
         assert time.monotonic() - started < 5
         assert done.status_code == 200
         assert done.json()["status"] == "completed"
-        assert done.json()["result"]["data"]["result"]["mean"] == 3.0
+        assert done.json()["result"]["mean"] == 3.0
 
         failed = client.post("/services/stats/run", json={"kwargs": {"numbers": ["x"]}})
         assert failed.json()["status"] == "failed" and "not numbers" in failed.json()["error"]

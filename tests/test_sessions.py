@@ -102,18 +102,21 @@ async def test_state_get_and_merge() -> None:
     async with gateway_client(config(COUNTER)) as client:
         session_id = await create_session(client)
         url = f"{CP}/sessions/{session_id}/state"
-        assert (await client.get(url)).json() == {}
+        # read and written in one shape: {"state": {...}}
+        assert (await client.get(url)).json() == {"state": {}}
 
         first = await client.post(url, json={"state": {"a": 1, "b": {"x": 1}}})
         assert first.status_code == 200
-        assert first.json() == {"a": 1, "b": {"x": 1}}
+        assert first.json() == {"state": {"a": 1, "b": {"x": 1}}}
         second = await client.post(url, json={"state": {"b": 2, "c": [1, 2]}})
-        assert second.json() == {"a": 1, "b": 2, "c": [1, 2]}
-        assert (await client.get(url)).json() == {"a": 1, "b": 2, "c": [1, 2]}
+        assert second.json() == {"state": {"a": 1, "b": 2, "c": [1, 2]}}
+        read = (await client.get(url)).json()
+        assert read == {"state": {"a": 1, "b": 2, "c": [1, 2]}}
+        assert (await client.post(url, json=read)).json() == read  # what was read can be sent
         session = (await client.get(f"{CP}/sessions/{session_id}")).json()
         assert session["state"] == {"a": 1, "b": 2, "c": [1, 2]}
 
-        for bad in ({"state": [1]}, {"state": "x"}, {}, {"state": None}, [1, 2]):
+        for bad in ({"state": [1]}, {"state": "x"}, {}, {"state": None}, [1, 2], {"a": 1}):
             response = await client.post(url, json=bad)
             assert response.status_code == 422, (bad, response.text)
             assert response.json()["error"] == "validation_error"
@@ -123,7 +126,7 @@ async def test_state_get_and_merge() -> None:
         assert malformed.status_code in (400, 422)
         assert malformed.json()["error"] in ("bad_request", "validation_error")
         # nothing of the refused bodies was merged
-        assert (await client.get(url)).json() == {"a": 1, "b": 2, "c": [1, 2]}
+        assert (await client.get(url)).json() == {"state": {"a": 1, "b": 2, "c": [1, 2]}}
 
 
 async def test_session_tasks_create_and_list_with_status() -> None:
@@ -138,7 +141,7 @@ async def test_session_tasks_create_and_list_with_status() -> None:
         assert ours.status_code == 200
         first = ours.json()
         assert isinstance(first, str)
-        assert (await wait_result(client, first))["result"]["data"]["result"] == {
+        assert (await wait_result(client, first))["result"] == {
             "turns": 1,
             "said": "a",
         }
@@ -146,7 +149,7 @@ async def test_session_tasks_create_and_list_with_status() -> None:
             url, json={"input": json.dumps({"message": "b"}), "agent_id": "counter"}
         )
         second = reference.json()
-        assert (await wait_result(client, second))["result"]["data"]["result"]["turns"] == 2
+        assert (await wait_result(client, second))["result"]["turns"] == 2
 
         held = (
             await client.post(
@@ -268,4 +271,4 @@ async def test_different_sessions_run_concurrently() -> None:
         ]
         results = [await wait_result(client, task_id) for task_id in ids]
         assert [r["status"] for r in results] == ["completed", "completed"], results
-        assert [r["result"]["result"] for r in results] == ["met:x", "met:y"]
+        assert [r["result"] for r in results] == ["met:x", "met:y"]

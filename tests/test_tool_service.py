@@ -265,7 +265,7 @@ async def test_control_plane_task_runs_a_tool() -> None:
             f"/control_plane/tasks/{failed.json()['task_id']}/result", params={"wait": 5}
         )
     assert done.json()["status"] == "completed"
-    assert done.json()["result"]["result"] == "42"
+    assert done.json()["result"] == 42  # the raw output
     assert failed_done.json()["status"] == "failed"
     assert "unknown tool 'sqrt'" in failed_done.json()["error"]
 

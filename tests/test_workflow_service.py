@@ -40,7 +40,8 @@ async def test_run_with_kwargs() -> None:
         assert response.status_code == 200
         body = response.json()
         assert body["status"] == "completed" and body["result"] == "hello"
-        assert body["data"] == {"result": "hello"} and body["error"] is None
+        assert body["input"] == {"message": "hello"} and body["error"] is None
+        assert "data" not in body
         # the run is a task the control plane knows
         record = (await client.get(f"/control_plane/tasks/{body['task_id']}")).json()
         assert record["status"] == "completed" and record["service"] == "echo"
@@ -50,7 +51,7 @@ async def test_run_with_the_reference_input_string() -> None:
     async with gateway_client(CFG) as client:
         response = await client.post("/services/add/run", json={"input": '{"a": 20, "b": 22}'})
         assert response.status_code == 200
-        assert response.json()["result"] == "42"
+        assert response.json()["result"] == 42
         empty = await client.post("/services/echo/run", json={})
         assert empty.json()["status"] == "completed" and empty.json()["result"] == ""
 
@@ -59,7 +60,7 @@ async def test_run_structured_result_and_error_path() -> None:
     async with gateway_client(CFG) as client:
         ok = await client.post("/services/stats/run", json={"kwargs": {"numbers": [1, 2, 3]}})
         assert ok.json()["status"] == "completed"
-        assert ok.json()["data"]["result"] == {
+        assert ok.json()["result"] == {
             "count": 3,
             "sum": 6.0,
             "mean": 2.0,
@@ -70,7 +71,7 @@ async def test_run_structured_result_and_error_path() -> None:
         assert bad.status_code == 200
         assert bad.json()["status"] == "failed"
         assert bad.json()["error"] == "ValueError: `numbers` must be a non-empty list"
-        assert bad.json()["result"] == ""
+        assert bad.json()["result"] is None
 
 
 async def test_run_that_outlasts_its_wait_answers_202() -> None:
@@ -93,7 +94,6 @@ async def test_service_info() -> None:
         "description": "waits for the test",
         "type": "workflow",
         "running": True,
-        "step_interval": 0.1,
         "num_outstanding_calls": 0,
     }
 
@@ -124,7 +124,7 @@ async def test_concurrency_cap_really_caps() -> None:
     assert probe.max_running == 2
     assert probe.started == probe.finished == 6
     assert {n: r["status"] for n, r in results.items()} == dict.fromkeys(range(6), "completed")
-    assert {n: r["data"]["result"]["n"] for n, r in results.items()} == {n: n for n in range(6)}
+    assert {n: r["result"]["n"] for n, r in results.items()} == {n: n for n in range(6)}
 
 
 async def test_a_failing_task_leaves_concurrent_ones_intact() -> None:
@@ -151,7 +151,7 @@ async def test_a_failing_task_leaves_concurrent_ones_intact() -> None:
     assert results[2]["error"] == "ValueError: task 2 was told to fail"
     for n in (0, 1, 3):
         assert results[n]["status"] == "completed", results[n]
-        assert results[n]["data"] == {"result": {"n": n}} and results[n]["error"] is None
+        assert results[n]["result"] == {"n": n} and results[n]["error"] is None
     assert after.json()["status"] == "completed"
 
 
@@ -196,7 +196,7 @@ async def test_process_message_new_task() -> None:
         record = await client.get("/control_plane/tasks/remote-1/result", params={"wait": 5})
         assert record.status_code == 200
         assert record.json()["status"] == "completed"
-        assert record.json()["result"]["result"] == "3"
+        assert record.json()["result"] == 3
 
 
 async def test_process_message_rejects_what_it_cannot_handle() -> None:
@@ -213,4 +213,4 @@ async def test_process_message_rejects_what_it_cannot_handle() -> None:
         assert "cannot handle this message" in response.json()["detail"]
         not_a_message = await client.post(url, json={"action": "dance"})
         assert not_a_message.status_code == 422
-        assert not_a_message.json()["detail"][0]["loc"] == ["body", "action"]
+        assert not_a_message.json()["errors"][0]["loc"] == ["body", "action"]

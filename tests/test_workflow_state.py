@@ -44,7 +44,7 @@ async def _turn(client, session_id: str | None, message: str = "") -> dict:
 async def _turns(client, session_id: str | None) -> int:
     answer = await _turn(client, session_id)
     assert answer["status"] == "completed", answer
-    return answer["data"]["result"]["turns"]
+    return answer["result"]["turns"]
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ async def test_three_tasks_in_one_session_count_1_2_3() -> None:
     async with gateway_client(config(COUNTER)) as client:
         session_id = await create_session(client)
         answers = [await _turn(client, session_id, m) for m in ("a", "b", "c")]
-        assert [a["data"]["result"] for a in answers] == [
+        assert [a["result"] for a in answers] == [
             {"turns": 1, "said": "a"},
             {"turns": 2, "said": "b"},
             {"turns": 3, "said": "c"},
@@ -93,7 +93,7 @@ async def test_three_tasks_in_one_session_count_1_2_3() -> None:
             )
         ).json()
         result = (await client.get(f"/control_plane/tasks/{task_id}/result?wait=10")).json()
-        assert result["result"]["data"]["result"] == {"turns": 4, "said": "d"}
+        assert result["result"] == {"turns": 4, "said": "d"}
         # without a session nothing is remembered
         assert [await _turns(client, None) for _ in range(2)] == [1, 1]
 
@@ -152,7 +152,7 @@ async def test_a_tampered_context_is_refused_and_never_loaded(from_dict_calls) -
         answer = await _turn(client, session_id)
         assert answer["status"] == "failed"
         assert "HMAC" in answer["error"]
-        assert answer["data"] == {}
+        assert answer["result"] is None
         assert len(from_dict_calls) == loads_before, "the tampered state was deserialized"
         # the refused state is left as it was: not replaced by a fresh context either
         assert store.load_context(session_id, "counter") == tampered

@@ -246,9 +246,18 @@ class ControlPlane:
         return self.subscribe(task_id, after)
 
     async def submit(
-        self, task: TaskDefinition, service: str | None = None, state: dict | None = None
+        self,
+        task: TaskDefinition,
+        service: str | None = None,
+        state: dict | None = None,
+        *,
+        sent: Any = None,
     ) -> TaskRecord:
-        """Accept a task (202) or refuse it (4xx/503); an accepted task always ends."""
+        """Accept a task (202) or refuse it (4xx/503); an accepted task always ends.
+
+        `sent` is the input as the client sent it (a JSON value), kept so that the task shows
+        it back unchanged; the service receives `task.input`, its text form.
+        """
         if not self.accepting:
             raise ApiError(503, "the gateway is shutting down", headers={"Retry-After": "5"})
         target = self.resolve_service(service or task.agent_id)
@@ -268,7 +277,10 @@ class ControlPlane:
             task = task.model_copy(update={"agent_id": target})
         record = self.tasks.add(
             TaskRecord(
-                task_id=task.task_id, service=target, session_id=task.session_id, input=task.input
+                task_id=task.task_id,
+                service=target,
+                session_id=task.session_id,
+                input=task.input if sent is None else sent,
             )
         )
         if self.tracing is not None:
@@ -426,9 +438,11 @@ class ControlPlane:
         record = await self.tasks.wait(task_id, timeout)
         return record or self.task(task_id)
 
-    async def run(self, task: TaskDefinition, service: str, timeout: float | None) -> TaskRecord:
+    async def run(
+        self, task: TaskDefinition, service: str, timeout: float | None, sent: Any = None
+    ) -> TaskRecord:
         """Submit and wait: the synchronous `/run` endpoints of services use this."""
-        record = await self.submit(task, service)
+        record = await self.submit(task, service, sent=sent)
         return await self.wait(record.task_id, timeout)
 
     # -- messages from services -------------------------------------------------------------
@@ -503,7 +517,7 @@ class ControlPlane:
             task_id=record.task_id,
             kind="result",
             status=record.status,
-            data=record.model_dump(mode="json", include={"result", "error", "status"}),
+            data=record.view().model_dump(mode="json", include={"result", "error", "status"}),
         )
 
     def _publish_status(

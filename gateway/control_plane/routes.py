@@ -7,15 +7,16 @@ client of that system works with `<gateway>/control_plane` as its base URL.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from gateway.control_plane.plane import ControlPlane
-from gateway.control_plane.tasks import TaskRecord
+from gateway.control_plane.sessions import SessionRecord
+from gateway.control_plane.tasks import Task, TaskRecord, encode_input
 from gateway.messages import (
     ID_PATTERN,
     QueueMessage,
@@ -26,6 +27,7 @@ from gateway.messages import (
     TaskStatus,
 )
 from gateway.web.errors import ApiError
+from gateway.web.paging import Page, PageQuery, paginate
 from gateway.web.routing import api_route
 from gateway.web.sse import resume_after, sse_response
 
@@ -34,17 +36,20 @@ from gateway.web.sse import resume_after, sse_response
 class TaskCreate(BaseModel):
     """`input` is the task text; for workflows a JSON object (or its JSON string) of run kwargs."""
 
-    input: str | dict[str, Any] = ""
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | dict[str, Any] = Field(default="", description="shown back exactly as sent")
     service: str | None = Field(default=None, max_length=128)
-    agent_id: str | None = Field(default=None, max_length=128, description="alias of `service`")
     session_id: str | None = Field(default=None, max_length=128)
     task_id: str | None = Field(default=None, pattern=ID_PATTERN)
 
     def definition(self) -> TaskDefinition:
-        text = self.input if isinstance(self.input, str) else json.dumps(self.input)
         extra = {"task_id": self.task_id} if self.task_id else {}
         return TaskDefinition(
-            input=text, session_id=self.session_id, agent_id=self.service or self.agent_id, **extra
+            input=encode_input(self.input),
+            session_id=self.session_id,
+            agent_id=self.service,
+            **extra,
         )
 
 
@@ -55,16 +60,28 @@ class TaskAccepted(BaseModel):
     status: TaskStatus
 
 
-class TaskList(BaseModel):
-    tasks: list[TaskRecord]
-    total: int
+class TaskPage(Page[Task]):
+    """A page of tasks."""
 
 
-class TaskListQuery(BaseModel):
-    limit: int = Field(default=50, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+class SessionPage(Page[SessionRecord]):
+    """A page of sessions."""
+
+
+class TaskListQuery(PageQuery):
+    sort: Literal["created_at", "started_at", "finished_at"] = Field(  # type: ignore[assignment]
+        default="created_at", description="field to order by (unset times sort as oldest)"
+    )
     status: TaskStatus | None = None
-    service: str | None = None
+    service: str | None = Field(default=None, max_length=128)
+    session_id: str | None = Field(default=None, max_length=128)
+
+    def matches(self, record: TaskRecord) -> bool:
+        return (
+            (self.status is None or record.status == self.status)
+            and (self.service is None or record.service == self.service)
+            and (self.session_id is None or record.session_id == self.session_id)
+        )
 
 
 class WaitQuery(BaseModel):
@@ -81,7 +98,9 @@ class FeedQuery(EventsQuery):
     service: str | None = Field(default=None, max_length=128, description="only this service")
 
 
-class PageQuery(BaseModel):
+class CompatPageQuery(BaseModel):
+    """The reference-compatible session list: a dict, so only limit/offset."""
+
     limit: int = Field(default=1000, ge=1, le=10000)
     offset: int = Field(default=0, ge=0)
 
@@ -110,7 +129,11 @@ class SessionTaskInfo(TaskDefinition):
     status: TaskStatus
 
 
-class StatePatch(BaseModel):
+class SessionState(BaseModel):
+    """A session's state, read and written in this one shape (a POST merges its keys)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     state: dict[str, Any]
 
 
@@ -162,7 +185,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
     # -- tasks ----------------------------------------------------------------------------
     async def create_task(request: Request, body: TaskCreate) -> TaskAccepted:
         """Submit a task; it runs in the background. Poll, long-poll or stream it by id."""
-        record = await cp.submit(body.definition())
+        record = await cp.submit(body.definition(), sent=body.input)
         return TaskAccepted(
             task_id=record.task_id,
             session_id=record.session_id,
@@ -170,29 +193,32 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             status=record.status,
         )
 
-    async def list_tasks(request: Request, query: TaskListQuery) -> TaskList:
-        """Tasks known in memory, newest last, filtered and paged."""
-        matching = [
-            r
-            for r in cp.tasks.all()
-            if (query.status is None or r.status == query.status)
-            and (query.service is None or r.service == query.service)
-        ]
-        page = matching[query.offset : query.offset + query.limit]
-        return TaskList(tasks=page, total=len(matching))
+    async def list_tasks(request: Request, query: TaskListQuery) -> TaskPage:
+        """Tasks, newest first, filtered (`status`, `service`, `session_id`) and paged."""
+        sort = query.sort
+        page = paginate(
+            (r for r in cp.tasks.all() if query.matches(r)),
+            query,
+            key=lambda r: getattr(r, sort) or 0.0,
+        )
+        return TaskPage(items=[r.view() for r in page.items], total=page.total)
 
-    async def get_task(request: Request) -> TaskRecord:
+    async def get_task(request: Request) -> Task:
         """A task's status and, once it ended, its result or error."""
-        return await cp.find_task(_path(request, "task_id"))
+        return (await cp.find_task(_path(request, "task_id"))).view()
 
     async def task_result(request: Request, query: WaitQuery) -> Response:
         """Long-poll: answers as soon as the task ends (200), or after `wait` seconds (202)."""
         record = await cp.wait(_path(request, "task_id"), query.wait)
-        return JSONResponse(record.model_dump(mode="json"), 200 if record.is_terminal else 202)
+        return Response(
+            record.view().model_dump_json(),
+            200 if record.is_terminal else 202,
+            media_type="application/json",
+        )
 
-    async def cancel_task(request: Request) -> TaskRecord:
+    async def cancel_task(request: Request) -> Task:
         """Cancel a task that has not ended (409 if it has)."""
-        return await cp.cancel(_path(request, "task_id"))
+        return (await cp.cancel(_path(request, "task_id"))).view()
 
     async def task_events(request: Request, query: EventsQuery) -> Response:
         """Server-Sent Events: what happened so far, then live events, then the result.
@@ -233,12 +259,17 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         """Reference form: the new session id as a JSON string."""
         return JSONResponse((await cp.new_session()).session_id)
 
-    async def list_sessions(request: Request, query: PageQuery) -> dict[str, Any]:
-        """Sessions: id -> SessionDefinition, paged by limit/offset."""
+    async def list_sessions(request: Request, query: CompatPageQuery) -> dict[str, Any]:
+        """Reference form: id -> SessionDefinition, oldest first (paged by limit/offset)."""
         return {
             s.session_id: s.definition().model_dump(mode="json")
             for s in cp.sessions.page(query.limit, query.offset)
         }
+
+    async def page_sessions(request: Request, query: PageQuery) -> SessionPage:
+        """Sessions, newest first, paged: the `{items, total}` form of every list."""
+        page = paginate(cp.sessions.all(), query, key=lambda s: s.created_at)
+        return SessionPage(items=page.items, total=page.total)
 
     async def get_session(request: Request) -> SessionDefinition:
         """One session."""
@@ -299,15 +330,15 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         )
         return JSONResponse(result.model_dump(mode="json"))
 
-    async def get_state(request: Request) -> dict[str, Any]:
-        """The session's JSON state dict."""
-        return (await cp.find_session(_path(request, "session_id"))).state
+    async def get_state(request: Request) -> SessionState:
+        """The session's state, as `{"state": {...}}`."""
+        return SessionState(state=(await cp.find_session(_path(request, "session_id"))).state)
 
-    async def merge_state(request: Request, body: StatePatch) -> dict[str, Any]:
-        """Merge keys into the session's state; answers the whole state."""
+    async def merge_state(request: Request, body: SessionState) -> SessionState:
+        """Merge the keys of `{"state": {...}}` into the session's state; answers all of it."""
         session_id = _path(request, "session_id")
         await cp.find_session(session_id)
-        return cp.merge_session_state(session_id, body.state).state
+        return SessionState(state=cp.merge_session_state(session_id, body.state).state)
 
     sid = "/sessions/{session_id}"
     tid = "/tasks/{task_id}"
@@ -353,14 +384,16 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             errors=(404, 409, 422, 503),
             tags=tags,
         ),
-        api_route("/tasks", list_tasks, query=TaskListQuery, response=TaskList, tags=tags),
-        api_route(tid, get_task, response=TaskRecord, errors=(404,), tags=tags),
+        api_route(
+            "/tasks", list_tasks, query=TaskListQuery, response=TaskPage, errors=(422,), tags=tags
+        ),
+        api_route(tid, get_task, response=Task, errors=(404,), tags=tags),
         api_route(
             tid + "/result",
             task_result,
             query=WaitQuery,
-            response=TaskRecord,
-            responses={202: TaskRecord},
+            response=Task,
+            responses={202: Task},
             errors=(404,),
             tags=tags,
         ),
@@ -368,7 +401,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             tid + "/cancel",
             cancel_task,
             methods=["POST"],
-            response=TaskRecord,
+            response=Task,
             errors=(404, 409),
             tags=tags,
         ),
@@ -399,7 +432,15 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             tags=tags,
         ),
         api_route("/sessions/create", create_session_compat, methods=["POST"], tags=tags),
-        api_route("/sessions", list_sessions, query=PageQuery, tags=tags),
+        api_route("/sessions", list_sessions, query=CompatPageQuery, errors=(422,), tags=tags),
+        api_route(
+            "/sessions/list",
+            page_sessions,
+            query=PageQuery,
+            response=SessionPage,
+            errors=(422,),
+            tags=tags,
+        ),
         api_route(sid, get_session, response=SessionDefinition, errors=(404,), tags=tags),
         api_route(sid, delete_session, methods=["DELETE"], errors=(404,), tags=tags),
         api_route(sid + "/delete", delete_session, methods=["POST"], errors=(404,), tags=tags),
@@ -420,12 +461,13 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         ),
         api_route(sid + "/current_task", current_task, errors=(404,), tags=tags),
         api_route(sid + "/tasks/{task_id}/result", session_task_result, errors=(404,), tags=tags),
-        api_route(sid + "/state", get_state, errors=(404,), tags=tags),
+        api_route(sid + "/state", get_state, response=SessionState, errors=(404,), tags=tags),
         api_route(
             sid + "/state",
             merge_state,
             methods=["POST"],
-            body=StatePatch,
+            body=SessionState,
+            response=SessionState,
             errors=(404, 422),
             tags=tags,
         ),

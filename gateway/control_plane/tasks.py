@@ -6,23 +6,50 @@ A task reaches exactly one terminal state: `finish` refuses a second one. Waiter
 
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Any
 
 import anyio
 from pydantic import BaseModel, Field
 
-from gateway.messages import TaskDefinition, TaskResult, TaskStatus, TraceHeaders
+from gateway.messages import ChatMessage, TaskDefinition, TaskResult, TaskStatus, TraceHeaders
 
 
-class TaskRecord(BaseModel):
-    """What the control plane knows about one task."""
+class Task(BaseModel):
+    """A task as our API shows it: every endpoint that answers a task answers this shape."""
 
     task_id: str
     service: str
     session_id: str | None = None
-    input: str = ""
+    input: Any = Field(default="", description="the input exactly as it was sent")
+    status: TaskStatus
+    result: Any = Field(
+        default=None,
+        description="the output as JSON (workflow return value, component output, agent "
+        "answer, person's answer, tool output); null unless completed",
+    )
+    error: str | None = Field(default=None, description="why it failed, timed out or stopped")
+    history: list[ChatMessage] = Field(default_factory=list, description="chat turns, if any")
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+def encode_input(value: Any) -> str:
+    """The text a service receives: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+class TaskRecord(BaseModel):
+    """What the control plane knows about one task (also what the store keeps)."""
+
+    task_id: str
+    service: str
+    session_id: str | None = None
+    input: Any = ""  # as sent: text, or the JSON value
     status: TaskStatus = TaskStatus.PENDING
     result: TaskResult | None = None
     error: str | None = None
@@ -43,9 +70,29 @@ class TaskRecord(BaseModel):
         """The task as its service received it (the reference's TaskDefinition shape)."""
         return TaskDefinition(
             task_id=self.task_id,
-            input=self.input,
+            input=encode_input(self.input),
             session_id=self.session_id,
             agent_id=self.service,
+        )
+
+    def view(self) -> Task:
+        """Our API's shape of this task (`result` is the output, whatever the service type)."""
+        outcome = self.result
+        value = None
+        if outcome is not None and self.status is TaskStatus.COMPLETED:
+            value = outcome.output if outcome.output is not None else (outcome.result or None)
+        return Task(
+            task_id=self.task_id,
+            service=self.service,
+            session_id=self.session_id,
+            input=self.input,
+            status=self.status,
+            result=value,
+            error=self.error,
+            history=outcome.history if outcome is not None else [],
+            created_at=self.created_at,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
         )
 
 

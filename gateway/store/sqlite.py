@@ -36,6 +36,7 @@ from anyio.abc import TaskGroup
 
 from gateway.control_plane.sessions import SessionRecord
 from gateway.control_plane.tasks import TaskRecord
+from gateway.messages import TaskStatus
 from gateway.store import Store, StoreUnavailable
 from gateway.store.retention import Retention, delete_expired, reclaim_step
 
@@ -68,7 +69,7 @@ FINISHED_INDEX = (
     "CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_at) WHERE finished_at IS NOT NULL"
 )
 
-UNFINISHED = ("pending", "running", "waiting_for_human")
+UNFINISHED = tuple(s.value for s in TaskStatus if not s.is_terminal)
 CONTEXT_CACHE_SIZE = 4096
 BACKOFF_MIN = 0.05  # seconds before the first retry of a failed commit
 BACKOFF_MAX = 1.0  # cap: a refused submission waits about this long at most for its answer

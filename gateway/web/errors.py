@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,34 +29,61 @@ ERROR_CODES = {
 }
 
 
-class ErrorBody(BaseModel):
-    """The one shape of every error response."""
+class FieldError(BaseModel):
+    """One failed check of a request: where (`body`/`query`/`path` first), what, which rule."""
 
-    error: str
-    detail: Any = None
+    loc: list[str]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error response: `detail` is always one readable string."""
+
+    error: str = Field(description="a stable code, e.g. `not_found`, `validation_error`")
+    detail: str = Field(description="what is wrong, for a person")
+    errors: list[FieldError] | None = Field(
+        default=None, description="validation errors only: one entry per bad field"
+    )
 
 
 class ApiError(Exception):
     """An error with an HTTP status; raised anywhere below a handler."""
 
     def __init__(
-        self, status: int, detail: Any, *, code: str | None = None, headers: dict | None = None
+        self,
+        status: int,
+        detail: Any,
+        *,
+        code: str | None = None,
+        headers: dict | None = None,
+        errors: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
-        self.detail = detail
+        self.detail = detail if isinstance(detail, str) else str(detail)
         self.code = code or ERROR_CODES.get(status, "error")
         self.headers = headers or {}
+        self.errors = errors
 
 
 def error_response(
-    status: int, detail: Any, code: str | None = None, headers: dict | None = None
+    status: int,
+    detail: Any,
+    code: str | None = None,
+    headers: dict | None = None,
+    errors: list[dict[str, Any]] | None = None,
 ) -> JSONResponse:
-    body = {"error": code or ERROR_CODES.get(status, "error"), "detail": detail}
+    body: dict[str, Any] = {
+        "error": code or ERROR_CODES.get(status, "error"),
+        "detail": detail if isinstance(detail, str) else str(detail),
+    }
+    if errors is not None:
+        body["errors"] = errors
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def validation_detail(exc: ValidationError, where: str) -> list[dict[str, Any]]:
+def field_errors(exc: ValidationError, where: str) -> list[dict[str, Any]]:
     """Pydantic errors as `[{loc, msg, type}]`, `loc` starting with body/query/path."""
     return [
         {
@@ -68,10 +95,23 @@ def validation_detail(exc: ValidationError, where: str) -> list[dict[str, Any]]:
     ]
 
 
+def validation_error(exc: ValidationError, where: str) -> ApiError:
+    """A 422 whose `detail` reads `body.kwargs: Input should be ...; ...` and whose `errors`
+    keeps the structured list for programs."""
+    errors = field_errors(exc, where)
+    parts = []
+    for err in errors[:5]:
+        path = ".".join(err["loc"]) or where
+        parts.append(f"{path}: {err['msg']}")
+    if len(errors) > 5:
+        parts.append(f"and {len(errors) - 5} more")
+    return ApiError(422, "; ".join(parts) or f"invalid {where}", errors=errors)
+
+
 # -- exception handlers installed on the app ----------------------------------------------------
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.detail, exc.code, exc.headers)
+    return error_response(exc.status, exc.detail, exc.code, exc.headers, exc.errors)
 
 
 async def handle_http_exception(request: Request, exc: Exception) -> Response:

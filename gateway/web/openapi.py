@@ -18,6 +18,25 @@ from gateway.messages import TaskEvent
 from gateway.web.errors import ERROR_CODES, ErrorBody
 from gateway.web.routing import RouteDoc
 
+# The conventions every endpoint of our API follows (the README's "API conventions").
+CONVENTIONS = """\
+**Conventions** (the routes kept for the reference system's clients under `/control_plane`
+keep their old shapes: `POST /sessions/create`, `GET /sessions`, `GET /sessions/{id}`,
+`POST /sessions/{id}/delete`, `/sessions/{id}/tasks`, `/sessions/{id}/current_task`,
+`/sessions/{id}/tasks/{task_id}/result`, `/services...`, `/process_message`).
+
+- **Errors**: `{"error": code, "detail": "one readable sentence"}`; validation errors (422)
+  add `errors: [{loc, msg, type}]`.
+- **Lists**: `{"items": [...], "total": N}`, newest first; query `limit`, `offset`,
+  `sort`, `order=desc|asc`.
+- **Tasks**: every endpoint that answers a task answers the `Task` shape: `input` as it was
+  sent, `result` the output as JSON for every service type, `error` when it did not complete.
+- **Names**: `service` names a service (`agent_id` only on the reference routes).
+- **Session state** is read and written as `{"state": {...}}` (a POST merges keys).
+- **Events** carry their fields in `data` directly; the last one is `result`.
+- **Unknown keys** in a request body are a 422 naming them.
+"""
+
 PARAM = re.compile(r"{([A-Za-z_][A-Za-z0-9_]*)(:[A-Za-z_]+)?}")
 REF = "#/components/schemas/{model}"
 
@@ -186,7 +205,7 @@ def build_openapi(
 
     document: dict[str, Any] = {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version},
+        "info": {"title": title, "version": version, "description": CONVENTIONS},
         "paths": paths,
         "components": {"schemas": components},
     }

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.web.errors import ApiError, validation_detail
+from gateway.web.errors import ApiError, validation_error
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -117,14 +117,14 @@ async def parse_body(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ApiError(422, validation_detail(exc, "body")) from None
+        raise validation_error(exc, "body") from None
 
 
 def parse_query(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:
-        raise ApiError(422, validation_detail(exc, "query")) from None
+        raise validation_error(exc, "query") from None
 
 
 # -- responses -----------------------------------------------------------------------------------

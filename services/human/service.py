@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import logging
 import string
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, Field, PrivateAttr, TypeAdapter, field_validator
+from pydantic import BaseModel, Field, PrivateAttr, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
@@ -44,6 +43,7 @@ from gateway.messages import (
     ToolCallBundle,
 )
 from gateway.web.errors import ApiError
+from gateway.web.paging import Page, PageQuery
 from gateway.web.routing import api_route
 from services.base import BaseService
 from services.calling import call
@@ -105,7 +105,7 @@ class HumanTaskInfo(BaseModel):
     task_id: str
     input: str
     session_id: str | None = None
-    agent_id: str
+    service: str = Field(description="this human service")
     prompt: str = Field(description="the input inside the service's human_input_prompt")
     status: TaskStatus
     created_at: float
@@ -115,11 +115,6 @@ class HumanTaskInfo(BaseModel):
     error: str | None = None
 
 
-class TaskPage(BaseModel):
-    limit: int = Field(default=100, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0, le=sys.maxsize - 1000)  # islice refuses larger
-
-
 # How the aggregate event stream names the end of a human task.
 _ENDED_AS = {
     TaskStatus.COMPLETED: "answered",
@@ -127,7 +122,9 @@ _ENDED_AS = {
     TaskStatus.TIMED_OUT: "timed_out",
 }
 
-_TASK_LIST = TypeAdapter(list[HumanTaskInfo])
+
+class HumanTaskPage(Page[HumanTaskInfo]):
+    """A page of waiting human tasks."""
 
 
 class HumanService(BaseService):
@@ -174,9 +171,9 @@ class HumanService(BaseService):
             api_route(
                 "/tasks",
                 self._list_http,
-                query=TaskPage,
-                response=list[HumanTaskInfo],
-                summary="Waiting tasks, oldest first (X-Total-Count: how many wait)",
+                query=PageQuery,
+                response=HumanTaskPage,
+                summary="Waiting tasks, newest first unless `order=asc`, paged",
                 errors=(422,),
                 tags=tags,
                 name="get_tasks",
@@ -232,11 +229,13 @@ class HumanService(BaseService):
         self._start_fn_input(task)
         return JSONResponse(self.info(task).model_dump(mode="json"), status_code=201)
 
-    async def _list_http(self, request: Request, query: TaskPage) -> Response:
-        page = itertools.islice(self._waiting.values(), query.offset, query.offset + query.limit)
-        body = _TASK_LIST.dump_json([self.info(task) for task in page])
-        headers = {"X-Total-Count": str(len(self._waiting))}
-        return Response(body, media_type="application/json", headers=headers)
+    async def _list_http(self, request: Request, query: PageQuery) -> HumanTaskPage:
+        # Arrival order is `created_at` order, so a page is a slice from either end: no copy
+        # or sort of 10,000 waiting tasks per request.
+        tasks = self._waiting.values()
+        ordered = reversed(tasks) if query.descending else iter(tasks)
+        page = itertools.islice(ordered, query.offset, query.offset + query.limit)
+        return HumanTaskPage(items=[self.info(task) for task in page], total=len(self._waiting))
 
     async def _get_http(self, request: Request) -> HumanTaskInfo:
         task_id = request.path_params["task_id"]
@@ -260,7 +259,7 @@ class HumanService(BaseService):
             task_id=task.task_id,
             input=task.input,
             session_id=task.session_id,
-            agent_id=self.service_name,
+            service=self.service_name,
             prompt=self.prompt_for(task.input),
             status=task.status,
             created_at=task.created_at,

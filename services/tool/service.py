@@ -90,7 +90,6 @@ class ToolServiceInfo(BaseModel):
     description: str
     type: str
     running: bool
-    step_interval: float
     num_outstanding_calls: int
     num_tools: int
     tools: list[ToolInfo]
@@ -488,6 +487,7 @@ class ToolService(BaseService):
             task_id=task.task_id,
             result=output.content,
             data={"tool": bundle.tool_name, "raw_output": to_jsonable(output.raw_output)},
+            output=to_jsonable(output.raw_output),
         )
 
     def _unknown(self, name: str) -> str:

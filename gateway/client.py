@@ -211,7 +211,7 @@ class AsyncGatewayClient:
         limit: int = 50,
         offset: int = 0,
     ) -> dict[str, Any]:
-        """A page of tasks: `{"tasks" or "items": [...], "total": N}` as the gateway answers."""
+        """A page of tasks, newest first: `{"items": [...], "total": N}`."""
         params = {"limit": limit, "offset": offset, "service": service, "status": status}
         params = {k: v for k, v in params.items() if v is not None}
         return await self.request("GET", "/control_plane/tasks", params=params)

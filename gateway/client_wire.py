@@ -124,23 +124,14 @@ def backoff(attempt: int, response: httpx.Response | None, cap: float) -> float:
 def result_value(record: dict[str, Any]) -> Any:
     """What a completed task produced; raises TaskFailed (or a subclass) for other endings.
 
-    The result of every service type is `result` in the task record; where it is the service's
-    envelope (`{"result": text, "data": {...}}`) the structured value is taken from `data`.
+    The output of every service type is the task's `result` (README, "API conventions").
     """
     status = record.get("status")
     if status != "completed":
         raise _TASK_ERRORS.get(str(status), TaskFailed)(
             str(record.get("task_id")), record.get("error"), record
         )
-    result = record.get("result")
-    if isinstance(result, dict) and "data" in result and "task_id" in result:
-        data = result.get("data") or {}
-        if "result" in data:
-            return data["result"]
-        if "response" in data or not data:  # an agent: its text answer
-            return result.get("result")
-        return data
-    return result
+    return record.get("result")
 
 
 # -- events --------------------------------------------------------------------------------------

@@ -117,7 +117,9 @@ class KwargsService(BaseService):
             **extra,
         )
         after = resume_after(request, query.after) if query.stream else 0
-        return await self.run_and_wait(task, body.wait, stream=query.stream, after=after, sent=body.sent())
+        return await self.run_and_wait(
+            task, body.wait, stream=query.stream, after=after, sent=body.sent()
+        )
 
     async def process_message(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.NEW_TASK:

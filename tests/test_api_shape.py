@@ -106,6 +106,7 @@ async def test_a_task_shows_its_input_as_sent_and_its_output_as_result() -> None
         "created_at",
         "started_at",
         "finished_at",
+        "trace_id",
     }
     assert set(as_object) == set(run.json()) == expected
 

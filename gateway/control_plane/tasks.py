@@ -36,6 +36,7 @@ class Task(BaseModel):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    trace_id: str | None = Field(default=None, description="its OpenTelemetry trace (when on)")
 
 
 def encode_input(value: Any) -> str:
@@ -93,6 +94,7 @@ class TaskRecord(BaseModel):
             created_at=self.created_at,
             started_at=self.started_at,
             finished_at=self.finished_at,
+            trace_id=self.trace_id,
         )
 
 

@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-CONFIG ?= config.yaml
+# `make run CONFIG=my.yaml`, or `GATEWAY_CONFIG=my.yaml make run`
+CONFIG ?= $(or $(GATEWAY_CONFIG),config.yaml)
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 

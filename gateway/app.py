@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -226,9 +227,18 @@ async def _lifespan(runtime: Runtime) -> AsyncIterator[None]:
 
 
 def default_app() -> Starlette:
+    """The app `uvicorn gateway.app:app` serves: $GATEWAY_CONFIG, or config.yaml.
+
+    A config mistake prints one line and exits 2, as `python -m gateway` does, instead of the
+    traceback uvicorn would print for an exception raised while it imports the app.
+    """
     configure_logging()
-    config = load_config()
-    return build_app(config, hosted_services(config, os.environ.get("GATEWAY_SERVICES")))
+    try:
+        config = load_config()
+        return build_app(config, hosted_services(config, os.environ.get("GATEWAY_SERVICES")))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 _default: Starlette | None = None

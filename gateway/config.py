@@ -29,6 +29,18 @@ from services import TYPES
 CONFIG_ENV = "GATEWAY_CONFIG"
 DEFAULT_CONFIG = "config.yaml"
 
+# Paths the gateway itself serves: a service prefix equal to one of them, or under it, would
+# shadow it (or be shadowed by it).
+BUILT_IN_PATHS = (
+    "/control_plane",
+    "/docs",
+    "/openapi.json",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+    "/ui",
+)
+
 
 class ConfigError(Exception):
     """Start-up stops with this message."""
@@ -252,19 +264,38 @@ class GatewayConfig(_Strict):
                 raise ValueError(
                     f"service {name!r}: prefix {prefix!r} is already used by {prefixes[prefix]!r}"
                 )
-            if prefix == "/control_plane" or prefix.startswith("/control_plane/"):
-                raise ValueError(f"service {name!r}: prefix {prefix!r} is the control plane's")
+            for built_in in BUILT_IN_PATHS:
+                if _under(prefix, built_in):
+                    raise ValueError(
+                        f"service {name!r}: prefix {prefix!r} would shadow the gateway's own "
+                        f"{built_in} (built-in paths: {', '.join(BUILT_IN_PATHS)})"
+                    )
+            for other, other_name in prefixes.items():
+                if _under(prefix, other) or _under(other, prefix):
+                    raise ValueError(
+                        f"service {name!r}: prefix {prefix!r} overlaps {other!r} of service "
+                        f"{other_name!r} (one would hide the other's routes)"
+                    )
             prefixes[prefix] = name
         for name, entry in self.services.items():
-            refs: list[str] = []
+            refs: list[tuple[str, str]] = []
             if isinstance(entry, AgentEntry):
-                refs = entry.tools
+                refs = [("tools", ref) for ref in entry.tools]
             elif isinstance(entry, WorkflowEntry) and entry.human_service:
-                refs = [entry.human_service]
-            for ref in refs:
+                refs = [("human_service", entry.human_service)]
+            for key, ref in refs:
                 if ref not in self.services:
-                    raise ValueError(f"service {name!r}: refers to unknown service {ref!r}")
+                    known = ", ".join(self.services)
+                    raise ValueError(
+                        f"service {name!r}: {key}: refers to unknown service {ref!r} "
+                        f"(services: {known})"
+                    )
         return self
+
+
+def _under(path: str, root: str) -> bool:
+    """`path` is `root` or below it (`/docs`, `/docs/x`; not `/docsx`)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -300,7 +331,15 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
         config = GatewayConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_describe(exc)}") from None
+    if not config.services:
+        raise ConfigError(
+            f"{source}: services: none configured; add at least one under `services:` "
+            "(see config.yaml)"
+        )
     config.source_path = source
+    if source != "<config>" and config.store.kind == "sqlite":
+        # like `source` modules, a relative store path is the config file's folder's
+        config.store.path = str(Path(source).resolve().parent / config.store.path)
     return config
 
 
@@ -314,10 +353,34 @@ def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {_yaml_problem(exc)}") from None
     return parse_config(data, str(path))
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping (PyYAML keeps the last silently,
+    so a service defined twice would quietly lose its first definition)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                repeated = key in seen
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if repeated:
+                first = seen[key].start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first defined on line {first})",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -423,8 +423,12 @@ class BaseService(BaseModel, ABC):
         return TaskResult(
             task_id=task.task_id,
             status=TaskStatus.TIMED_OUT,
-            error=f"{self.service_name} did not finish within {self.timeout}s",
+            error=self.timeout_message(task.task_id),
         )
+
+    def timeout_message(self, task_id: str) -> str:
+        """The error of a task past `timeout`; subclasses say what it was waiting for."""
+        return f"{self.service_name} did not finish within {self.timeout}s"
 
     async def _attempt(
         self, task: TaskDefinition, work: Work, *scopes: anyio.CancelScope | None

@@ -98,6 +98,9 @@ class WorkflowService(KwargsService):
     human_service: str | None = None
 
     _handlers: dict[str, Any] = PrivateAttr(default_factory=dict)
+    # Runs that asked for input (InputRequiredEvent) with no human_service to ask: they show
+    # `waiting_for_input` until an event is sent in.
+    _awaiting_input: set[str] = PrivateAttr(default_factory=set)
     _human: HumanBridge | None = PrivateAttr(default=None)
 
     @field_validator("workflow")
@@ -123,6 +126,9 @@ class WorkflowService(KwargsService):
             name, data = str(message.data.get("event")), message.data.get("data") or {}
             if not self.send_event(task_id, name, data):
                 logger.warning("event %s for task %s: the run is not active", name, task_id)
+            elif task_id in self._awaiting_input:
+                self._awaiting_input.discard(task_id)
+                await self.report_status(task_id, TaskStatus.RUNNING)
         else:
             await super().process_other(message)
 
@@ -139,7 +145,8 @@ class WorkflowService(KwargsService):
                     await self.on_stream_event(task, handler, event)
             result = await handler
         except WorkflowTimeoutError as exc:
-            return TaskResult(task_id=task.task_id, status=TaskStatus.TIMED_OUT, error=str(exc))
+            error = str(exc) + self._waiting_note(task.task_id)
+            return TaskResult(task_id=task.task_id, status=TaskStatus.TIMED_OUT, error=error)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 if not handler.done():
@@ -162,7 +169,8 @@ class WorkflowService(KwargsService):
         to the forwarded event) and the answer comes back as a HumanResponseEvent.
         """
         data = event_fields(event)
-        if self._human is not None and isinstance(event, InputRequiredEvent):
+        asks = isinstance(event, InputRequiredEvent)
+        if self._human is not None and asks:
             data.update(await self._human.ask(task, handler, event))
         await self.publish_event(
             TaskEvent(
@@ -172,6 +180,21 @@ class WorkflowService(KwargsService):
                 data=to_jsonable(data),
                 envelope=envelope_of(event),
             )
+        )
+        if asks and self._human is None:
+            # Nobody is asked on its behalf: the run waits for an event sent in over HTTP.
+            self._awaiting_input.add(task.task_id)
+            await self.report_status(task.task_id, TaskStatus.WAITING_FOR_INPUT)
+
+    def timeout_message(self, task_id: str) -> str:
+        return super().timeout_message(task_id) + self._waiting_note(task_id)
+
+    def _waiting_note(self, task_id: str) -> str:
+        if task_id not in self._awaiting_input:
+            return ""
+        return (
+            " while waiting for input (it emitted an InputRequiredEvent and no event was sent "
+            f"in; send one with POST /control_plane/tasks/{task_id}/events, or set human_service)"
         )
 
     # -- human in the loop ----------------------------------------------------------------------
@@ -189,6 +212,7 @@ class WorkflowService(KwargsService):
 
     async def finish_task(self, result: TaskResult) -> None:
         """Report the end, then withdraw the run's unanswered questions from the human service."""
+        self._awaiting_input.discard(result.task_id)  # read by timeout_message until here
         await super().finish_task(result)
         if self._human is not None:
             await self._human.withdraw(result.task_id)

@@ -97,9 +97,9 @@ def test_gateway_config_env_selects_the_file(
     assert load_config().name == "from-env"
 
 
-def test_empty_file_is_an_empty_gateway(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, ""))
-    assert config.services == {} and config.default_service is None
+def test_empty_file_is_refused_as_a_gateway_with_no_services(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="services: none configured"):
+        load_config(write(tmp_path, ""))
 
 
 # -- one clear message per mistake ----------------------------------------------------------------
@@ -138,11 +138,12 @@ def test_out_of_range_value(tmp_path: Path) -> None:
 
 def test_store_retention_takes_durations_and_can_be_turned_off(tmp_path: Path) -> None:
     retain = {"max_age": "12h", "max_tasks": None, "sweep_every": "30s"}
-    config = parse_config({"store": {"kind": "sqlite", "retain": retain}}, "test")
+    one = {"services": {"echo": ECHO}}
+    config = parse_config({"store": {"kind": "sqlite", "retain": retain}, **one}, "test")
     assert config.store.retain.max_age == 12 * 3600
     assert config.store.retain.max_tasks is None
     assert config.store.retain.sweep_every == 30
-    default = parse_config({"store": "sqlite"}, "test").store.retain
+    default = parse_config({"store": "sqlite", **one}, "test").store.retain
     assert (default.max_age, default.max_tasks) == (7 * 86400, 100_000)
     message = config_error(tmp_path, {"store": {"retain": {"max_age": "soonish"}}})
     assert "store.retain.max_age" in message
@@ -240,7 +241,7 @@ def test_explicit_prefix_colliding_with_a_default_one(tmp_path: Path) -> None:
 
 def test_prefix_under_the_control_plane(tmp_path: Path) -> None:
     message = config_error(tmp_path, {"services": {"a": {**ECHO, "prefix": "/control_plane/x"}}})
-    assert "service 'a'" in message and "control plane" in message
+    assert "service 'a'" in message and "shadow the gateway's own /control_plane" in message
 
 
 def test_reserved_service_name(tmp_path: Path) -> None:

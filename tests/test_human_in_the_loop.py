@@ -158,7 +158,9 @@ async def test_fn_input_answers_the_workflow_without_rest() -> None:
 def test_human_service_must_exist() -> None:
     broken = config()
     del broken["services"]["desk"]
-    with pytest.raises(ConfigError, match="service 'flow': refers to unknown service 'desk'"):
+    with pytest.raises(
+        ConfigError, match="service 'flow': human_service: refers to unknown service 'desk'"
+    ):
         parse_config(broken, "g.yaml")
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
@@ -92,6 +92,8 @@ class HumanTask:
 # -- HTTP models ---------------------------------------------------------------------------------
 class HumanTaskCreate(BaseModel):
     """Body of `POST /tasks`: the reference's TaskDefinition (`agent_id` is this service)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     input: str = Field(default="", description="what the person is asked")
     task_id: str | None = Field(default=None, pattern=ID_PATTERN)

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from llama_index.core.tools import AsyncBaseTool, BaseTool, ToolOutput
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
@@ -123,6 +123,8 @@ class ToolCallPending(BaseModel):
 
 class ToolRunRequest(BaseModel):
     """`{"tool": name, "kwargs": {...}}`, or the task form `{"input": "<that as JSON>"}`."""
+
+    model_config = ConfigDict(extra="forbid")
 
     tool: str | None = Field(default=None, min_length=1, max_length=256)
     kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -153,7 +153,12 @@ class SharedControlPlane(ControlPlane):
 
     # -- tasks -------------------------------------------------------------------------------
     async def submit(
-        self, task: TaskDefinition, service: str | None = None, state: dict | None = None
+        self,
+        task: TaskDefinition,
+        service: str | None = None,
+        state: dict | None = None,
+        *,
+        sent: Any = None,
     ) -> TaskRecord:
         if not self.accepting:
             raise ApiError(503, "the gateway is shutting down", headers={"Retry-After": "5"})
@@ -162,7 +167,10 @@ class SharedControlPlane(ControlPlane):
         assert entry is not None
         task = task.model_copy(update={"agent_id": target})
         record = TaskRecord(
-            task_id=task.task_id, service=target, session_id=task.session_id, input=task.input
+            task_id=task.task_id,
+            service=target,
+            session_id=task.session_id,
+            input=task.input if sent is None else sent,  # shown back as it was sent
         )
         message = QueueMessage(
             publisher_id=self.publisher_id,

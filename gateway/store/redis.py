@@ -277,7 +277,7 @@ class RedisStore(Store):
                 message.model_dump_json(),
                 event.model_dump_json(),
                 repr(record.created_at),
-                record.input,
+                json.dumps(record.input),  # kept as sent: text or a JSON value
                 EVENTS_TTL,
             ]
         )
@@ -343,6 +343,14 @@ class RedisStore(Store):
         return events
 
 
+def _sent_input(raw: str) -> Any:
+    """The task's input as it was sent (stored as JSON; anything else is plain text)."""
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
 def _record(fields: dict[str, Any]) -> TaskRecord:
     def number(name: str) -> float | None:
         value = fields.get(name)
@@ -353,7 +361,7 @@ def _record(fields: dict[str, Any]) -> TaskRecord:
         task_id=fields["task_id"],
         service=fields["service"],
         session_id=fields.get("session_id") or None,
-        input=fields.get("input", ""),
+        input=_sent_input(fields.get("input", "")),
         status=TaskStatus(fields["status"]),
         result=TaskResult.model_validate_json(result) if result else None,
         error=fields.get("error") or None,

@@ -239,7 +239,12 @@ async def test_cors_is_open_for_configured_origins_only(tokens_in_env) -> None:
 # -- bind address ----------------------------------------------------------------------------------
 def test_the_default_bind_is_loopback(tmp_path, monkeypatch) -> None:
     assert GatewayConfig().host == "127.0.0.1"
-    assert parse_config({}).host == "127.0.0.1"
+    assert (
+        parse_config(
+            {"services": {"e": {"type": "workflow", "source": "examples.echo:workflow"}}}
+        ).host
+        == "127.0.0.1"
+    )
 
     # `python -m gateway` with a config that names no host binds to loopback.
     served: dict[str, Any] = {}

@@ -15,11 +15,16 @@ CONFIG_HELP = "YAML file (default: $GATEWAY_CONFIG or config.yaml)"
 @click.option("--port", type=click.IntRange(1, 65535), help="port (default: the config's, 8000)")
 @click.option("--reload", is_flag=True, help="restart when the config or its source modules change")
 @click.option("--log-level", default="info", show_default=True)
-def serve(config_path, host, port, reload, log_level) -> None:
+@click.option(
+    "--services",
+    metavar="A,B",
+    help="serve only these services (Redis mode; the others run in other processes)",
+)
+def serve(config_path, host, port, reload, log_level, services) -> None:
     """Serve a deployment (what `python -m gateway` does)."""
     from gateway.__main__ import serve as run_server
 
-    raise click.exceptions.Exit(run_server(config_path, host, port, log_level, reload))
+    raise click.exceptions.Exit(run_server(config_path, host, port, log_level, reload, services))
 
 
 @click.command()

@@ -21,6 +21,9 @@ reached by reference; Redis carries only what leaves the process (as JSON, valid
 
 The heartbeat/claim job is a bounded periodic job by nature (claims are about elapsed time);
 everything else blocks on reads.
+
+Over 400 lines on purpose: the receive loops, the heartbeat, take-over and discovery all share
+one replica's in-flight table, slots and adverts; split apart, that state would be passed around.
 """
 
 from __future__ import annotations
@@ -325,10 +328,12 @@ class RedisBus(MessageBus):
             except ResponseError as exc:
                 for _ in range(taken):
                     slots.release()
+                group_ready = False
                 if "NOGROUP" in str(exc):  # Redis lost its data: make the group again
-                    group_ready = False
                     continue
-                raise
+                logger.warning("reading %s failed: %s", stream, exc)  # e.g. OOM, MISCONF
+                await backoff.sleep()
+                continue
             except (RedisError, OSError) as exc:
                 for _ in range(taken):
                     slots.release()
@@ -439,6 +444,8 @@ class RedisBus(MessageBus):
                 self.healthy = True
             except (RedisError, OSError) as exc:
                 self._lost(exc)
+            except Exception:  # never let one bad entry stop heartbeats and take-overs
+                logger.exception("heartbeat of replica %s failed", self.replica_id)
 
     async def _advertise(self) -> None:
         self._advert_changed = anyio.Event()

@@ -5,6 +5,9 @@ sessions and contexts are in Redis (`gateway.store.redis`), so any replica accep
 answers any query; this process keeps only caches and its local waiters. Submitting and ending
 are the store's atomic scripts, which is what keeps "exactly one terminal state" true when a
 task is delivered twice (a replica died, its entry was taken over).
+
+Just over 400 lines: it overrides the whole task life cycle of `ControlPlane` at once (submit,
+wait, cancel, end, events), and splitting those apart would scatter one state machine.
 """
 
 from __future__ import annotations

@@ -248,7 +248,7 @@ class AsyncGatewayClient:
         """Events of an SSE endpoint; a dropped connection resumes after the last event seen."""
         failures = 0
         while True:
-            progressed = False
+            progressed, asked = False, 0.0
             try:
                 async with self._http.stream(
                     "GET", url, headers=cursor.headers(), timeout=_stream_timeout(self.timeout)
@@ -258,6 +258,7 @@ class AsyncGatewayClient:
                         error = error_for(response)
                         if not isinstance(error, Overloaded) or failures >= self.retries:
                             raise error
+                        asked = error.retry_after or 0.0
                     else:
                         parser = SSEParser()
                         async for line in response.aiter_lines():
@@ -274,7 +275,8 @@ class AsyncGatewayClient:
             if failures > self.reconnects:
                 raise Unreachable(str(self._http.base_url), f"the stream at {url} keeps ending")
             cursor.reconnecting()
-            await anyio.sleep(backoff(max(0, failures - 1), None, self.max_retry_delay))
+            delay = backoff(max(0, failures - 1), None, self.max_retry_delay)
+            await anyio.sleep(min(self.max_retry_delay, max(delay, asked)))
 
 
 class AsyncTaskHandle:
@@ -490,7 +492,7 @@ class GatewayClient:
     ) -> Iterator[TaskEvent]:
         failures = 0
         while True:
-            progressed = False
+            progressed, asked = False, 0.0
             try:
                 with self._http.stream(
                     "GET", url, headers=cursor.headers(), timeout=_stream_timeout(self.timeout)
@@ -500,6 +502,7 @@ class GatewayClient:
                         error = error_for(response)
                         if not isinstance(error, Overloaded) or failures >= self.retries:
                             raise error
+                        asked = error.retry_after or 0.0
                     else:
                         parser = SSEParser()
                         for line in response.iter_lines():
@@ -516,7 +519,8 @@ class GatewayClient:
             if failures > self.reconnects:
                 raise Unreachable(str(self._http.base_url), f"the stream at {url} keeps ending")
             cursor.reconnecting()
-            time.sleep(backoff(max(0, failures - 1), None, self.max_retry_delay))
+            delay = backoff(max(0, failures - 1), None, self.max_retry_delay)
+            time.sleep(min(self.max_retry_delay, max(delay, asked)))
 
 
 class TaskHandle:

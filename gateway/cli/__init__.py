@@ -50,7 +50,7 @@ class App:
 
 def _unknown_service_hint(app: App, detail: str) -> str:
     """A 404 about a service gets the list of services that do exist."""
-    if "service" not in detail:
+    if not detail.startswith("no service"):
         return detail
     try:
         names = ", ".join(app.client.services()) or "none"

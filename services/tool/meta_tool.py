@@ -113,14 +113,15 @@ class ReplyInbox:
             raise ValueError(f"tool call {call_id!r} is already in flight")
         pending = self._pending[call_id] = _Pending()
         try:
-            await self.bus.publish(
-                QueueMessage(
-                    publisher_id=self.id_,
-                    type=service_name,
-                    action=ActionTypes.NEW_TOOL_CALL,
-                    data=data,
-                )
+            message = QueueMessage(
+                publisher_id=self.id_,
+                type=service_name,
+                action=ActionTypes.NEW_TOOL_CALL,
+                data=data,
             )
+            if self.bus.tracing is not None:  # here, whatever transport carries it
+                message.trace = self.bus.tracing.carrier()
+            await self.bus.publish(message)
             with anyio.move_on_after(timeout):
                 await pending.done.wait()
             if pending.reply is None:

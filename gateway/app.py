@@ -34,6 +34,7 @@ from gateway.web.docs import docs_routes
 from gateway.web.errors import EXCEPTION_HANDLERS, error_response
 from gateway.web.middleware import BearerAuth, BodyLimit, Cors
 from gateway.web.openapi import build_openapi
+from gateway.web.ui import ui_routes
 from services.base import BaseService
 from services.workflow import WorkflowService
 
@@ -186,6 +187,8 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
         return build_openapi(routes, title=config.name, version=__version__, auth=bool(tokens))
 
     routes.extend(docs_routes(config.name, document))
+    if config.ui.enabled:
+        routes.extend(ui_routes())
 
     async def unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -203,7 +206,12 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
             ),
         )
     if tokens:
-        middleware.append(Middleware(BearerAuth, tokens=tokens))
+        open_ui = ("/ui",) if config.ui.enabled else ()
+        middleware.append(
+            Middleware(
+                BearerAuth, tokens=tokens, open_paths=("/healthz", "/ui"), open_prefixes=open_ui
+            )
+        )
     if runtime.tracing is not None:  # outermost: the server span covers everything else
         traced, options = runtime.tracing.asgi_middleware()
         middleware.insert(0, Middleware(traced, **options))

@@ -190,6 +190,10 @@ class LlamaAgentsProtocol(_Strict):
     )
 
 
+class UiSettings(_Strict):
+    enabled: bool = Field(default=True, description="serve the web console at /ui")
+
+
 class ProtocolSettings(_Strict):
     llama_agents: LlamaAgentsProtocol = Field(default_factory=LlamaAgentsProtocol)
 
@@ -226,6 +230,7 @@ class GatewayConfig(_Strict):
     cors: CorsSettings = Field(default_factory=CorsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     protocols: ProtocolSettings = Field(default_factory=ProtocolSettings)
+    ui: UiSettings = Field(default_factory=UiSettings)
     services: dict[str, AnyEntry] = Field(default_factory=dict)
     source_path: str | None = Field(default=None, exclude=True)
 

@@ -40,10 +40,10 @@ def app_routes(routes, prefix: str = "") -> list[tuple[str, str, Route]]:
     found = []
     for route in routes:
         if isinstance(route, Mount):
-            if route.path == "/docs/assets":  # static files, not an API route
+            if route.path in ("/docs/assets", "/ui"):  # static files, not API routes
                 continue
             found += app_routes(route.routes, prefix + route.path)
-        elif isinstance(route, Route):
+        elif isinstance(route, Route) and route.include_in_schema:  # the console's page is not
             path = PARAM.sub(lambda m: "{" + m.group(1) + "}", prefix + route.path)
             found += [(m, path, route) for m in sorted(route.methods or {"GET"}) if m != "HEAD"]
     return found

@@ -40,10 +40,21 @@ class BearerAuth:
     taken does not reveal which (or how much of one) matched.
     """
 
-    def __init__(self, app: ASGIApp, tokens: Iterable[str], open_paths=("/healthz",)) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tokens: Iterable[str],
+        open_paths=("/healthz",),
+        open_prefixes: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self.tokens = [t.encode() for t in tokens if t]
         self.open_paths = frozenset(open_paths)
+        # Folders of static files (the console's page asks for the token itself).
+        self.open_prefixes = tuple(p.rstrip("/") + "/" for p in open_prefixes)
+
+    def _open(self, path: str) -> bool:
+        return path in self.open_paths or path.startswith(self.open_prefixes)
 
     def _valid(self, presented: bytes) -> bool:
         ok = False
@@ -52,7 +63,7 @@ class BearerAuth:
         return ok
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or self._open(scope["path"]):
             await self.app(scope, receive, send)
             return
         header = dict(scope["headers"]).get(b"authorization", b"")

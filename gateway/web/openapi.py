@@ -130,7 +130,7 @@ def _walk(routes: list[BaseRoute], prefix: str = "") -> list[tuple[str, Route]]:
     for route in routes:
         if isinstance(route, Mount):
             found.extend(_walk(list(route.routes or []), prefix + route.path))
-        elif isinstance(route, Route):
+        elif isinstance(route, Route) and route.include_in_schema:
             found.append((prefix + route.path, route))
     return found
 

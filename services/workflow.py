@@ -44,6 +44,8 @@ from services.prepared import prepare
 
 logger = logging.getLogger("services.workflow")
 
+MAX_EARLY_EVENTS = 64  # events held for one task whose run has not started yet
+
 
 class WorkflowServiceConfig(BaseSettings):
     """The reference's settings object: `WORKFLOW_SERVICE_*` environment variables fill it."""
@@ -101,6 +103,9 @@ class WorkflowService(KwargsService):
     # Runs that asked for input (InputRequiredEvent) with no human_service to ask: they show
     # `waiting_for_input` until an event is sent in.
     _awaiting_input: set[str] = PrivateAttr(default_factory=set)
+    # Events sent to a task that is spawned but whose run does not exist yet (it reports
+    # `running` first): delivered as soon as the run starts, never dropped.
+    _early: dict[str, list[tuple[str, dict[str, Any]]]] = PrivateAttr(default_factory=dict)
     _human: HumanBridge | None = PrivateAttr(default=None)
 
     @field_validator("workflow")
@@ -124,11 +129,16 @@ class WorkflowService(KwargsService):
             await anyio.lowlevel.checkpoint()
             task_id = str(message.data.get("task_id"))
             name, data = str(message.data.get("event")), message.data.get("data") or {}
-            if not self.send_event(task_id, name, data):
+            if self.send_event(task_id, name, data):
+                if task_id in self._awaiting_input:
+                    self._awaiting_input.discard(task_id)
+                    await self.report_status(task_id, TaskStatus.RUNNING)
+                return
+            early = self._early.setdefault(task_id, []) if task_id in self._scopes else None
+            if early is not None and len(early) < MAX_EARLY_EVENTS:
+                early.append((name, data))
+            else:
                 logger.warning("event %s for task %s: the run is not active", name, task_id)
-            elif task_id in self._awaiting_input:
-                self._awaiting_input.discard(task_id)
-                await self.report_status(task_id, TaskStatus.RUNNING)
         else:
             await super().process_other(message)
 
@@ -139,6 +149,8 @@ class WorkflowService(KwargsService):
         ctx = await self.restore_context(task)
         handler = self.workflow.run(ctx=ctx, **kwargs) if ctx else self.workflow.run(**kwargs)
         self._handlers[task.task_id] = handler
+        for name, data in self._early.pop(task.task_id, ()):
+            self.send_event(task.task_id, name, data)
         try:
             async for event in handler.stream_events():
                 if not isinstance(event, StopEvent):
@@ -213,6 +225,7 @@ class WorkflowService(KwargsService):
     async def finish_task(self, result: TaskResult) -> None:
         """Report the end, then withdraw the run's unanswered questions from the human service."""
         self._awaiting_input.discard(result.task_id)  # read by timeout_message until here
+        self._early.pop(result.task_id, None)
         await super().finish_task(result)
         if self._human is not None:
             await self._human.withdraw(result.task_id)

@@ -177,6 +177,28 @@ async def test_a_full_bus_refuses_with_503_and_the_gateway_keeps_serving() -> No
         await assert_serves_normally(client)
 
 
+async def test_with_a_durable_store_a_committed_task_waits_for_bus_room(tmp_path) -> None:
+    """With sqlite a task is committed (so accepted) before it is dispatched: a full bus then
+    no longer refuses it; it waits for room in the background and still runs."""
+    reset_gates()
+    cfg = config(stuck={"type": "custom", "source": "tests.fixtures_faults:StuckService"})
+    cfg["bus"] = {"buffer_size": 1, "publish_timeout": 0.05}
+    cfg["store"] = {"kind": "sqlite", "path": str(tmp_path / "bus.db")}
+    async with gateway_client(cfg) as client:
+        blocked = gate("stuck")
+        held = await submit(client, "stuck")
+        with anyio.fail_after(5):
+            await blocked.reached(1).wait()
+        queued = await submit(client, "stuck")  # fills the one-slot buffer
+        waiting = await submit(client, "stuck")  # accepted: waits for room, not refused
+        assert (await client.get(f"/control_plane/tasks/{waiting}")).json()["status"] == "pending"
+        await assert_serves_normally(client)
+        blocked.opened.set()
+        for task_id in (held, queued, waiting):
+            record = await wait_ended(client, task_id)
+            assert record["status"] == "completed", record
+
+
 async def test_a_cancelled_task_stops_its_run_and_others_continue() -> None:
     reset_gates()
     cfg = config(gated={"type": "workflow", "source": "tests.fixtures_faults:gated"})

@@ -200,3 +200,18 @@ async def test_results_of_accepted_tasks_are_retried_until_written(flaky: FlakyS
         assert record is not None and record.status.value == "completed"
         assert record.result is not None and record.result.result == "r"
         await reopened.close()
+
+
+async def test_a_session_is_not_created_when_the_store_cannot_write(flaky: FlakyStore) -> None:
+    async with gateway_client(_config(flaky.path)) as client:
+        flaky.failing = True
+        refused = await client.post(f"{CP}/sessions")
+        assert refused.status_code == 503 and refused.headers["Retry-After"]
+        assert "store cannot write" in refused.json()["detail"]
+        assert (await client.get(f"{CP}/sessions")).json() == {}
+        flaky.failing = False
+        await _until_ready(client)
+        session_id = await create_session(client)
+        assert list((await client.get(f"{CP}/sessions")).json()) == [session_id]
+    with sqlite3.connect(f"file:{flaky.path}?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT session_id FROM sessions").fetchall() == [(session_id,)]

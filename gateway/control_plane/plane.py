@@ -240,7 +240,17 @@ class ControlPlane:
         return self.session(session_id)
 
     async def new_session(self) -> SessionRecord:
-        return self.create_session()
+        """A new session, committed before it is answered (a store that cannot write: 503)."""
+        record = self.create_session()
+        try:
+            await self.store.flush()
+        except StoreUnavailable as exc:
+            self.sessions.delete(record.session_id)
+            self.store.delete_session(record.session_id)
+            raise ApiError(
+                503, f"{exc}; the session was not created", headers={"Retry-After": "2"}
+            ) from None
+        return record
 
     async def open_subscription(self, task_id: str, after: int = 0) -> Subscription:
         return self.subscribe(task_id, after)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -31,7 +32,7 @@ def _config(db: Path, **retain: object) -> dict:
 
 
 def _finished_rows(db: Path) -> int:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         return conn.execute("SELECT count(*) FROM tasks WHERE finished_at IS NOT NULL").fetchone()[
             0
         ]
@@ -94,7 +95,7 @@ async def test_finished_tasks_older_than_max_age_go(tmp_path: Path) -> None:
 
 def _pages(db: Path) -> int:
     """The database's size in pages as readers see it (WAL content included)."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         return conn.execute("PRAGMA page_count").fetchone()[0]
 
 
@@ -124,6 +125,7 @@ def test_under_a_steady_load_the_file_stops_growing(tmp_path: Path) -> None:
     # everything written would need ~1.3 MB; what is kept stays a small, flat footprint
     assert max(sizes) * page < written / 3, sizes
     assert max(sizes[3:]) <= sizes[2] * 1.2 + 8, sizes
-    # and on disk, once the server has stopped (its last connection checkpoints the WAL)
+    # and on disk, once the server has stopped (the last connection checkpoints the WAL; the
+    # test's own connections above are closed, so the server's is the last)
     on_disk = db.stat().st_size + sum(p.stat().st_size for p in tmp_path.glob("steady.db-wal"))
     assert on_disk < written / 3, on_disk

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -57,13 +58,14 @@ async def test_a_file_from_before_retention_is_migrated_and_swept(tmp_path: Path
     db = tmp_path / "old.db"
     done = TaskRecord(task_id="done", service="s", status="completed", finished_at=1.0)
     live = TaskRecord(task_id="live", service="s", status="running")
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         conn.execute("CREATE TABLE tasks (task_id TEXT PRIMARY KEY, status TEXT, body TEXT)")
         for record in (done, live):
             conn.execute(
                 "INSERT INTO tasks VALUES (?, ?, ?)",
                 (record.task_id, record.status.value, record.model_dump_json()),
             )
+        conn.commit()
     async with anyio.create_task_group() as tg:
         store = SqliteStore(db, Retention(max_age=None, max_tasks=0, sweep_every=3600))
         await store.open(tg)
@@ -74,5 +76,5 @@ async def test_a_file_from_before_retention_is_migrated_and_swept(tmp_path: Path
         assert store.load_task("done") is None
         assert store.load_task("live") is not None
         await store.close()
-    with sqlite3.connect(db) as conn:
+    with closing(sqlite3.connect(db)) as conn:
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ async def _until_ready(client: httpx.AsyncClient, code: int = 200, timeout: floa
 
 
 def _committed_status(db: Path, task_id: str) -> str | None:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         row = conn.execute("SELECT status FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
     return row[0] if row else None
 
@@ -213,5 +214,5 @@ async def test_a_session_is_not_created_when_the_store_cannot_write(flaky: Flaky
         await _until_ready(client)
         session_id = await create_session(client)
         assert list((await client.get(f"{CP}/sessions")).json()) == [session_id]
-    with sqlite3.connect(f"file:{flaky.path}?mode=ro", uri=True) as conn:
+    with closing(sqlite3.connect(f"file:{flaky.path}?mode=ro", uri=True)) as conn:
         assert conn.execute("SELECT session_id FROM sessions").fetchall() == [(session_id,)]

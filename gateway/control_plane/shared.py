@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.bus import BusUnavailable, NoConsumer
@@ -123,7 +124,10 @@ class SharedControlPlane(ControlPlane):
         if ended is not None:
             return ended
         try:
-            record = await self.store.fetch_task(task_id)
+            try:
+                record = await self.store.fetch_task(task_id)
+            except RedisConnectionError:  # a pooled connection from before a Redis restart
+                record = await self.store.fetch_task(task_id)  # a read: safe to repeat once
         except RedisError as exc:
             raise _unavailable(exc) from None
         if record is None:

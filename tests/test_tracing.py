@@ -396,3 +396,32 @@ def _console_spans(text: str, trace_id: str) -> list[dict[str, Any]]:
         if isinstance(value, dict) and value.get("context", {}).get("trace_id") == f"0x{trace_id}":
             spans.append(value)
     return spans
+
+
+async def test_redis_mode_carries_the_trace_through_the_streams(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bus and store on Redis: the NEW_TASK goes through a Redis Stream (as JSON) and the task
+    record through the Redis store, and the task's trace still reaches the run and every tool."""
+    from tests.redis_helpers import SECRET, clean_namespace, redis_config
+
+    monkeypatch.setenv("GATEWAY_SECRET", SECRET)
+    with clean_namespace() as namespace:
+        config = {**redis_config(namespace, AGENT_SERVICES), "tracing": TRACED}
+        async with traced(config) as (client, exporter, _):
+            body = (await client.post("/services/assistant/run", json={"input": "(3+4)*5"})).json()
+            assert body["result"] == "The answer is 35.", body
+            record = (await client.get(f"/control_plane/tasks/{body['task_id']}")).json()
+    tree = trace_of(exporter, record["trace_id"])
+    (root,) = tree.roots()
+    assert root.name == "POST /services/assistant/run"
+    task = tree.one("task assistant")
+    assert tree.parent(task) is root
+    assert tree.parent(tree.one("run assistant")) is task
+    for tool in ("add", "multiply"):
+        assert tree.parent(tree.one(f"tool {tool}")) is tree.one(f"call {tool}")
+        assert tree.ancestors(tree.one(f"tool {tool}"))[-3:] == [
+            "run assistant",
+            "task assistant",
+            root.name,
+        ]

@@ -186,13 +186,23 @@ class SharedControlPlane(ControlPlane):
             data=NewTask(task=task, state=state or {}).model_dump(mode="json"),
         )
         event = TaskEvent(task_id=task.task_id, kind="status", status=TaskStatus.PENDING)
+        if self.tracing is not None:
+            self.tracing.start_task(record)
+            message.trace = record.trace
+        outcome = "refused"
         try:
             await self.store.submit(record, message, entry.max_queued_tasks, event)
+            outcome = "pending"
         except SubmitRefused as refused:
             raise self._refusal(refused.reason, task, entry) from None
         except RedisError as exc:
             self.bus.healthy = False
             raise _unavailable(exc) from None
+        finally:
+            # The task may end in another replica, where this span object is not: here it
+            # covers the acceptance, and the run (in whichever replica) is its child.
+            if self.tracing is not None:
+                self.tracing.end_task(record.task_id, outcome, None)
         return record
 
     @staticmethod

@@ -51,7 +51,7 @@ local stream = p .. 'stream:' .. svc
 if redis.call('XLEN', stream) >= tonumber(ARGV[5]) then return 'full' end
 if sid ~= '' and redis.call('EXISTS', p .. 'session:' .. sid) == 0 then return 'nosession' end
 redis.call('HSET', tkey, 'task_id', id, 'service', svc, 'session_id', sid, 'input', ARGV[9],
-  'status', 'pending', 'created_at', ARGV[8], 'msg', ARGV[6])
+  'status', 'pending', 'created_at', ARGV[8], 'msg', ARGV[6], 'trace', ARGV[11])
 local ekey = p .. 'ev:' .. id
 redis.call('HSET', tkey, 'seq', 1)
 redis.call('XADD', ekey, '*', 'e', ARGV[7], 's', 1)
@@ -279,6 +279,7 @@ class RedisStore(Store):
                 repr(record.created_at),
                 json.dumps(record.input),  # kept as sent: text or a JSON value
                 EVENTS_TTL,
+                json.dumps(record.trace) if record.trace else "",  # its trace, with tracing on
             ]
         )
         if outcome not in ("ok", "queued"):
@@ -357,6 +358,7 @@ def _record(fields: dict[str, Any]) -> TaskRecord:
         return float(value) if value else None
 
     result = fields.get("result")
+    trace = json.loads(fields["trace"]) if fields.get("trace") else None
     return TaskRecord(
         task_id=fields["task_id"],
         service=fields["service"],
@@ -369,4 +371,12 @@ def _record(fields: dict[str, Any]) -> TaskRecord:
         started_at=number("started_at"),
         finished_at=number("finished_at"),
         last_seq=int(fields.get("seq") or 0),
+        trace=trace,
+        trace_id=trace_id_of(trace),
     )
+
+
+def trace_id_of(trace: dict[str, str] | None) -> str | None:
+    """The trace id inside a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`)."""
+    parts = (trace or {}).get("traceparent", "").split("-")
+    return parts[1] if len(parts) == 4 else None

@@ -45,6 +45,9 @@ from services.prepared import prepare
 logger = logging.getLogger("services.workflow")
 
 MAX_EARLY_EVENTS = 64  # events held for one task whose run has not started yet
+# A run parked at shutdown (waiting for a person) is saved as a context under this session key.
+PARKED = "parked:"
+RESUME = "resume_parked"  # the NewTask state flag with which recovery re-dispatches it
 
 
 class WorkflowServiceConfig(BaseSettings):
@@ -107,6 +110,7 @@ class WorkflowService(KwargsService):
     # `running` first): delivered as soon as the run starts, never dropped.
     _early: dict[str, list[tuple[str, dict[str, Any]]]] = PrivateAttr(default_factory=dict)
     _human: HumanBridge | None = PrivateAttr(default=None)
+    _parked: set[str] = PrivateAttr(default_factory=set)
 
     @field_validator("workflow")
     @classmethod
@@ -145,9 +149,15 @@ class WorkflowService(KwargsService):
     # -- running --------------------------------------------------------------------------------
     async def execute(self, task: TaskDefinition, state: dict[str, Any]) -> TaskResult:
         """Run the workflow once for `task`, forwarding stream events, and package the result."""
+        if state.get(RESUME):
+            return await self._resume(task)
         kwargs = decode_run_input(task.input)
         ctx = await self.restore_context(task)
         handler = self.workflow.run(ctx=ctx, **kwargs) if ctx else self.workflow.run(**kwargs)
+        return await self._follow(task, handler)
+
+    async def _follow(self, task: TaskDefinition, handler: Any) -> TaskResult:
+        """Forward the run's stream events until it ends, then package its result."""
         self._handlers[task.task_id] = handler
         for name, data in self._early.pop(task.task_id, ()):
             self.send_event(task.task_id, name, data)
@@ -224,6 +234,10 @@ class WorkflowService(KwargsService):
 
     async def finish_task(self, result: TaskResult) -> None:
         """Report the end, then withdraw the run's unanswered questions from the human service."""
+        if result.task_id in self._parked:  # stopped for a restart: it has no outcome yet
+            self._parked.discard(result.task_id)
+            self._early.pop(result.task_id, None)
+            return
         self._awaiting_input.discard(result.task_id)  # read by timeout_message until here
         self._early.pop(result.task_id, None)
         await super().finish_task(result)
@@ -263,6 +277,56 @@ class WorkflowService(KwargsService):
         host.control_plane.store.save_context(
             task.session_id, self.service_name, saved.model_dump_json()
         )
+
+    # -- parking a run that waits for a person across a restart ---------------------------------
+    async def park(self, task_id: str) -> bool:
+        """Shutdown with a durable store: a run that waits only for a person is saved (its
+        context, signed, and its questions) and stopped without an outcome; `resume` goes on
+        from there after the restart. False when the run cannot be parked (it then ends as any
+        other run at shutdown)."""
+        handler = self._handlers.get(task_id)
+        store = self.service_host.control_plane.store
+        if handler is None or handler.ctx is None or self._human is None or not store.durable:
+            return False
+        questions = self._human.questions(task_id)
+        if not questions:
+            return False
+        try:
+            context = json.dumps(handler.ctx.to_dict(serializer=JsonSerializer()))
+        except Exception as exc:
+            logger.warning("run %s cannot be parked: %s", task_id, exc)
+            return False
+        saved = WorkflowState(
+            hash=sign(self.service_host.secret, context), state=context, task_id=task_id
+        )
+        record = {"context": saved.model_dump(mode="json"), "questions": questions}
+        store.save_context(PARKED + task_id, self.service_name, json.dumps(record))
+        self._parked.add(task_id)
+        scope = self._scopes.get(task_id)
+        if scope is not None:
+            scope.cancel()
+        return True
+
+    def can_resume(self, task_id: str) -> bool:
+        store = self.service_host.control_plane.store
+        return store.load_context(PARKED + task_id, self.service_name) is not None
+
+    async def _resume(self, task: TaskDefinition) -> TaskResult:
+        """A parked run, after the restart: its context restored and its questions asked again."""
+        store = self.service_host.control_plane.store
+        payload = store.load_context(PARKED + task.task_id, self.service_name)
+        if payload is None or self._human is None:
+            raise RuntimeError("the run waiting for a person was not saved at shutdown")
+        record = json.loads(payload)
+        saved = WorkflowState.model_validate(record["context"])
+        verify(self.service_host.secret, saved.state or "", saved.hash)
+        ctx = Context.from_dict(self.workflow, json.loads(saved.state or "{}"), JsonSerializer())
+        handler = self.workflow.run(ctx=ctx)
+        # The restored run does not emit its question again: ask it from what was saved.
+        for fields in record["questions"]:
+            await self._human.ask_fields(task, handler, fields)
+        store.delete_session(PARKED + task.task_id)  # its parked context, now live again
+        return await self._follow(task, handler)
 
     # -- events sent into a running workflow ----------------------------------------------------
     def event_types(self) -> dict[str, type[Event]]:

@@ -118,15 +118,47 @@ class ControlPlane:
             # Its event numbering goes on from where it was (readers resume by seq); its first
             # event, `pending` = 1, was published after the record was first committed.
             self.events.open(record.task_id, max(record.last_seq, 1))
-            if record.status is TaskStatus.PENDING and record.service in self.registry:
+            resumable = self._resumable(record)
+            if (record.status is TaskStatus.PENDING or resumable) and (
+                record.service in self.registry
+            ):
                 self.tasks.add(record)
                 if self.tracing is not None:  # continues the trace the record carries
                     self.tracing.start_task(record)
                 self._idle = anyio.Event()
-                await self._route(record.definition(), None, wait=True)
+                # A run parked at shutdown while it waited for a person goes on from there.
+                state = {"resume_parked": True} if resumable else None
+                await self._route(record.definition(), state, wait=True)
             else:
                 self.tasks.add(record)
                 await self._end(record.task_id, TaskStatus.FAILED, error="interrupted by restart")
+
+    def _resumable(self, record: TaskRecord) -> bool:
+        if record.status is not TaskStatus.WAITING_FOR_HUMAN:
+            return False
+        entry = self.registry.get(record.service)
+        can_resume = getattr(entry.service, "can_resume", None) if entry is not None else None
+        return bool(can_resume and can_resume(record.task_id))
+
+    async def _park_waiting(self) -> int:
+        """With a durable store, runs that wait only for a person are parked by their service
+        (saved, then stopped without an outcome) instead of being waited for or cancelled: they
+        are still waiting after the restart. Returns how many were parked."""
+        if not self.store.durable:
+            return 0
+        parked = 0
+        for record in list(self.tasks.active()):
+            if record.status is not TaskStatus.WAITING_FOR_HUMAN:
+                continue
+            entry = self.registry.get(record.service)
+            park = getattr(entry.service, "park", None) if entry is not None else None
+            if park is None or not await park(record.task_id):
+                continue
+            self.tasks.discard(record.task_id)  # stays `waiting_for_human` in the store
+            self.events.close(record.task_id)
+            parked += 1
+        self._set_idle_if_quiet()
+        return parked
 
     def stop_accepting(self) -> None:
         self.accepting = False
@@ -138,6 +170,15 @@ class ControlPlane:
         the store, and `recover()` runs them after the restart.
         """
         self.stop_accepting()
+        parked = await self._park_waiting()
+        if parked:
+            logger.info(
+                "parked %d run(s) waiting for a person; they resume after the restart", parked
+            )
+        if self.tasks.active_count():
+            logger.info(
+                "waiting up to %ss for %d task(s) to finish", grace, self.tasks.active_count()
+            )
         with anyio.move_on_after(grace):
             while self.tasks.active_count():
                 self._idle = anyio.Event()

@@ -83,10 +83,19 @@ class HumanBridge:
 
     async def ask(self, task: TaskDefinition, handler: Any, event: Event) -> dict[str, str]:
         """Turn an InputRequiredEvent into a human task; returns ids to add to the event."""
+        return await self.ask_fields(task, handler, request_fields(event))
+
+    def questions(self, task_id: str) -> list[dict[str, Any]]:
+        """What a run still waits to be told: the fields of its unanswered questions."""
+        return [self._asks[h].fields for h in self._by_task.get(task_id, ()) if h in self._asks]
+
+    async def ask_fields(
+        self, task: TaskDefinition, handler: Any, fields: dict[str, Any]
+    ) -> dict[str, str]:
+        """Ask a question from its fields (a restored run does not emit its question again)."""
         count = self._counts.get(task.task_id, 0) + 1
         self._counts[task.task_id] = count
         human_id = f"{task.task_id}-human-{count}"
-        fields = request_fields(event)
         self._asks[human_id] = _Ask(human_id, task.task_id, handler, fields)
         self._by_task.setdefault(task.task_id, []).append(human_id)
         await self.owner.report_status(task.task_id, TaskStatus.WAITING_FOR_HUMAN)

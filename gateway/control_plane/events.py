@@ -9,25 +9,32 @@ since a task's `result` is its last event, the result is always still held for e
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from itertools import islice
 
 import anyio
 
-from gateway.messages import TaskEvent
+from gateway.messages import TaskEvent, TaskStatus
 
 # One held event: (seq, kind, its JSON). The JSON is what SSE writes, so it is serialized once.
 Entry = tuple[int, str, str]
+# A plain status change of the channel's task is held as (seq, "status", status, at) instead,
+# a third of the bytes, and written as JSON only if a reader asks for it: most never are.
+Held = Entry | tuple[int, str, TaskStatus, float]
 
 
 class Channel:
     """A numbered, bounded log of events with a wake-up for readers waiting at its end."""
 
-    __slots__ = ("entries", "next_seq", "closed", "readers", "_wake")
+    __slots__ = ("key", "entries", "size", "next_seq", "closed", "readers", "_wake")
 
-    def __init__(self, size: int, first_seq: int = 1) -> None:
-        self.entries: deque[Entry] = deque(maxlen=max(size, 1))
+    def __init__(self, size: int, first_seq: int = 1, key: str = "") -> None:
+        self.key = key  # the task whose events these are ("" for the aggregate feed)
+        # A list, trimmed by hand: a deque(maxlen=...) allocates ~700 bytes up front, and a
+        # gateway holds a channel for every live task (most of them keep a few events).
+        self.entries: list[Held] = []
+        self.size = max(size, 1)
         self.next_seq = first_seq
         self.closed = False
         self.readers = 0
@@ -42,7 +49,19 @@ class Channel:
         seq = self.next_seq
         self.next_seq = seq + 1
         event.seq = seq
-        self.entries.append((seq, event.kind, event.model_dump_json()))
+        if (
+            event.kind == "status"
+            and event.status is not None
+            and event.task_id == self.key
+            and not event.name
+            and not event.data
+            and event.envelope is None
+        ):
+            self.entries.append((seq, "status", event.status, event.at))
+        else:
+            self.entries.append((seq, event.kind, event.model_dump_json()))
+        if len(self.entries) > self.size:
+            del self.entries[0]
         self._notify()
         return seq
 
@@ -59,7 +78,15 @@ class Channel:
         """Held entries with seq > cursor (a copy: the log may move while it is written out)."""
         first = self.first_held
         start = max(cursor + 1 - first, 0)
-        return list(islice(self.entries, start, None))
+        return [
+            held if len(held) == 3 else self._written(held)  # type: ignore[misc]
+            for held in islice(self.entries, start, None)
+        ]
+
+    def _written(self, held: tuple[int, str, TaskStatus, float]) -> Entry:
+        seq, kind, status, at = held
+        event = TaskEvent(task_id=self.key, kind="status", status=status, at=at, seq=seq)
+        return (seq, kind, event.model_dump_json())
 
     async def wait(self) -> None:
         if self._wake is None:
@@ -170,14 +197,14 @@ class TaskEventHub:
     def _channel(self, task_id: str) -> Channel:
         channel = self._channels.get(task_id)
         if channel is None:
-            channel = self._channels[task_id] = Channel(self.replay_size)
+            channel = self._channels[task_id] = Channel(self.replay_size, key=task_id)
         return channel
 
     def open(self, task_id: str, last_seq: int) -> None:
         """A task known from before (restart, eviction): its numbering goes on after `last_seq`,
         and a reader asking for earlier events is told they are gone."""
         if task_id not in self._channels:
-            self._channels[task_id] = Channel(self.replay_size, first_seq=last_seq + 1)
+            self._channels[task_id] = Channel(self.replay_size, first_seq=last_seq + 1, key=task_id)
             if last_seq:
                 self._lost_before[task_id] = last_seq
 

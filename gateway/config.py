@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.web.errors import readable
 from services import TYPES
 
 CONFIG_ENV = "GATEWAY_CONFIG"
@@ -455,7 +456,7 @@ def build_services(config: GatewayConfig) -> list[Any]:
         except ConfigError:
             raise
         except ValidationError as exc:
-            raise ConfigError(f"{where}: service {name!r}: {_describe_plain(exc)}") from None
+            raise ConfigError(f"{where}: service {name!r}: {readable(exc)}") from None
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{where}: service {name!r}: {exc}") from None
     return services
@@ -466,14 +467,6 @@ def _add_import_root(folder: Path) -> None:
     root = str(folder)
     if root not in sys.path:
         sys.path.insert(0, root)
-
-
-def _describe_plain(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'value'}: "
-        f"{e.get('msg', '').removeprefix('Value error, ')}"
-        for e in exc.errors(include_url=False)
-    )
 
 
 def _build_one(name: str, entry: Any, base: type) -> Any:

@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import ValidationError
 from workflows.events import Event, StopEvent
 
+from gateway.web.errors import readable
+
 STOP = "workflows.events.StopEvent"
 
 
@@ -103,11 +105,7 @@ def _validated(event_type: type[Event], value: dict[str, Any]) -> dict[str, Any]
     try:
         event_type.model_validate(value)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        raise ValueError(f"invalid {event_type.__name__}: {problems}") from None
+        raise ValueError(f"invalid {event_type.__name__}: {readable(exc)}") from None
     return value
 
 

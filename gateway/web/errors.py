@@ -95,6 +95,15 @@ def field_errors(exc: ValidationError, where: str) -> list[dict[str, Any]]:
     ]
 
 
+def readable(exc: ValidationError, root: str = "value") -> str:
+    """`loc: msg; loc: msg`: a validation error as one sentence (config, tool and event checks)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or root}: "
+        f"{e.get('msg', '').removeprefix('Value error, ')}"
+        for e in exc.errors(include_url=False)
+    )
+
+
 def validation_error(exc: ValidationError, where: str) -> ApiError:
     """A 422 whose `detail` reads `body.kwargs: Input should be ...; ...` and whose `errors`
     keeps the structured list for programs."""

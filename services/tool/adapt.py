@@ -11,6 +11,7 @@ from llama_index.core.tools import AsyncBaseTool, BaseTool, FunctionTool, ToolOu
 from pydantic import BaseModel, ValidationError
 
 from gateway.contain import contained
+from gateway.web.errors import readable
 
 
 class ToolError(Exception):
@@ -97,8 +98,5 @@ def check_arguments(tool: AsyncBaseTool, args: list[Any], kwargs: dict[str, Any]
     try:
         schema.model_validate(kwargs)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
-            for err in exc.errors(include_url=False)
-        )
+        problems = readable(exc, root="arguments")
         raise BadArguments(f"bad arguments for tool {name!r}: {problems}") from None

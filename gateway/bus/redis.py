@@ -187,6 +187,7 @@ class RedisBus(MessageBus):
         await super().aclose()
         with contextlib.suppress(Exception), anyio.move_on_after(1):  # leave discovery now
             await self.client.delete(self.key("replica", self.replica_id))
+            await self.client.srem(self.key("replicas"), self.replica_id)
         for client in (self.client, self._blocking, self._listener):
             with contextlib.suppress(Exception):  # already gone with the server
                 await client.aclose()
@@ -454,17 +455,23 @@ class RedisBus(MessageBus):
         ]
         advert = {"services": self._hosted, "consumers": reply_types}
         ttl = max(1, math.ceil(self.heartbeat * 3))
-        await self.client.set(self.key("replica", self.replica_id), json.dumps(advert), ex=ttl)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(self.key("replica", self.replica_id), json.dumps(advert), ex=ttl)
+            pipe.sadd(self.key("replicas"), self.replica_id)  # an index: discovery never SCANs
+            await pipe.execute()
 
     async def _discover(self) -> None:
-        keys = [k async for k in self.client.scan_iter(match=self.key("replica", "*"), count=100)]
+        replicas = sorted(await self.client.smembers(self.key("replicas")))
+        keys = [self.key("replica", replica) for replica in replicas]
         adverts = await self.client.mget(keys) if keys else []
         remote: dict[str, dict[str, Any]] = {}
         owners: dict[str, str] = {}
-        for key, raw in zip(keys, adverts, strict=True):
+        gone = [replica for replica, raw in zip(replicas, adverts, strict=True) if raw is None]
+        if gone:  # their adverts expired: they died without saying goodbye
+            await self.client.srem(self.key("replicas"), *gone)
+        for replica, raw in zip(replicas, adverts, strict=True):
             if raw is None:
                 continue
-            replica = key.rsplit(":", 1)[-1]
             advert = json.loads(raw)
             for name, definition in advert.get("services", {}).items():
                 entry = remote.setdefault(name, {"definition": definition, "replicas": []})

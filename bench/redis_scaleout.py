@@ -5,9 +5,9 @@
 (b) Throughput at concurrency 16: two replicas on one Redis (wrk on each, 8 connections each)
     against one replica (16 connections). On a 2-core machine the ratio shows how much CPU the
     transport itself costs rather than how far it scales.
-(c) An agent task that makes one tool call (`What is 2+3?`): the calculator in another process
-    against the calculator in the same process (both Redis mode); the p50 difference is the cost
-    of a tool call crossing processes.
+(c) An agent task that makes one tool call (`What is 2+3?`): the agent alone in its process on
+    Redis, the calculator in two other processes, against agent and calculator in one process on
+    the in-memory bus; the p50 difference is a tool call crossing processes plus (a).
 
 Requires a Redis on 127.0.0.1:6379 (each run uses its own namespace, deleted afterwards).
 
@@ -106,8 +106,8 @@ def run() -> list[Row]:
             folder = Path(tmp)
             apps = [
                 _replica("memory", folder, None),
-                _replica("redis-a", folder, namespace),
-                _replica("redis-b", folder, namespace),
+                _replica("redis-a", folder, namespace, "echo,calculator"),
+                _replica("redis-b", folder, namespace, "echo,calculator"),
                 _replica("agent-alone", folder, namespace, "assistant"),
             ]
             with ExitStack() as stack:
@@ -134,9 +134,9 @@ def run() -> list[Row]:
                     rows.append(Row("/run req/s c=16, 2 replicas vs 1", two, one, "req/s"))
                 question = {"input": "What is 2+3?"}
                 check = answer_has("result", "The answer is 5.")
-                # redis-a hosts everything (tool call in-process); agent-alone has no calculator,
-                # so its tool call goes to redis-a or redis-b through Redis.
-                local = _p50_ms(f"{bases['redis-a']}/services/assistant/run", question, check,
+                # The memory gateway hosts the agent and the calculator together; in Redis mode
+                # only agent-alone hosts the agent, and its tool calls go to redis-a or redis-b.
+                local = _p50_ms(f"{bases['memory']}/services/assistant/run", question, check,
                                 AGENT_REQUESTS)  # fmt: skip
                 remote = _p50_ms(f"{bases['agent-alone']}/services/assistant/run", question,
                                  check, AGENT_REQUESTS)  # fmt: skip

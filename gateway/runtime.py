@@ -113,7 +113,8 @@ class Runtime:
                     yield runtime
         finally:
             if self.tracing is not None:
-                self.tracing.stop()
+                with anyio.CancelScope(shield=True):
+                    await self.tracing.aclose()
 
     @asynccontextmanager
     async def _running(self) -> AsyncIterator[Runtime]:

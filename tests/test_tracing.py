@@ -425,3 +425,23 @@ async def test_redis_mode_carries_the_trace_through_the_streams(
             "task assistant",
             root.name,
         ]
+
+
+async def test_an_unreachable_collector_does_not_hold_up_shutdown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import anyio
+
+    from gateway.config import TracingSettings
+
+    monkeypatch.setattr(tracing, "FLUSH_TIMEOUT", 0.5)
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    setup = tracing.setup_tracing(
+        TracingSettings(enabled=True, exporter="otlp", endpoint=dead), "gw"
+    )
+    assert setup is not None
+    setup.start()
+    with setup.tracer.start_as_current_span("lost"):
+        pass
+    with anyio.fail_after(5):  # the exporter alone would retry for up to 30 s
+        await setup.aclose()

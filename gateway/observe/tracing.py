@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ SERVICE = "gateway.service"
 SESSION_ID = "gateway.session.id"
 TOOL_NAME = "gateway.tool.name"
 ERROR_STATUSES = frozenset({"failed", "timed_out"})
+FLUSH_TIMEOUT = 5.0  # seconds shutdown waits for the last spans to be exported
 
 
 class TracingUnavailable(RuntimeError):
@@ -177,8 +179,28 @@ class Tracing:
         for handler in logging.getLogger().handlers:
             handler.addFilter(self._log_filter)
 
+    async def aclose(self) -> None:
+        """Undo `start`, end spans still open and export what is buffered, waiting at most
+        FLUSH_TIMEOUT: an unreachable collector must not hold up shutdown (the exporter retries
+        for up to 30 s), so the flush runs in a daemon thread that exit may abandon."""
+        import anyio.to_thread
+
+        self._detach()
+        flusher = threading.Thread(target=self.provider.shutdown, name="otel-flush", daemon=True)
+        flusher.start()
+        await anyio.to_thread.run_sync(flusher.join, FLUSH_TIMEOUT)
+        if flusher.is_alive():
+            logger.warning(
+                "tracing: spans not all exported within %ss; is the collector reachable?",
+                FLUSH_TIMEOUT,
+            )
+
     def stop(self) -> None:
-        """Undo `start`, end spans still open and flush what is buffered."""
+        """`aclose` for synchronous callers: waits for the flush however long it takes."""
+        self._detach()
+        self.provider.shutdown()
+
+    def _detach(self) -> None:
         global _llama_owner
         if _llama_owner is self:
             from openinference.instrumentation.llama_index import LlamaIndexInstrumentor
@@ -190,7 +212,6 @@ class Tracing:
         for span in self._tasks.values():
             span.end()
         self._tasks.clear()
-        self.provider.shutdown()
 
     def asgi_middleware(self) -> tuple[type, dict[str, Any]]:
         """The ASGI middleware class and its options (server spans, `traceparent` honoured)."""

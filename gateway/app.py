@@ -29,7 +29,9 @@ from gateway.protocols.llama_agents import LlamaAgentsProtocol
 from gateway.protocols.llama_agents import routes as llama_agents_routes
 from gateway.runtime import Runtime, RuntimeSettings
 from gateway.store import Store
+from gateway.store.lock import StoreInUse
 from gateway.store.memory import MemoryStore
+from gateway.store.signing import load_secret
 from gateway.web.docs import docs_routes
 from gateway.web.errors import EXCEPTION_HANDLERS, error_response
 from gateway.web.middleware import BearerAuth, BodyLimit, Cors
@@ -50,8 +52,24 @@ def make_store(config: GatewayConfig) -> Store:
         policy = Retention(
             max_age=retain.max_age, max_tasks=retain.max_tasks, sweep_every=retain.sweep_every
         )
-        return SqliteStore(config.store.path, policy)
+        store = SqliteStore(config.store.path, policy)
+        try:
+            store.lock.acquire()  # before anything reads the file or binds a port
+        except StoreInUse as exc:
+            raise ConfigError(f"{config.source_path or '<config>'}: store: {exc}") from None
+        return store
     return MemoryStore()
+
+
+def signing_key(store: Store) -> bytes:
+    """GATEWAY_SECRET; else, with a sqlite store, the key kept in a file beside the database
+    (created once, mode 0600), so saved state still verifies after a restart."""
+    from gateway.store.sqlite import SqliteStore
+
+    key_file = None
+    if isinstance(store, SqliteStore):
+        key_file = store.path.with_name(store.path.name + ".secret")
+    return load_secret(key_file=key_file)[0]
 
 
 def load_tokens(config: GatewayConfig) -> list[str] | None:
@@ -111,7 +129,10 @@ def build_app(config: GatewayConfig, hosted: set[str] | None = None) -> Starlett
 
         runtime = redis_runtime(config, services, settings, hosted, tracing=tracing)
     else:
-        runtime = Runtime(services, settings=settings, store=make_store(config), tracing=tracing)
+        store = make_store(config)
+        runtime = Runtime(
+            services, settings=settings, store=store, secret=signing_key(store), tracing=tracing
+        )
     return create_app(runtime, config)
 
 

@@ -54,7 +54,7 @@ from gateway.messages import (
     WorkflowState,
 )
 from gateway.store import Store
-from gateway.store.signing import SignatureError, sign, verify
+from gateway.store.signing import SignatureError, sign, verify_saved
 from gateway.web.errors import ApiError
 from gateway.web.paging import Page, PageQuery, paginate
 from gateway.web.routing import api_route, parse_body, parse_query
@@ -390,7 +390,8 @@ class AgentService(BaseService):
         if payload is None:
             return []
         saved = WorkflowState.model_validate_json(payload)
-        verify(self.service_host.secret, saved.state or "", saved.hash)
+        key = self.service_host.secret
+        verify_saved(key, saved.state or "", saved.hash, session_id, self.service_name)
         return [LlamaChatMessage.model_validate(m) for m in json.loads(saved.state or "[]")]
 
     def _save_history(self, session_id: str | None, messages: list[LlamaChatMessage]) -> None:

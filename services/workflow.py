@@ -36,7 +36,7 @@ from gateway.messages import (
     WorkflowState,
 )
 from gateway.protocols.envelopes import envelope_of
-from gateway.store.signing import sign, verify
+from gateway.store.signing import sign, verify_saved
 from services.calling import contain_steps
 from services.human.bridge import HumanBridge
 from services.kwargs import KwargsRunRequest, KwargsService, decode_run_input
@@ -254,7 +254,7 @@ class WorkflowService(KwargsService):
         if payload is None:
             return None
         saved = WorkflowState.model_validate_json(payload)
-        verify(host.secret, saved.state or "", saved.hash)
+        verify_saved(host.secret, saved.state or "", saved.hash, task.session_id, self.service_name)
         return Context.from_dict(self.workflow, json.loads(saved.state or "{}"), JsonSerializer())
 
     async def save_context(self, task: TaskDefinition, ctx: Context | None) -> None:

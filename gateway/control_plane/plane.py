@@ -252,6 +252,19 @@ class ControlPlane:
                 forget(session_id)
         return record
 
+    def reset_session(self, session_id: str) -> list[str]:
+        """Forget the session's saved contexts and agent memories, keep its tasks and state:
+        the way out when saved state no longer verifies (signed with another key)."""
+        self.session(session_id)
+        services = sorted(self.registry.definitions())
+        for name in services:
+            self.store.delete_context(session_id, name)
+        for service in self.registry.local_services():
+            forget = getattr(service, "forget_session", None)
+            if forget is not None:
+                forget(session_id)
+        return services
+
     def merge_session_state(self, session_id: str, patch: dict[str, Any]) -> SessionRecord:
         record = self.session(session_id)
         record.state.update(patch)

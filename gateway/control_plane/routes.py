@@ -26,6 +26,7 @@ from gateway.messages import (
     TaskResult,
     TaskStatus,
 )
+from gateway.store import TaskFilter
 from gateway.web.errors import ApiError
 from gateway.web.paging import Page, PageQuery, paginate
 from gateway.web.routing import api_route
@@ -142,6 +143,11 @@ class EventSend(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
+class SessionReset(BaseModel):
+    session_id: str
+    services: list[str] = Field(description="services whose saved state was forgotten")
+
+
 class GatewayAck(BaseModel):
     accepted: str
 
@@ -195,6 +201,20 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
 
     async def list_tasks(request: Request, query: TaskListQuery) -> TaskPage:
         """Tasks, newest first, filtered (`status`, `service`, `session_id`) and paged."""
+        stored = await cp.store.list_tasks(
+            TaskFilter(
+                status=query.status.value if query.status else None,
+                service=query.service,
+                session_id=query.session_id,
+                sort=query.sort,
+                descending=query.descending,
+                limit=query.limit,
+                offset=query.offset,
+            )
+        )
+        if stored is not None:  # a durable store: every task, from before a restart too
+            records, total = stored
+            return TaskPage(items=[r.view() for r in records], total=total)
         sort = query.sort
         page = paginate(
             (r for r in cp.tasks.all() if query.matches(r)),
@@ -340,6 +360,13 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         await cp.find_session(session_id)
         return SessionState(state=cp.merge_session_state(session_id, body.state).state)
 
+    async def reset_session(request: Request) -> SessionReset:
+        """Forget the session's saved workflow contexts and agent memories (tasks and state
+        stay): the way out when saved state fails its signature check."""
+        session_id = _path(request, "session_id")
+        await cp.find_session(session_id)
+        return SessionReset(session_id=session_id, services=cp.reset_session(session_id))
+
     sid = "/sessions/{session_id}"
     tid = "/tasks/{task_id}"
     tags = ("control plane",)
@@ -461,6 +488,14 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         ),
         api_route(sid + "/current_task", current_task, errors=(404,), tags=tags),
         api_route(sid + "/tasks/{task_id}/result", session_task_result, errors=(404,), tags=tags),
+        api_route(
+            sid + "/reset",
+            reset_session,
+            methods=["POST"],
+            response=SessionReset,
+            errors=(404,),
+            tags=tags,
+        ),
         api_route(sid + "/state", get_state, response=SessionState, errors=(404,), tags=tags),
         api_route(
             sid + "/state",

@@ -9,6 +9,7 @@ nothing beyond the in-memory tables (tests, ephemeral use).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from anyio.abc import TaskGroup
@@ -20,6 +21,19 @@ if TYPE_CHECKING:
 
 class StoreUnavailable(Exception):
     """A commit failed (disk full, I/O error): whoever waited on it must refuse its work."""
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """What `GET /control_plane/tasks` asks for (see gateway/web/paging.py)."""
+
+    status: str | None = None
+    service: str | None = None
+    session_id: str | None = None
+    sort: str = "created_at"
+    descending: bool = True
+    limit: int = 50
+    offset: int = 0
 
 
 class Store:
@@ -50,6 +64,11 @@ class Store:
     def load_task(self, task_id: str) -> TaskRecord | None:
         return None
 
+    async def list_tasks(self, query: TaskFilter) -> tuple[list[TaskRecord], int] | None:
+        """One page of the tasks the store keeps, and how many match; None: the store keeps
+        no task list (the control plane's table is then the list)."""
+        return None
+
     def unfinished_tasks(self) -> list[TaskRecord]:
         return []
 
@@ -61,6 +80,9 @@ class Store:
     def delete_session(self, session_id: str) -> None: ...
 
     def save_context(self, session_id: str, service: str, payload: str) -> None: ...
+
+    def delete_context(self, session_id: str, service: str) -> None:
+        """Forget one saved context (a session reset: its state no longer verifies)."""
 
     def load_context(self, session_id: str, service: str) -> str | None:
         return None

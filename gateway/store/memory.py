@@ -17,6 +17,9 @@ class MemoryStore(Store):
     def load_context(self, session_id: str, service: str) -> str | None:
         return self._contexts.get((session_id, service))
 
+    def delete_context(self, session_id: str, service: str) -> None:
+        self._contexts.pop((session_id, service), None)
+
     def delete_session(self, session_id: str) -> None:
         for key in [k for k in self._contexts if k[0] == session_id]:
             del self._contexts[key]

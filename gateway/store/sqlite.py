@@ -37,7 +37,8 @@ from anyio.abc import TaskGroup
 from gateway.control_plane.sessions import SessionRecord
 from gateway.control_plane.tasks import TaskRecord
 from gateway.messages import TaskStatus
-from gateway.store import Store, StoreUnavailable
+from gateway.store import Store, StoreUnavailable, TaskFilter
+from gateway.store.lock import StoreLock
 from gateway.store.retention import Retention, delete_expired, reclaim_step
 
 SCHEMA = """
@@ -92,6 +93,7 @@ class SqliteStore(Store):
 
     def __init__(self, path: str | Path, retention: Retention | None = None) -> None:
         self.path = Path(path)
+        self.lock = StoreLock(self.path)
         self.retention = retention or Retention()
         #: Called with the (task_id, session_id) rows each sweep deleted, on the event loop.
         self.on_swept: list[Callable[[list[tuple]], None]] = []
@@ -121,6 +123,7 @@ class SqliteStore(Store):
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self, task_group: TaskGroup) -> None:
+        self.lock.acquire()  # usually taken already when the app was built; never recover without
         await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
         task_group.start_soon(self._writer, name="sqlite-store-writer")
         if self.retention.active:
@@ -165,14 +168,17 @@ class SqliteStore(Store):
         self._closed.set()
         self._urgent.set()
         self._wake.set()
-        with anyio.move_on_after(10):
-            await self._writer_done.wait()
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        try:
+            with anyio.move_on_after(10):
+                await self._writer_done.wait()
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        finally:
+            self.lock.release()  # only now may another gateway open the file
 
     async def flush(self) -> None:
         if self._changed:
@@ -212,6 +218,11 @@ class SqliteStore(Store):
         self._contexts[(session_id, "*")] = None
         self._touch()
 
+    def delete_context(self, session_id: str, service: str) -> None:
+        self._contexts[(session_id, service)] = None  # the writer deletes the row
+        self._cache_context((session_id, service), None)
+        self._touch()
+
     def save_context(self, session_id: str, service: str, payload: str) -> None:
         self._contexts[(session_id, service)] = payload
         self._cache_context((session_id, service), payload)
@@ -231,6 +242,39 @@ class SqliteStore(Store):
             return TaskRecord.model_validate_json(pending)
         row = self._query_one("SELECT body FROM tasks WHERE task_id = ?", (task_id,))
         return TaskRecord.model_validate_json(row[0]) if row else None
+
+    async def list_tasks(self, query: TaskFilter) -> tuple[list[TaskRecord], int]:
+        """A page of every task in the file (tasks from before a restart included), newest
+        first by default; what was recorded so far is committed first, so nothing is missing."""
+        await self.flush()
+        return await anyio.to_thread.run_sync(self._list_tasks, query)
+
+    def _list_tasks(self, query: TaskFilter) -> tuple[list[TaskRecord], int]:
+        where, args = [], []
+        if query.status is not None:
+            where.append("status = ?")
+            args.append(query.status)
+        for field in ("service", "session_id"):
+            value = getattr(query, field)
+            if value is not None:
+                where.append(f"json_extract(body, '$.{field}') = ?")
+                args.append(value)
+        if query.sort not in ("created_at", "started_at", "finished_at"):
+            raise ValueError(f"cannot sort by {query.sort!r}")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        direction = "DESC" if query.descending else "ASC"
+        order = f"coalesce(json_extract(body, '$.{query.sort}'), 0) {direction}, rowid {direction}"
+        # a connection of its own: this runs in a worker thread, beside the loop's point reads
+        conn = sqlite3.connect(self.path)
+        try:
+            total = conn.execute(f"SELECT count(*) FROM tasks{clause}", args).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT body FROM tasks{clause} ORDER BY {order} LIMIT ? OFFSET ?",
+                [*args, query.limit, query.offset],
+            ).fetchall()
+        finally:
+            conn.close()
+        return [TaskRecord.model_validate_json(r[0]) for r in rows], total
 
     def unfinished_tasks(self) -> list[TaskRecord]:
         marks = ",".join("?" for _ in UNFINISHED)

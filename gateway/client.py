@@ -216,6 +216,12 @@ class AsyncGatewayClient:
         params = {k: v for k, v in params.items() if v is not None}
         return await self.request("GET", "/control_plane/tasks", params=params)
 
+    async def tool(self, service: str, name: str, **kwargs: Any) -> dict[str, Any]:
+        """Call one tool of a tool service: `{tool, output, raw_output, is_error}`."""
+        found = await self.service(service)
+        url = (found.get("prefix") or path("services", service)) + "/run"
+        return await self.request("POST", url, json={"tool": name, "kwargs": kwargs})
+
     async def cancel(self, task_id: str) -> dict[str, Any]:
         return await self.request("POST", path("control_plane", "tasks", task_id, "cancel"))
 
@@ -467,6 +473,12 @@ class GatewayClient:
         params = {"limit": limit, "offset": offset, "service": service, "status": status}
         params = {k: v for k, v in params.items() if v is not None}
         return self.request("GET", "/control_plane/tasks", params=params)
+
+    def tool(self, service: str, name: str, **kwargs: Any) -> dict[str, Any]:
+        """Call one tool of a tool service: `{tool, output, raw_output, is_error}`."""
+        found = self.service(service)
+        url = (found.get("prefix") or path("services", service)) + "/run"
+        return self.request("POST", url, json={"tool": name, "kwargs": kwargs})
 
     def cancel(self, task_id: str) -> dict[str, Any]:
         return self.request("POST", path("control_plane", "tasks", task_id, "cancel"))

@@ -88,30 +88,40 @@ def test_the_real_server_serves_the_fuzzed_document(fuzz_server) -> None:
         assert any(path.startswith(f"/services/{name}/") for path in served["paths"]), name
 
 
-@schema.parametrize()
-@hypothesis.settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    derandomize="FUZZ_EXAMPLES" not in os.environ,  # the default run is reproducible
-    suppress_health_check=list(hypothesis.HealthCheck),
-)
-def test_no_5xx_and_every_response_matches_the_schema(case, fuzz_server):
+# One test per operation, its id `METHOD /path`, so one can be selected:
+#   pytest tests/test_fuzz.py -k "POST /control_plane/tasks"
+OPERATIONS = [result.ok() for result in schema.get_all_operations()]
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=lambda op: f"{op.method.upper()} {op.path}")
+def test_no_5xx_and_every_response_matches_the_schema(operation, fuzz_server):
     checks = CHECKS
-    if PROTOCOL_TAG in (case.operation.tags or []):
+    if PROTOCOL_TAG in (operation.tags or []):
         # That protocol answers 500 *with the handler* for a failed or cancelled run: a
         # documented outcome there (the schema check still holds it to the handler's shape).
         checks = [check for check in CHECKS if check is not not_a_server_error]
-    try:
-        case.call_and_validate(base_url=fuzz_server.base_url, checks=checks, timeout=30)
-    finally:
-        if case.path.endswith("/toggle_agent_running"):
-            # The fuzzer may have paused an agent; paused agents hold their tasks (by design),
-            # so a later `/run` with a long `wait` would legitimately wait that long.
-            resumed = httpx.post(
-                f"{fuzz_server.base_url}{case.formatted_path}", json={"state": "running"}
-            )
-            assert resumed.json() == {"running": True}
+
+    @hypothesis.given(case=operation.as_strategy())
+    @hypothesis.settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize="FUZZ_EXAMPLES" not in os.environ,  # the default run is reproducible
+        suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    def one_case(case):
+        try:
+            case.call_and_validate(base_url=fuzz_server.base_url, checks=checks, timeout=30)
+        finally:
+            if case.path.endswith("/toggle_agent_running"):
+                # The fuzzer may have paused an agent; paused agents hold their tasks (by
+                # design), so a later `/run` with a long `wait` would legitimately wait that long.
+                resumed = httpx.post(
+                    f"{fuzz_server.base_url}{case.formatted_path}", json={"state": "running"}
+                )
+                assert resumed.json() == {"running": True}
+
+    one_case()
 
 
 def test_the_fuzzed_server_logged_no_crash(fuzz_server) -> None:

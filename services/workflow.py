@@ -36,7 +36,7 @@ from gateway.messages import (
     WorkflowState,
 )
 from gateway.protocols.envelopes import envelope_of
-from gateway.store.signing import sign, verify_saved
+from gateway.store.signing import sign, verify, verify_saved
 from services.calling import contain_steps
 from services.human.bridge import HumanBridge
 from services.kwargs import KwargsRunRequest, KwargsService, decode_run_input

@@ -42,6 +42,7 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 C1_REQUESTS = (100, 500)  # warm-up, measured
 AGENT_REQUESTS = (20, 150)
 WRK_SECONDS = 5
+ECHO = {"kwargs": {"message": "hi"}}
 
 SERVICES = """
 services:
@@ -81,9 +82,12 @@ def _wrk_rps(bases: list[str], folder: Path, connections: int) -> float:
     errors: list[BaseException] = []
 
     def one(base: str) -> None:
+        url = f"{base}/services/echo/run"
         try:
-            result = run_wrk(f"{base}/services/echo/run", script, connections, WRK_SECONDS)
-            rates.append(result.rps)
+            if wrk_path() is not None:
+                rates.append(run_wrk(url, script, connections, WRK_SECONDS).rps)
+            else:
+                rates.append(run_load(url, ECHO, answer_has("result", "hi"), connections, 400).rps)
         except Exception as exc:  # reported below, from the calling thread
             errors.append(exc)
 
@@ -99,7 +103,7 @@ def _wrk_rps(bases: list[str], folder: Path, connections: int) -> float:
 
 def run() -> list[Row]:
     namespace = f"bench{uuid4().hex[:8]}"
-    echo = {"kwargs": {"message": "hi"}}
+    echo = ECHO
     rows: list[Row] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -128,10 +132,12 @@ def run() -> list[Row]:
                         higher_is_better=False,
                     )  # fmt: skip
                 )
-                if wrk_path() is not None:
+                try:
                     one = _wrk_rps([bases["redis-a"]], folder, 16)
                     two = _wrk_rps([bases["redis-a"], bases["redis-b"]], folder, 8)
                     rows.append(Row("/run req/s c=16, 2 replicas vs 1", two, one, "req/s"))
+                except RuntimeError as exc:  # e.g. wrk's report unreadable on a starved machine
+                    print(f"WARNING: throughput not measured: {exc}")
                 question = {"input": "What is 2+3?"}
                 check = answer_has("result", "The answer is 5.")
                 # The memory gateway hosts the agent and the calculator together; in Redis mode
@@ -142,7 +148,7 @@ def run() -> list[Row]:
                                  check, AGENT_REQUESTS)  # fmt: skip
                 rows.append(
                     Row(
-                        "agent /run with 1 tool call p50: tool in another process vs same",
+                        "agent /run 1 tool call p50: Redis + tool elsewhere vs memory",
                         remote,
                         local,
                         "ms",

@@ -171,7 +171,7 @@ def rows_for(label: str, m: dict[str, Any]) -> list[Row]:
             m["heap"] / MB,
             None,
             "MB",
-            "< 20 MB",
+            "<= 10 MB",
             higher_is_better=False,
         )
     )

@@ -12,7 +12,7 @@ import uuid
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 CONTROL_PLANE_NAME = "control_plane"
 # Client-chosen ids (tasks, sessions, human tasks): safe in paths, logs and keys.
@@ -205,6 +205,10 @@ class WorkflowState(BaseModel):
     task_id: str | None = None
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
 class TaskEvent(BaseModel):
     """One entry of an event stream (status change, workflow event, agent event, result).
 
@@ -221,12 +225,6 @@ class TaskEvent(BaseModel):
     at: float = Field(default_factory=time.time)
     seq: int | None = None
     # A workflow event as the llama-agents protocol writes it ({value, qualified_name, type,
-    # types}); set by the workflow service, left out of the JSON when absent.
-    envelope: dict[str, Any] | None = None
-
-    @model_serializer(mode="wrap")
-    def _omit_absent_envelope(self, handler: Any):  # no return type: keeps the fields schema
-        data = handler(self)
-        if data.get("envelope") is None:
-            data.pop("envelope", None)
-        return data
+    # types}); set by the workflow service, left out of the JSON when absent. (`exclude_if`,
+    # not a wrap serializer: that ran Python for every event and made each dump 5x slower.)
+    envelope: dict[str, Any] | None = Field(default=None, exclude_if=_is_none)

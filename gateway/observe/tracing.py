@@ -195,11 +195,6 @@ class Tracing:
                 FLUSH_TIMEOUT,
             )
 
-    def stop(self) -> None:
-        """`aclose` for synchronous callers: waits for the flush however long it takes."""
-        self._detach()
-        self.provider.shutdown()
-
     def _detach(self) -> None:
         global _llama_owner
         if _llama_owner is self:

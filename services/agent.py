@@ -431,11 +431,15 @@ class AgentService(BaseService):
         cleared = 0
         for key in targets:
             session = self._sessions.get(key)
-            if session is not None and session.messages:
+            if session is not None:
+                # A run in flight (even the session's first) must not save what it saw: the
+                # generation bump makes it drop its messages when it ends.
+                in_flight = session.lock.locked()
+                if session.messages or in_flight:
+                    cleared += 1
                 session.messages = []
                 session.generation += 1
-                cleared += 1
-            elif session is None and key != DEFAULT_SESSION:
+            elif key != DEFAULT_SESSION:
                 cleared += int(self._store_has_history(key))
             self._save_history(key, [])
         return cleared

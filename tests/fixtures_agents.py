@@ -156,3 +156,27 @@ def build_delegating_agent() -> FunctionAgent:
     return FunctionAgent(
         name="front", tools=[], llm=MockFunctionCallingLLM(response_generator=_delegate)
     )
+
+
+def _hold_then_count(messages: Sequence[ChatMessage], **kwargs: Any) -> ChatMessage:
+    """Call `hold` (waits for `GATE`), then answer how many user turns the memory holds."""
+    last = max(i for i, m in enumerate(messages) if m.role == MessageRole.USER)
+    if any(m.role == MessageRole.TOOL for m in messages[last + 1 :]):
+        turns = sum(1 for m in messages if m.role == MessageRole.USER)
+        return ChatMessage(role="assistant", content=f"user turns seen: {turns}")
+    call = ToolCallBlock(
+        tool_call_id="hold-1", tool_name="hold", tool_kwargs={"label": messages[last].content}
+    )
+    return ChatMessage(role="assistant", blocks=[call])
+
+
+def build_holding_agent() -> FunctionAgent:
+    """An agent whose run waits inside its `hold` tool until `GATE.opened` is set (a fresh
+    GATE per build), then reports how many user turns its memory had."""
+    global GATE
+    GATE = Gate()
+    return FunctionAgent(
+        name="holding",
+        tools=[FunctionTool.from_defaults(async_fn=GATE.hold, name="hold")],
+        llm=MockFunctionCallingLLM(response_generator=_hold_then_count),
+    )

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from gateway.bus import BusFull, Consumer, NoConsumer
+from gateway.bus import BusError, BusFull, Consumer, NoConsumer
 from gateway.bus.http_remote import RemoteConsumer
 from gateway.bus.memory import MessageBus
 from gateway.contain import describe
@@ -242,15 +242,36 @@ class ControlPlane:
             raise ApiError(404, f"no session {session_id!r}")
         return record
 
-    def delete_session(self, session_id: str) -> SessionRecord:
+    async def delete_session(self, session_id: str) -> list[str]:
+        """Delete a session: its unfinished tasks end `cancelled` (queued ones never start; the
+        running one is stopped), then its state and saved contexts go. Answers the ids of the
+        tasks it cancelled."""
         record = self.session(session_id)
         self.sessions.delete(session_id)
+        reason = f"cancelled: session {session_id!r} was deleted"
+        unfinished = []
+        for task_id in record.task_ids:
+            task = self.tasks.get(task_id)
+            if task is None:  # evicted here, or kept by a shared store (Redis mode)
+                try:
+                    task = await self.find_task(task_id)
+                except ApiError:
+                    continue
+            if not task.is_terminal:
+                unfinished.append(task)
+        # All end before anything awaits (here `_end` never does), newest first: a queued task
+        # leaves its lane before the running one's end could release it to run. (A shared
+        # store's workers check that a task is not over before they run it.)
+        for task in reversed(unfinished):
+            await self._end(task.task_id, TaskStatus.CANCELLED, error=reason)
+        for task in unfinished:
+            await self._tell_stop(task)
         self.store.delete_session(session_id)
         for service in self.registry.local_services():
             forget = getattr(service, "forget_session", None)
             if forget is not None:
                 forget(session_id)
-        return record
+        return [task.task_id for task in unfinished]
 
     def reset_session(self, session_id: str) -> list[str]:
         """Forget the session's saved contexts and agent memories, keep its tasks and state:
@@ -360,13 +381,13 @@ class ControlPlane:
         if self.store.durable:
             await self._route_accepted(task, state)
             return record
+        if session is not None:  # listed first: deleting the session meanwhile cancels it
+            session.task_ids.append(task.task_id)
         try:
             await self._route(task, state, wait=False)
         except (BusFull, NoConsumer):
             self._refuse(record, session)
             raise
-        if session is not None:
-            session.task_ids.append(task.task_id)
         return record
 
     async def _route_accepted(self, task: TaskDefinition, state: dict | None) -> None:
@@ -455,7 +476,16 @@ class ControlPlane:
         record = self.task(task_id)
         if record.is_terminal:
             raise ApiError(409, f"task {task_id!r} already ended as {record.status.value}")
-        await self._end(task_id, TaskStatus.CANCELLED, error="cancelled by request")
+        await self._cancel(record, "cancelled by request")
+        return record
+
+    async def _cancel(self, record: TaskRecord, reason: str) -> None:
+        """End a task `cancelled` with `reason` and tell its service to stop it."""
+        await self._end(record.task_id, TaskStatus.CANCELLED, error=reason)
+        await self._tell_stop(record)
+
+    async def _tell_stop(self, record: TaskRecord) -> None:
+        task_id = record.task_id
         with anyio.move_on_after(1):
             try:
                 await self.bus.publish(
@@ -466,9 +496,8 @@ class ControlPlane:
                         data={"task_id": task_id},
                     )
                 )
-            except (BusFull, NoConsumer):
+            except BusError:
                 logger.warning("could not tell %s to stop task %s", record.service, task_id)
-        return record
 
     async def send_event(self, task_id: str, name: str, data: dict[str, Any]) -> None:
         """Validate (locally hosted services) and forward an event into a running task."""
@@ -646,6 +675,9 @@ class ControlPlane:
         self._task_group.start_soon(self._dispatch_queued, task, state)
 
     async def _dispatch_queued(self, task: TaskDefinition, state: dict | None = None) -> None:
+        record = self.tasks.get(task.task_id)
+        if record is None or record.is_terminal:  # cancelled before its turn came
+            return
         try:
             await self._dispatch(task, state, wait=True)
         except NoConsumer as exc:

@@ -114,6 +114,14 @@ class SessionCreated(BaseModel):
     session_id: str
 
 
+class SessionDeleted(BaseModel):
+    deleted: str
+    cancelled: list[str] = Field(
+        description="its tasks that had not ended: queued ones never run, the running one is "
+        "stopped; all end `cancelled` with the reason"
+    )
+
+
 class SessionTaskCreate(TaskDefinition):
     """A TaskDefinition (reference form) or our `{input, service}` form."""
 
@@ -295,12 +303,12 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         """One session."""
         return (await cp.find_session(_path(request, "session_id"))).definition()
 
-    async def delete_session(request: Request) -> dict[str, str]:
-        """Delete a session and its saved state."""
+    async def delete_session(request: Request) -> SessionDeleted:
+        """Delete a session and its saved state; its unfinished tasks end `cancelled`."""
         session_id = _path(request, "session_id")
-        await cp.find_session(session_id)
-        cp.delete_session(session_id)
-        return {"deleted": session_id}
+        await cp.find_session(session_id)  # (a shared store: brings it into the cache)
+        cancelled = await cp.delete_session(session_id)
+        return SessionDeleted(deleted=session_id, cancelled=cancelled)
 
     async def create_session_task(request: Request, body: SessionTaskCreate) -> Response:
         """Run a task in this session; answers the new task id as a JSON string."""
@@ -469,8 +477,22 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             tags=tags,
         ),
         api_route(sid, get_session, response=SessionDefinition, errors=(404,), tags=tags),
-        api_route(sid, delete_session, methods=["DELETE"], errors=(404,), tags=tags),
-        api_route(sid + "/delete", delete_session, methods=["POST"], errors=(404,), tags=tags),
+        api_route(
+            sid,
+            delete_session,
+            methods=["DELETE"],
+            response=SessionDeleted,
+            errors=(404,),
+            tags=tags,
+        ),
+        api_route(
+            sid + "/delete",
+            delete_session,
+            methods=["POST"],
+            response=SessionDeleted,
+            errors=(404,),
+            tags=tags,
+        ),
         api_route(
             sid + "/tasks",
             create_session_task,

@@ -55,7 +55,7 @@ async def test_create_list_get_delete() -> None:
 
         deleted = await client.delete(f"{CP}/sessions/{ids[1]}")
         assert deleted.status_code == 200
-        assert deleted.json() == {"deleted": ids[1]}
+        assert deleted.json() == {"deleted": ids[1], "cancelled": []}
         _not_found(await client.get(f"{CP}/sessions/{ids[1]}"))
         _not_found(await client.delete(f"{CP}/sessions/{ids[1]}"))
         # the reference's delete route

@@ -66,16 +66,16 @@ async def test_reset_during_a_sessions_first_run_drops_that_runs_messages() -> N
         ended = await _result(client, first)
         assert ended["status"] == "completed"
         # the run itself still answers, but its messages were not kept
-        assert ended["result"]["result"] == "user turns seen: 1"
+        assert ended["result"] == "user turns seen: 1"
         messages = await client.get("/services/holder/messages", params={"session_id": sid})
-        assert messages.json() == []
+        assert messages.json()["items"] == []
         second = await _result(client, await _submit(client, sid, "two"))
-        assert second["result"]["result"] == "user turns seen: 1"
+        assert second["result"] == "user turns seen: 1"
 
         # without a reset, a session's second run does see its first (the control)
         await _result(client, await _submit(client, other, "one"))
         control = await _result(client, await _submit(client, other, "two"))
-        assert control["result"]["result"] == "user turns seen: 2"
+        assert control["result"] == "user turns seen: 2"
 
 
 async def test_reset_during_a_first_run_over_http(tmp_path: Path) -> None:
@@ -113,6 +113,6 @@ async def test_reset_during_a_first_run_over_http(tmp_path: Path) -> None:
             assert handled.status_code == 200, handled.text
             result = await http.get(f"/control_plane/tasks/{task_id}/result", params={"wait": 10})
             assert result.json()["status"] == "completed"
-            assert result.json()["result"]["result"] == "Delegate says: approved"
+            assert result.json()["result"] == "Delegate says: approved"
             messages = await http.get("/services/front/messages", params={"session_id": sid})
-            assert messages.json() == []
+            assert messages.json()["items"] == []

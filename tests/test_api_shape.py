@@ -63,7 +63,8 @@ async def test_every_list_pages_the_same_way_newest_first() -> None:
             ids.append((await _run(client, body))["task_id"])
 
         page = (await client.get("/control_plane/tasks")).json()
-        assert set(page) == {"items", "total"} and page["total"] == 3
+        assert set(page) == {"items", "total", "next"} and page["total"] == 3
+        assert page["next"] is None  # one page holds them all; else it is the `after` cursor
         assert [t["task_id"] for t in page["items"]] == ids[::-1]  # newest first
         oldest = (await client.get("/control_plane/tasks", params={"order": "asc"})).json()
         assert [t["task_id"] for t in oldest["items"]] == ids

@@ -59,7 +59,11 @@ async def test_rest_task_lifecycle_with_history_and_errors() -> None:
         ]
 
         # Answered: gone from the queue, still readable, and a second answer is a conflict.
-        assert (await client.get("/services/desk/tasks")).json() == {"items": [], "total": 0}
+        assert (await client.get("/services/desk/tasks")).json() == {
+            "items": [],
+            "total": 0,
+            "next": None,
+        }
         ended = (await client.get(f"/services/desk/tasks/{task_id}")).json()
         assert (ended["status"], ended["result"]) == ("completed", "y")
         again = await client.post(f"/services/desk/tasks/{task_id}/handle", json={"result": "n"})
@@ -223,7 +227,11 @@ async def test_tool_call_mode_answers_the_caller_not_the_control_plane() -> None
         with anyio.fail_after(5):
             withdrawn = ToolCallResult.model_validate((await receive.receive()).data)
         assert (withdrawn.id_, withdrawn.is_error, withdrawn.result) == ("tc-2", True, "cancelled")
-        assert (await client.get("/services/desk/tasks")).json() == {"items": [], "total": 0}
+        assert (await client.get("/services/desk/tasks")).json() == {
+            "items": [],
+            "total": 0,
+            "next": None,
+        }
 
 
 async def test_fn_input_answers_instead_of_rest() -> None:

@@ -187,7 +187,8 @@ async def test_request_and_response_schemas_come_from_the_pydantic_models() -> N
         assert ok_schema(path, "get", "200") == page
         assert set(components[page]["required"]) == {"items", "total"}
         names = {p["name"] for p in paths[path]["get"]["parameters"]}
-        assert {"limit", "offset", "sort", "order"} <= names
+        assert {"limit", "offset", "sort", "order", "after"} <= names
+        assert "next" in components[page]["properties"]  # the cursor of the following page
     assert set(components["ErrorBody"]["properties"]) == {"error", "detail", "errors"}
     assert components["ErrorBody"]["properties"]["detail"]["type"] == "string"
     assert "TaskCreate" in components and "WorkflowRunRequest" in components

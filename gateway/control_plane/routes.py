@@ -28,7 +28,7 @@ from gateway.messages import (
 )
 from gateway.store import TaskFilter
 from gateway.web.errors import ApiError
-from gateway.web.paging import Page, PageQuery, paginate
+from gateway.web.paging import CursorPage, CursorQuery, paginate_after
 from gateway.web.routing import api_route
 from gateway.web.sse import resume_after, sse_response
 
@@ -61,15 +61,15 @@ class TaskAccepted(BaseModel):
     status: TaskStatus
 
 
-class TaskPage(Page[Task]):
+class TaskPage(CursorPage[Task]):
     """A page of tasks."""
 
 
-class SessionPage(Page[SessionRecord]):
+class SessionPage(CursorPage[SessionRecord]):
     """A page of sessions."""
 
 
-class TaskListQuery(PageQuery):
+class TaskListQuery(CursorQuery):
     sort: Literal["created_at", "started_at", "finished_at"] = Field(  # type: ignore[assignment]
         default="created_at", description="field to order by (unset times sort as oldest)"
     )
@@ -224,12 +224,12 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             records, total = stored
             return TaskPage(items=[r.view() for r in records], total=total)
         sort = query.sort
-        page = paginate(
+        page = paginate_after(
             (r for r in cp.tasks.all() if query.matches(r)),
             query,
-            key=lambda r: getattr(r, sort) or 0.0,
+            lambda r: (getattr(r, sort) or 0.0, r.task_id),
         )
-        return TaskPage(items=[r.view() for r in page.items], total=page.total)
+        return TaskPage(items=[r.view() for r in page.items], total=page.total, next=page.next)
 
     async def get_task(request: Request) -> Task:
         """A task's status and, once it ended, its result or error."""
@@ -294,10 +294,10 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             for s in cp.sessions.page(query.limit, query.offset)
         }
 
-    async def page_sessions(request: Request, query: PageQuery) -> SessionPage:
+    async def page_sessions(request: Request, query: CursorQuery) -> SessionPage:
         """Sessions, newest first, paged: the `{items, total}` form of every list."""
-        page = paginate(cp.sessions.all(), query, key=lambda s: s.created_at)
-        return SessionPage(items=page.items, total=page.total)
+        page = paginate_after(cp.sessions.all(), query, lambda s: (s.created_at, s.session_id))
+        return SessionPage(items=page.items, total=page.total, next=page.next)
 
     async def get_session(request: Request) -> SessionDefinition:
         """One session."""
@@ -471,7 +471,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         api_route(
             "/sessions/list",
             page_sessions,
-            query=PageQuery,
+            query=CursorQuery,
             response=SessionPage,
             errors=(422,),
             tags=tags,

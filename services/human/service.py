@@ -17,7 +17,7 @@ import logging
 import string
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +42,9 @@ from gateway.messages import (
     ToolCall,
     ToolCallBundle,
 )
+from gateway.web import cursor
 from gateway.web.errors import ApiError
-from gateway.web.paging import Page, PageQuery
+from gateway.web.paging import CursorPage, CursorQuery
 from gateway.web.routing import api_route
 from services.base import BaseService
 from services.calling import call
@@ -80,6 +81,7 @@ class HumanTask:
     input: str
     session_id: str | None
     created_at: float
+    arrival: int = 0  # 1, 2, ... per service: the queue's order, and its paging cursor
     expires_at: float | None = None
     caller: str | None = None
     requested_by: dict[str, Any] | None = None
@@ -125,7 +127,7 @@ _ENDED_AS = {
 }
 
 
-class HumanTaskPage(Page[HumanTaskInfo]):
+class HumanTaskPage(CursorPage[HumanTaskInfo]):
     """A page of waiting human tasks."""
 
 
@@ -144,6 +146,7 @@ class HumanService(BaseService):
     retain_answered: int = Field(default=1000, ge=0, description="ended tasks kept for GET")
 
     _waiting: dict[str, HumanTask] = PrivateAttr(default_factory=dict)
+    _arrivals: Iterator[int] = PrivateAttr(default_factory=lambda: itertools.count(1))
     _ended: OrderedDict[str, HumanTask] = PrivateAttr(default_factory=OrderedDict)
     _asking: dict[str, anyio.CancelScope] = PrivateAttr(default_factory=dict)
     _wakeup: anyio.Event | None = PrivateAttr(default=None)
@@ -173,7 +176,7 @@ class HumanService(BaseService):
             api_route(
                 "/tasks",
                 self._list_http,
-                query=PageQuery,
+                query=CursorQuery,
                 response=HumanTaskPage,
                 summary="Waiting tasks, newest first unless `order=asc`, paged",
                 errors=(422,),
@@ -231,13 +234,29 @@ class HumanService(BaseService):
         self._start_fn_input(task)
         return JSONResponse(self.info(task).model_dump(mode="json"), status_code=201)
 
-    async def _list_http(self, request: Request, query: PageQuery) -> HumanTaskPage:
+    async def _list_http(self, request: Request, query: CursorQuery) -> HumanTaskPage:
         # Arrival order is `created_at` order, so a page is a slice from either end: no copy
-        # or sort of 10,000 waiting tasks per request.
+        # or sort of 10,000 waiting tasks per request. The cursor is the arrival number of the
+        # last task shown: answered tasks leave, the rest keep their place, none is skipped.
         tasks = self._waiting.values()
         ordered = reversed(tasks) if query.descending else iter(tasks)
-        page = itertools.islice(ordered, query.offset, query.offset + query.limit)
-        return HumanTaskPage(items=[self.info(task) for task in page], total=len(self._waiting))
+        if query.after is not None:
+            mark, _ = cursor.decode(query.after)
+            if not isinstance(mark, int):
+                raise ApiError(422, "`after` belongs to another list; start again without it")
+            if query.descending:
+                ordered = itertools.dropwhile(lambda task: task.arrival >= mark, ordered)
+            else:
+                ordered = itertools.dropwhile(lambda task: task.arrival <= mark, ordered)
+        end = query.offset + query.limit
+        window = list(itertools.islice(ordered, query.offset, end + 1))
+        page = window[: query.limit]
+        following = None
+        if len(window) > query.limit:
+            following = cursor.encode(page[-1].arrival, page[-1].task_id)
+        return HumanTaskPage(
+            items=[self.info(task) for task in page], total=len(self._waiting), next=following
+        )
 
     async def _get_http(self, request: Request) -> HumanTaskInfo:
         task_id = request.path_params["task_id"]
@@ -321,6 +340,7 @@ class HumanService(BaseService):
             input=task_def.input,
             session_id=task_def.session_id,
             created_at=time.time(),
+            arrival=next(self._arrivals),
             caller=caller,
             requested_by=requested_by,
         )

@@ -11,8 +11,17 @@ async function humanServices() {
 }
 
 async function pendingOf(service) {
-  const page = await api(`${service.prefix}/tasks`, { query: { limit: 1000, order: "desc" } });
-  return tasksOf(page); // the queue lists only questions still waiting
+  // Page by cursor: people answer while we read, and a cursor never skips a waiting question.
+  const found = [];
+  let after;
+  do {
+    const query = { limit: 1000, order: "desc" };
+    if (after) query.after = after;
+    const page = await api(`${service.prefix}/tasks`, { query });
+    found.push(...tasksOf(page)); // the queue lists only questions still waiting
+    after = page.next;
+  } while (after);
+  return found;
 }
 
 function parentTask(task) {

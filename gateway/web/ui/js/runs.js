@@ -28,7 +28,7 @@ export async function runsView(root) {
     el("p", {}, more),
   );
   const rows = new Map();
-  let offset = 0;
+  let after = null; // cursor of the next (older) page: the list moves while it is read
 
   function row(task) {
     const tr = el("tr", { "data-task-id": task.task_id },
@@ -43,18 +43,18 @@ export async function runsView(root) {
 
   async function load(reset) {
     if (reset) {
-      offset = 0;
+      after = null;
       rows.clear();
       body.replaceChildren();
     }
-    const page = await api("/control_plane/tasks", {
-      query: { limit: PAGE, offset, service: service.value, status: state.value },
-    });
+    const query = { limit: PAGE, service: service.value, status: state.value };
+    if (after) query.after = after;
+    const page = await api("/control_plane/tasks", { query });
     const items = tasksOf(page);
     for (const task of items) if (!rows.has(task.task_id)) body.append(row(task));
-    offset += items.length;
+    after = page.next || null;
     count.textContent = `${page.total ?? rows.size} in all`;
-    more.hidden = offset >= (page.total ?? 0);
+    more.hidden = !after;
   }
 
   service.addEventListener("change", () => load(true));
@@ -74,7 +74,6 @@ export async function runsView(root) {
     if (event.status === "pending" && fits) {
       body.prepend(row({ task_id: event.task_id, service: info.service, status: event.status,
         created_at: event.at, session_id: info.session_id }));
-      offset += 1;
     }
   });
   await load(true);

@@ -104,10 +104,15 @@ async def test_a_bad_or_foreign_cursor_is_a_422() -> None:
         assert last["next"] is None and len(last["items"]) == 3
 
 
-async def test_live_task_list_while_people_answer_concurrently(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_live_task_list_while_people_answer_concurrently(tmp_path: Path, store) -> None:
     """Real server; one reader pages `GET /control_plane/tasks?status=waiting_for_human` and
-    the human queue while another client answers at the same time."""
-    with running_server(CONFIG, tmp_path) as server:
+    the human queue while another client answers at the same time. (With sqlite the task list
+    is read from the file, so the cursor is a SQL condition there.)"""
+    cfg = {**CONFIG, "store": {"kind": store, "path": str(tmp_path / "paging.db")}}
+    if store == "memory":
+        cfg["store"] = {"kind": "memory"}
+    with running_server(cfg, tmp_path, env={"GATEWAY_SECRET": "paging"}) as server:
         async with httpx.AsyncClient(base_url=server.base_url, timeout=20) as http:
             ids = await _fill(http, 200)
             rng = random.Random(7)

@@ -27,6 +27,7 @@ from gateway.messages import (
     TaskStatus,
 )
 from gateway.store import TaskFilter
+from gateway.web import cursor
 from gateway.web.errors import ApiError
 from gateway.web.paging import CursorPage, CursorQuery, paginate_after
 from gateway.web.routing import api_route
@@ -209,21 +210,33 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
 
     async def list_tasks(request: Request, query: TaskListQuery) -> TaskPage:
         """Tasks, newest first, filtered (`status`, `service`, `session_id`) and paged."""
+        sort = query.sort
+        after = None
+        if query.after is not None:
+            value, ident = cursor.decode(query.after)
+            if not isinstance(value, (int, float)):
+                raise ApiError(422, "`after` belongs to another list; start again without it")
+            after = (float(value), ident)
         stored = await cp.store.list_tasks(
             TaskFilter(
                 status=query.status.value if query.status else None,
                 service=query.service,
                 session_id=query.session_id,
-                sort=query.sort,
+                sort=sort,
                 descending=query.descending,
-                limit=query.limit,
+                limit=query.limit + 1,  # one more: is there a next page?
                 offset=query.offset,
+                after=after,
             )
         )
         if stored is not None:  # a durable store: every task, from before a restart too
             records, total = stored
-            return TaskPage(items=[r.view() for r in records], total=total)
-        sort = query.sort
+            page = records[: query.limit]
+            following = None
+            if len(records) > query.limit:
+                last = page[-1]
+                following = cursor.encode(getattr(last, sort) or 0.0, last.task_id)
+            return TaskPage(items=[r.view() for r in page], total=total, next=following)
         page = paginate_after(
             (r for r in cp.tasks.all() if query.matches(r)),
             query,

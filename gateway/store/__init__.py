@@ -34,6 +34,8 @@ class TaskFilter:
     descending: bool = True
     limit: int = 50
     offset: int = 0
+    #: cursor position (sort value, task_id): only tasks after it in this order
+    after: tuple[float, str] | None = None
 
 
 class Store:

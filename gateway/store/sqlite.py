@@ -263,14 +263,21 @@ class SqliteStore(Store):
             raise ValueError(f"cannot sort by {query.sort!r}")
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         direction = "DESC" if query.descending else "ASC"
-        order = f"coalesce(json_extract(body, '$.{query.sort}'), 0) {direction}, rowid {direction}"
+        value = f"coalesce(json_extract(body, '$.{query.sort}'), 0)"
+        # ties broken by task_id: a total order, the same one a cursor (`after`) names
+        order = f"{value} {direction}, task_id {direction}"
+        page_clause, page_args = clause, list(args)
+        if query.after is not None:
+            page_clause += " AND " if where else " WHERE "
+            page_clause += f"({value}, task_id) {'<' if query.descending else '>'} (?, ?)"
+            page_args += list(query.after)
         # a connection of its own: this runs in a worker thread, beside the loop's point reads
         conn = sqlite3.connect(self.path)
         try:
             total = conn.execute(f"SELECT count(*) FROM tasks{clause}", args).fetchone()[0]
             rows = conn.execute(
-                f"SELECT body FROM tasks{clause} ORDER BY {order} LIMIT ? OFFSET ?",
-                [*args, query.limit, query.offset],
+                f"SELECT body FROM tasks{page_clause} ORDER BY {order} LIMIT ? OFFSET ?",
+                [*page_args, query.limit, query.offset],
             ).fetchall()
         finally:
             conn.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from gateway import __version__
 from gateway.config import ConfigError, GatewayConfig, build_services, load_config
+from gateway.control_plane.remote import RemoteAccess, internal_paths
 from gateway.control_plane.routes import routes as control_plane_routes
 from gateway.observe.logs import configure_logging
 from gateway.observe.metrics import GatewayMetrics, metrics_endpoint
@@ -34,7 +35,7 @@ from gateway.store.memory import MemoryStore
 from gateway.store.signing import load_secret
 from gateway.web.docs import docs_routes
 from gateway.web.errors import EXCEPTION_HANDLERS, error_response
-from gateway.web.middleware import BearerAuth, BodyLimit, Cors
+from gateway.web.middleware import BearerAuth, BodyLimit, Cors, LastResort, ServiceAuth
 from gateway.web.openapi import build_openapi
 from gateway.web.ui import ui_routes
 from services.base import BaseService
@@ -72,18 +73,36 @@ def signing_key(store: Store) -> bytes:
     return load_secret(key_file=key_file)[0]
 
 
+def _tokens_from_env(config: GatewayConfig, section: str, env_name: str) -> list[str]:
+    raw = os.environ.get(env_name, "")
+    tokens = [t.strip() for t in raw.split(",") if t.strip()]
+    if not tokens:
+        raise ConfigError(
+            f"{config.source_path or '<config>'}: {section}: environment variable "
+            f"{env_name!r} holds no tokens (comma-separated)"
+        )
+    return tokens
+
+
 def load_tokens(config: GatewayConfig) -> list[str] | None:
     """Bearer tokens from the env variable the config names; an empty one is a start-up error."""
     if config.auth is None:
         return None
-    raw = os.environ.get(config.auth.tokens_env, "")
-    tokens = [t.strip() for t in raw.split(",") if t.strip()]
-    if not tokens:
-        raise ConfigError(
-            f"{config.source_path or '<config>'}: auth: environment variable "
-            f"{config.auth.tokens_env!r} holds no tokens (comma-separated)"
-        )
-    return tokens
+    return _tokens_from_env(config, "auth", config.auth.tokens_env)
+
+
+def load_remote_access(config: GatewayConfig, services: Iterable[Any] = ()) -> RemoteAccess:
+    """Service tokens and allow list for remote services (off without `remote_services`).
+
+    A service serving alone after joining another gateway (`register_to_control_plane`) takes
+    the token it joined with, so that gateway, and only it, can deliver to it.
+    """
+    remote = config.remote_services
+    if remote is None:
+        joined = [token for s in services if (token := getattr(s, "service_token", None))]
+        return RemoteAccess(joined or None)
+    tokens = _tokens_from_env(config, "remote_services", remote.tokens_env)
+    return RemoteAccess(tokens, remote.allow)
 
 
 def hosted_services(config: GatewayConfig, names: str | None) -> set[str] | None:
@@ -137,7 +156,11 @@ def build_app(config: GatewayConfig, hosted: set[str] | None = None) -> Starlett
 
 
 def build_app_for_services(services: list[Any]) -> Starlette:
-    """A gateway serving just these service objects (used by `BaseService.launch_server`)."""
+    """A gateway serving just these service objects (used by `BaseService.launch_server`).
+
+    Its `/process_message` endpoints accept the service tokens the services registered with,
+    so the gateway they joined can deliver to them and nobody else can.
+    """
     return create_app(Runtime.for_services(services), GatewayConfig())
 
 
@@ -152,7 +175,14 @@ def protocol_routes(runtime: Runtime, config: GatewayConfig) -> list[BaseRoute]:
     return [Mount(settings.prefix, routes=found)] if settings.prefix else found
 
 
-def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
+def create_app(
+    runtime: Runtime, config: GatewayConfig, remote: RemoteAccess | None = None
+) -> Starlette:
+    if remote is None:
+        remote = load_remote_access(config, runtime.services.values())
+    runtime.control_plane.remote = remote
+    runtime.control_plane.max_state_bytes = config.max_state_bytes
+
     async def info(request: Request) -> Response:
         return JSONResponse(
             {
@@ -226,16 +256,25 @@ def create_app(runtime: Runtime, config: GatewayConfig) -> Starlette:
                 allow_headers=["Authorization", "Content-Type"],
             ),
         )
+    # The internal endpoints take service tokens, never users' (gateway.control_plane.remote).
+    internal = internal_paths(runtime.services.values())
+    remote_access = runtime.control_plane.remote
+    middleware.append(Middleware(ServiceAuth, identify=remote_access.identify, paths=internal))
     if tokens:
         open_ui = ("/ui",) if config.ui.enabled else ()
         middleware.append(
             Middleware(
-                BearerAuth, tokens=tokens, open_paths=("/healthz", "/ui"), open_prefixes=open_ui
+                BearerAuth,
+                tokens=tokens,
+                open_paths=("/healthz", "/ui", *internal),
+                open_prefixes=open_ui,
             )
         )
     if runtime.tracing is not None:  # outermost: the server span covers everything else
         traced, options = runtime.tracing.asgi_middleware()
         middleware.insert(0, Middleware(traced, **options))
+    # Outermost: whatever escapes everything else still answers in the JSON error shape.
+    middleware.insert(0, Middleware(LastResort))
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -199,6 +199,31 @@ class ProtocolSettings(_Strict):
     llama_agents: LlamaAgentsProtocol = Field(default_factory=LlamaAgentsProtocol)
 
 
+class RemoteServicesSettings(_Strict):
+    """Services in other processes: their own tokens, and where they may be reached."""
+
+    tokens_env: str = Field(description="env variable holding comma-separated service tokens")
+    allow: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="IP addresses, networks (CIDR) or exact hostnames a service may register at",
+    )
+
+    @model_validator(mode="after")
+    def _allow_entries_parse(self) -> RemoteServicesSettings:
+        import ipaddress
+        import re
+
+        for entry in self.allow:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not re.fullmatch(r"[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?", entry):
+                    raise ValueError(
+                        f"allow: {entry!r} is not an IP address, a network or a hostname"
+                    ) from None
+        return self
+
+
 class CorsSettings(_Strict):
     allow_origins: list[str] = Field(default_factory=list)
 
@@ -224,10 +249,12 @@ class GatewayConfig(_Strict):
     shutdown_grace: float = Field(default=10.0, ge=0)
     retain_finished_tasks: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1)
+    max_state_bytes: int = Field(default=1_048_576, ge=1)
     store: StoreSettings = Field(default_factory=StoreSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
     events: EventSettings = Field(default_factory=EventSettings)
     auth: AuthSettings | None = None
+    remote_services: RemoteServicesSettings | None = None
     cors: CorsSettings = Field(default_factory=CorsSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     protocols: ProtocolSettings = Field(default_factory=ProtocolSettings)

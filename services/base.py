@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -55,6 +56,8 @@ if TYPE_CHECKING:
     from gateway.control_plane.plane import ControlPlane
 
 logger = logging.getLogger("services")
+
+SERVICE_TOKEN_ENV = "GATEWAY_SERVICE_TOKEN"
 
 Work = Callable[[], Awaitable[TaskResult]]
 
@@ -133,6 +136,7 @@ class BaseService(BaseModel, ABC):
     _scopes: dict[str, anyio.CancelScope] = PrivateAttr(default_factory=dict)
     _tool_calls: dict[str, ToolCall] = PrivateAttr(default_factory=dict)
     _control_plane_url: str | None = PrivateAttr(default=None)
+    _service_token: str | None = PrivateAttr(default=None)
     _http: httpx.AsyncClient | None = PrivateAttr(default=None)
 
     # -- identity and discovery ---------------------------------------------------------------
@@ -199,6 +203,7 @@ class BaseService(BaseModel, ABC):
         ).model_dump()
 
     async def _process_message_http(self, request: Request, body: QueueMessage) -> dict:
+        # Remote delivery: the app lets only service tokens through (gateway.web.ServiceAuth).
         try:
             await self.handle_message(body)
         except ValueError as exc:  # an action this service does not take, or malformed data
@@ -218,9 +223,15 @@ class BaseService(BaseModel, ABC):
 
     def as_consumer(self, remote: bool = False) -> Consumer:
         if remote:
-            base = f"http://{self.host or '127.0.0.1'}"
-            base += f":{self.port}" if self.port else ""
-            return RemoteConsumer.for_url(self.service_name, f"{base}/process_message")
+            url = httpx.URL(
+                scheme="http",
+                host=self.host or "127.0.0.1",
+                port=self.port,
+                path=f"{(self.prefix or '').rstrip('/')}/process_message",
+            )
+            return RemoteConsumer(
+                message_type=self.service_name, url=str(url), token=self._service_token
+            )
         return Consumer(
             message_type=self.service_name,
             handler=self.handle_message,
@@ -305,21 +316,41 @@ class BaseService(BaseModel, ABC):
         bind_port = port or getattr(self, "internal_port", None) or self.port or 8000
         await serve_over_http(self, bind_host, bind_port)
 
-    async def register_to_control_plane(self, control_plane_url: str) -> None:
-        """Join a gateway running elsewhere; results then go back to it over HTTP."""
-        url = control_plane_url.rstrip("/")
+    @property
+    def service_token(self) -> str | None:
+        """The service token it joined a gateway with (see `register_to_control_plane`)."""
+        return self._service_token
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._service_token}"} if self._service_token else {}
+
+    async def register_to_control_plane(
+        self, control_plane_url: str, token: str | None = None
+    ) -> None:
+        """Join a gateway running elsewhere; results then go back to it over HTTP.
+
+        `token` (default: `$GATEWAY_SERVICE_TOKEN`) is one of the gateway's service tokens
+        (`remote_services.tokens_env`). The gateway presents it back when it delivers messages
+        here, and this service's `/process_message` accepts nothing else.
+        """
+        self._service_token = token or os.environ.get(SERVICE_TOKEN_ENV) or None
+        url = httpx.URL(control_plane_url.rstrip("/") + "/")
         async with httpx.AsyncClient(timeout=10) as client:
             response = await client.post(
-                f"{url}/services/register", json=self.service_definition.model_dump()
+                url.join("services/register"),
+                json=self.service_definition.model_dump(),
+                headers=self._auth_headers(),
             )
             response.raise_for_status()
-        self._control_plane_url = url
+        self._control_plane_url = str(url)
 
     async def deregister_from_control_plane(self, control_plane_url: str) -> None:
+        url = httpx.URL(control_plane_url.rstrip("/") + "/")
         async with httpx.AsyncClient(timeout=10) as client:
             response = await client.post(
-                f"{control_plane_url.rstrip('/')}/services/deregister",
+                url.join("services/deregister"),
                 json={"service_name": self.service_name},
+                headers=self._auth_headers(),
             )
             response.raise_for_status()
         self._control_plane_url = None
@@ -327,8 +358,11 @@ class BaseService(BaseModel, ABC):
     async def _post_to_control_plane(self, message: QueueMessage) -> None:
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=30)
+        assert self._control_plane_url is not None
         response = await self._http.post(
-            f"{self._control_plane_url}/process_message", content=message.model_dump_json()
+            httpx.URL(self._control_plane_url).join("process_message"),
+            content=message.model_dump_json(),
+            headers=self._auth_headers(),
         )
         response.raise_for_status()
 

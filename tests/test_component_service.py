@@ -12,6 +12,7 @@ from gateway.config import ConfigError, build_services, parse_config
 from gateway.messages import ActionTypes, QueueMessage, TaskDefinition, ToolCallResult
 from services.component import ComponentKind
 from tests.conftest import gateway_client
+from tests.service_tokens import SERVICE_AUTH, with_remote
 
 pytestmark = pytest.mark.anyio
 
@@ -141,10 +142,12 @@ async def test_control_plane_tasks_and_failures() -> None:
 
 async def test_process_message_and_tool_call_mode() -> None:
     apps: list = []
-    async with gateway_client(config(old=f"{FIX}:old_component"), app_out=apps) as client:
+    async with gateway_client(
+        with_remote(config(old=f"{FIX}:old_component")), app_out=apps
+    ) as client:
         wrong = QueueMessage(type="old", action=ActionTypes.COMPLETED_TASK, data={})
         refused = await client.post(
-            "/services/old/process_message", content=wrong.model_dump_json()
+            "/services/old/process_message", content=wrong.model_dump_json(), headers=SERVICE_AUTH
         )
         assert refused.status_code == 422
 
@@ -159,7 +162,7 @@ async def test_process_message_and_tool_call_mode() -> None:
         )
         # Delivered like a remote service would be: through /process_message.
         delivered = await client.post(
-            "/services/old/process_message", content=call.model_dump_json()
+            "/services/old/process_message", content=call.model_dump_json(), headers=SERVICE_AUTH
         )
         assert delivered.status_code == 200
         with anyio.fail_after(5):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from gateway.control_plane.tasks import TaskRecord
 from gateway.messages import ActionTypes, QueueMessage, ServiceDefinition, TaskResult, TaskStatus
 from tests import fixtures_workflows as fw
 from tests.conftest import ROOT, free_port, gateway_client, running_server
+from tests.service_tokens import SERVICE_AUTH, SERVICE_TOKEN, with_remote
 
 pytestmark = pytest.mark.anyio
 
@@ -177,10 +179,9 @@ async def test_exactly_one_terminal_state() -> None:
                 data={"task_id": witness, "kind": "event", "name": "marker"},
             ),
         ):
-            ack = await client.post(
-                "/control_plane/process_message", content=message.model_dump_json()
-            )
-            assert ack.status_code == 200
+            # as the service the tasks went to would report them, late
+            message.publisher_id = apps[0].state.runtime.services["gated"].publisher_id
+            await control_plane.bus.publish(message)
         # the control plane handles its messages in order: once the marker is through, so are
         # the late result and the late status for the cancelled task
         with anyio.fail_after(5):
@@ -325,32 +326,36 @@ async def test_services_listing_has_the_reference_shape() -> None:
 
 # -- remote services -------------------------------------------------------------------------------
 async def test_register_validation_and_conflicts() -> None:
-    async with gateway_client(CFG) as client:
+    async with gateway_client(with_remote(CFG)) as client:
         url = "/control_plane/services/register"
-        no_host = await client.post(url, json={"service_name": "far"})
+
+        async def post(path: str, body: dict[str, Any]) -> httpx.Response:
+            return await client.post(path, json=body, headers=SERVICE_AUTH)
+
+        no_host = await post(url, {"service_name": "far"})
         assert "needs `host`" in assert_error(no_host, 422, "validation_error")["detail"]
-        reserved = await client.post(url, json={"service_name": "control_plane", "host": "h"})
+        reserved = await post(url, {"service_name": "control_plane", "host": "h"})
         assert_error(reserved, 422, "validation_error")
-        bad = await client.post(url, json={"service_name": "", "host": "h", "port": 99999})
+        bad = await post(url, {"service_name": "", "host": "h", "port": 99999})
         locs = [e["loc"] for e in assert_error(bad, 422, "validation_error")["errors"]]
         assert ["body", "service_name"] in locs and ["body", "port"] in locs
-        local = await client.post(url, json={"service_name": "add", "host": "127.0.0.1"})
+        local = await post(url, {"service_name": "add", "host": "127.0.0.1"})
         assert "service of this gateway" in assert_error(local, 409, "conflict")["detail"]
 
         deregister = "/control_plane/services/deregister"
-        unknown = await client.post(deregister, json={"service_name": "ghost"})
+        unknown = await post(deregister, {"service_name": "ghost"})
         assert assert_error(unknown, 404, "not_found")["detail"] == "no service named 'ghost'"
-        assert_error(await client.post(deregister, json={"service_name": "add"}), 409, "conflict")
+        assert_error(await post(deregister, {"service_name": "add"}), 409, "conflict")
 
         # a remote one registers, is listed as remote, re-registers (replaces), leaves
         definition = {"service_name": "far", "host": "127.0.0.1", "port": 9, "prefix": "/x"}
-        ok = await client.post(url, json=definition)
+        ok = await post(url, definition)
         assert ok.status_code == 200 and ok.json()["remote"] is True
         assert (await client.get("/control_plane/services/far")).json()["port"] == 9
-        again = await client.post(url, json={**definition, "port": 10})
+        again = await post(url, {**definition, "port": 10})
         assert again.status_code == 200
         assert (await client.get("/control_plane/services/far")).json()["port"] == 10
-        gone = await client.post(deregister, json={"service_name": "far"})
+        gone = await post(deregister, {"service_name": "far"})
         assert gone.json() == {"deregistered": "far"}
         assert_error(await client.get("/control_plane/services/far"), 404, "not_found")
         response = await client.post("/control_plane/tasks", json={"service": "far"})
@@ -358,11 +363,12 @@ async def test_register_validation_and_conflicts() -> None:
 
 
 async def test_unreachable_remote_service_fails_its_task() -> None:
-    async with gateway_client(CFG) as client:
+    async with gateway_client(with_remote(CFG)) as client:
         port = free_port()  # nothing listens there
         await client.post(
             "/control_plane/services/register",
             json={"service_name": "far", "host": "127.0.0.1", "port": port},
+            headers=SERVICE_AUTH,
         )
         task_id = await submit(client, service="far", input={})
         record = await result(client, task_id)
@@ -372,7 +378,9 @@ async def test_unreachable_remote_service_fails_its_task() -> None:
 
 def test_remote_service_receives_tasks_over_http(tmp_path: Path) -> None:
     """A service in another process registers, gets NEW_TASK at /process_message, answers."""
-    gateway_cfg = {"services": {"echo": {"type": "workflow", "source": "examples.echo:workflow"}}}
+    gateway_cfg = with_remote(
+        {"services": {"echo": {"type": "workflow", "source": "examples.echo:workflow"}}}
+    )
     with running_server(gateway_cfg, tmp_path) as gateway:
         port = free_port()
         log = (tmp_path / "remote.log").open("w")
@@ -391,6 +399,7 @@ def test_remote_service_receives_tasks_over_http(tmp_path: Path) -> None:
                 gateway.base_url + "/control_plane",
             ],
             cwd=ROOT,
+            env={**os.environ, "GATEWAY_SERVICE_TOKEN": SERVICE_TOKEN},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -420,7 +429,9 @@ def test_remote_service_receives_tasks_over_http(tmp_path: Path) -> None:
                 assert record["result"] == 42
 
                 left = client.post(
-                    "/control_plane/services/deregister", json={"service_name": "adder"}
+                    "/control_plane/services/deregister",
+                    json={"service_name": "adder"},
+                    headers=SERVICE_AUTH,
                 )
                 assert left.status_code == 200
                 after = client.post("/control_plane/tasks", json={"service": "adder"})

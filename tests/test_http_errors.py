@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from gateway.bus import Consumer
-from gateway.messages import QueueMessage
+from gateway.messages import ActionTypes, QueueMessage
 from tests.conftest import gateway_client
+from tests.service_tokens import SERVICE_AUTH, with_remote
 
 pytestmark = pytest.mark.anyio
 
@@ -168,7 +169,7 @@ async def test_wrong_method_is_405(method: str, path: str) -> None:
 
 async def test_full_bus_is_503_with_retry_after() -> None:
     apps: list[Any] = []
-    config = {**CFG, "bus": {"buffer_size": 1, "publish_timeout": 0.1}}
+    config = with_remote({**CFG, "bus": {"buffer_size": 1, "publish_timeout": 0.1}})
     async with gateway_client(config, app_out=apps) as client:
         entered, release = anyio.Event(), anyio.Event()
 
@@ -178,21 +179,24 @@ async def test_full_bus_is_503_with_retry_after() -> None:
 
         apps[0].state.runtime.bus.register_consumer(Consumer("sink", stuck))
         url = "/control_plane/process_message"
-        body = QueueMessage(type="sink").model_dump_json()
-        assert (await client.post(url, content=body, headers=JSON)).status_code == 200
+        body = QueueMessage(type="sink", action=ActionTypes.NEW_TOOL_CALL).model_dump_json()
+        headers = {**JSON, **SERVICE_AUTH}
+        assert (await client.post(url, content=body, headers=headers)).status_code == 200
         with anyio.fail_after(2):
             await entered.wait()  # message 1 is in the handler
-        assert (await client.post(url, content=body, headers=JSON)).status_code == 200  # buffered
-        full = await client.post(url, content=body, headers=JSON)
+        assert (await client.post(url, content=body, headers=headers)).status_code == 200
+        full = await client.post(url, content=body, headers=headers)
         assert "is full" in assert_error(full, 503, "service_unavailable")
         assert int(full.headers["retry-after"]) >= 1
         release.set()
 
 
 async def test_no_consumer_is_503_not_a_silent_drop() -> None:
-    async with gateway_client(CFG) as client:
-        body = QueueMessage(type="nobody-home").model_dump_json()
-        response = await client.post("/control_plane/process_message", content=body, headers=JSON)
+    async with gateway_client(with_remote(CFG)) as client:
+        body = QueueMessage(type="nobody-home", action=ActionTypes.NEW_TOOL_CALL).model_dump_json()
+        response = await client.post(
+            "/control_plane/process_message", content=body, headers={**JSON, **SERVICE_AUTH}
+        )
         # an unknown destination is refused out loud (404 for the HTTP entry point)
         assert "no consumer" in assert_error(response, 404, "not_found")
 

@@ -10,6 +10,7 @@ from gateway.config import ConfigError, build_services, parse_config
 from gateway.messages import ActionTypes, QueueMessage, TaskDefinition, ToolCallResult
 from tests.conftest import gateway_client
 from tests.fixtures_human import RELEASE_SYNC, wait_for_status, wait_for_tasks
+from tests.service_tokens import SERVICE_AUTH, with_remote
 
 pytestmark = pytest.mark.anyio
 
@@ -167,26 +168,30 @@ async def test_timeout_ends_waiting_tasks() -> None:
 
 
 async def test_process_message_endpoint_accepts_bus_messages() -> None:
-    async with gateway_client(config()) as client:
+    async with gateway_client(with_remote(config())) as client:
         message = QueueMessage(
             type="desk",
             action=ActionTypes.NEW_TASK,
             data={"task": TaskDefinition(task_id="remote-1", input="from afar").model_dump()},
         )
         response = await client.post(
-            "/services/desk/process_message", content=message.model_dump_json()
+            "/services/desk/process_message",
+            content=message.model_dump_json(),
+            headers=SERVICE_AUTH,
         )
         assert response.status_code == 200
         [task] = await wait_for_tasks(client, "desk", 1)
         assert task["task_id"] == "remote-1"
         wrong = QueueMessage(type="desk", action=ActionTypes.COMPLETED_TASK, data={})
         refused = await client.post(
-            "/services/desk/process_message", content=wrong.model_dump_json()
+            "/services/desk/process_message", content=wrong.model_dump_json(), headers=SERVICE_AUTH
         )
         assert refused.status_code == 422
         malformed = QueueMessage(type="desk", action=ActionTypes.NEW_TASK, data={"task": "x"})
         bad = await client.post(
-            "/services/desk/process_message", content=malformed.model_dump_json()
+            "/services/desk/process_message",
+            content=malformed.model_dump_json(),
+            headers=SERVICE_AUTH,
         )
         assert bad.status_code == 422
         assert (await client.get("/services/desk/tasks")).json()["total"] == 1

@@ -19,6 +19,7 @@ from gateway.app import build_app
 from gateway.config import ConfigError, parse_config
 from tests.conftest import gateway_client, running_server
 from tests.fixtures_faults import assert_error, demo_services, wait_ended
+from tests.service_tokens import SERVICE_AUTH, with_remote
 
 pytestmark = pytest.mark.anyio
 
@@ -31,6 +32,7 @@ CONFIG: dict[str, Any] = {
         "counter": {"type": "workflow", "source": "examples.counter:workflow"},
     },
 }
+CONFIG = with_remote(CONFIG)  # the internal endpoints take the same nasty bodies
 BIG_CONFIG = {**CONFIG, "max_body_bytes": 1_048_576}
 
 
@@ -102,6 +104,7 @@ async def raw_asgi(app, method: str, raw_path: str) -> tuple[int, dict[str, str]
 # -- huge bodies ---------------------------------------------------------------------------------
 async def test_a_body_over_the_limit_is_refused_by_content_length() -> None:
     async with gateway_client(CONFIG) as client:
+        client.headers.update(SERVICE_AUTH)
         session_id = await new_session(client)
         huge = json.dumps({"input": "x" * (LIMIT * 4)}).encode()
         for path in body_routes(session_id):
@@ -125,6 +128,7 @@ async def chunks(total: int, size: int = 256) -> AsyncIterator[bytes]:
 
 async def test_a_body_over_the_limit_is_refused_while_streaming_in() -> None:
     async with gateway_client(CONFIG) as client:
+        client.headers.update(SERVICE_AUTH)
         session_id = await new_session(client)
         for path in body_routes(session_id):
             request = client.build_request("POST", path, content=chunks(LIMIT * 8))
@@ -163,12 +167,15 @@ def nested(depth: int, leaf: str = "1") -> str:
 
 async def test_deep_nesting_is_a_400_never_a_500() -> None:
     async with gateway_client(BIG_CONFIG) as client:
+        client.headers.update(SERVICE_AUTH)
         session_id = await new_session(client)
         bodies = {
             "/control_plane/tasks": '{"service": "counter", "input": {"message": %s}}',
             "/services/counter/run": '{"kwargs": {"message": %s}}',
             f"/control_plane/sessions/{session_id}/state": '{"state": {"m": %s}}',
-            "/control_plane/process_message": '{"type": "echo", "data": {"m": %s}}',
+            "/control_plane/process_message": (
+                '{"type": "echo", "action": "new_tool_call", "data": {"m": %s}}'
+            ),
         }
         for depth in (200, 1000, 100_000):
             for path, template in bodies.items():
@@ -187,6 +194,7 @@ async def test_deep_nesting_is_a_400_never_a_500() -> None:
 async def test_a_result_too_deep_to_report_fails_the_task_instead_of_hanging() -> None:
     # The body is flat (the nesting hides in a JSON string), so only the result is too deep.
     async with gateway_client(BIG_CONFIG) as client:
+        client.headers.update(SERVICE_AUTH)
         inner = json.dumps({"message": json.loads(nested(300, ""))})
         response = await client.post(
             "/control_plane/tasks", json={"service": "counter", "input": inner}
@@ -201,6 +209,7 @@ async def test_a_result_too_deep_to_report_fails_the_task_instead_of_hanging() -
 # -- content types and encodings -----------------------------------------------------------------
 async def test_a_wrong_content_type_is_415() -> None:
     async with gateway_client(CONFIG) as client:
+        client.headers.update(SERVICE_AUTH)
         session_id = await new_session(client)
         for content_type in (
             "text/plain",
@@ -226,6 +235,7 @@ async def test_a_wrong_content_type_is_415() -> None:
 
 async def test_invalid_utf8_and_non_json_values_are_400() -> None:
     async with gateway_client(BIG_CONFIG) as client:
+        client.headers.update(SERVICE_AUTH)
         session_id = await new_session(client)
         payloads = {
             b'{"input": "\xff\xfe"}': "UTF-8",
@@ -313,6 +323,7 @@ async def test_path_traversal_in_ids_finds_nothing(tmp_path) -> None:
 async def test_unicode_service_names_are_404_or_422_and_unicode_data_round_trips() -> None:
     names = ["ëcho", "\U0001f4a5", "echo\u202e", "echo\u0000", "ＥＣＨＯ", "e\u0301cho"]
     async with gateway_client(CONFIG) as client:
+        client.headers.update(SERVICE_AUTH)
         for name in names:
             response = await client.post(
                 "/control_plane/tasks", json={"service": name, "input": {}}
@@ -333,6 +344,7 @@ async def test_unicode_service_names_are_404_or_422_and_unicode_data_round_trips
 # -- types and keys --------------------------------------------------------------------------------
 async def test_wrong_types_are_422_with_the_location() -> None:
     async with gateway_client(CONFIG) as client:
+        client.headers.update(SERVICE_AUTH)
         session_id = await new_session(client)
         cases = [
             ("/control_plane/tasks", {"input": 42}, ["body", "input"]),
@@ -372,6 +384,7 @@ async def test_wrong_types_are_422_with_the_location() -> None:
 
 async def test_duplicate_keys_are_400() -> None:
     async with gateway_client(CONFIG) as client:
+        client.headers.update(SERVICE_AUTH)
         session_id = await new_session(client)
         for path, payload in (
             ("/control_plane/tasks", b'{"input": "a", "input": "b"}'),
@@ -385,6 +398,7 @@ async def test_duplicate_keys_are_400() -> None:
 
 async def test_unknown_routes_and_methods_use_the_error_shape() -> None:
     async with gateway_client(CONFIG) as client:
+        client.headers.update(SERVICE_AUTH)
         assert_error(await client.get("/no/such/route"), 404)
         assert_error(await client.get("/services/nope/run"), 404)
         assert_error(await client.delete("/control_plane/tasks"), 405)

@@ -89,11 +89,20 @@ async def test_every_route_but_healthz_needs_a_valid_token(tokens_in_env) -> Non
             {"Authorization": f"Basic {TOKENS[0]}"},
             {"Authorization": f"Token {TOKENS[0]}"},
         ]
+        internal = {
+            "/control_plane/services/register",
+            "/control_plane/services/deregister",
+            "/control_plane/process_message",
+            "/services/echo/process_message",
+        }
         for method, path in operations:
             if path == "/healthz":
                 continue
             for headers in wrong:
                 response = await client.request(method, path, headers=headers, json={})
+                if path in internal or path.endswith("/process_message"):  # service tokens only
+                    assert "remote services are off" in assert_error(response, 403)["detail"]
+                    continue
                 assert response.status_code == 401, (method, path, headers, response.text)
                 assert_unauthorized(response)
         # Liveness stays open, with or without a token.

@@ -13,6 +13,7 @@ from gateway.messages import ActionTypes, QueueMessage, ToolCall, ToolCallBundle
 from tests import fixtures_agents
 from tests.conftest import gateway_client
 from tests.fixtures_agents import BusInbox
+from tests.service_tokens import SERVICE_AUTH, with_remote
 
 pytestmark = pytest.mark.anyio
 
@@ -133,16 +134,19 @@ async def test_tool_call_endpoint_accepts_and_delivers_the_result() -> None:
 
 async def test_process_message_endpoint_takes_a_bus_message_over_http() -> None:
     apps: list = []
-    async with gateway_client(CALC, app_out=apps) as client:
+    async with gateway_client(with_remote(CALC), app_out=apps) as client:
         inbox = BusInbox(apps[0].state.runtime.bus)
         message = tool_call("subtract", source=inbox.name, a=10, b=4)
         accepted = await client.post(
-            "/services/calc/process_message", content=message.model_dump_json()
+            "/services/calc/process_message",
+            content=message.model_dump_json(),
+            headers=SERVICE_AUTH,
         )
         results = await inbox.results(1)
         wrong = await client.post(
             "/services/calc/process_message",
             json={"type": "calc", "action": "completed_task", "data": {}},
+            headers=SERVICE_AUTH,
         )
     assert accepted.status_code == 200 and accepted.json() == {"accepted": message.id_}
     assert results[message.data["id_"]].result == "6"

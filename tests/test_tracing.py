@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.messages import ActionTypes, QueueMessage
 from gateway.observe import tracing
 from tests.conftest import ROOT, free_port, running_server
+from tests.service_tokens import SERVICE_TOKEN, with_remote
 
 pytestmark = pytest.mark.anyio
 
@@ -332,10 +334,12 @@ def test_real_server_exports_the_trace_to_the_console(tmp_path: Path) -> None:
 def test_a_trace_crosses_into_a_service_in_another_process(tmp_path: Path) -> None:
     """The NEW_TASK message carries the task's context over HTTP to a remote service, whose
     own gateway (tracing on) runs the task under a child of the task's span."""
-    config = {
-        "services": {"echo": {"type": "workflow", "source": "examples.echo:workflow"}},
-        "tracing": {"enabled": True, "exporter": "console"},
-    }
+    config = with_remote(
+        {
+            "services": {"echo": {"type": "workflow", "source": "examples.echo:workflow"}},
+            "tracing": {"enabled": True, "exporter": "console"},
+        }
+    )
     remote_log = tmp_path / "remote.log"
     with running_server(config, tmp_path) as gateway:
         port = free_port()
@@ -345,6 +349,7 @@ def test_a_trace_crosses_into_a_service_in_another_process(tmp_path: Path) -> No
                 + ["--source", "tests.fixtures_workflows:add", "--port", str(port)]
                 + ["--control-plane", gateway.base_url + "/control_plane", "--trace"],
                 cwd=ROOT,
+                env={**os.environ, "GATEWAY_SERVICE_TOKEN": SERVICE_TOKEN},
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )

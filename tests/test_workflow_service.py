@@ -15,6 +15,7 @@ from gateway.messages import ActionTypes, NewTask, QueueMessage, TaskDefinition
 from services.workflow import WorkflowService
 from tests import fixtures_workflows as fw
 from tests.conftest import gateway_client
+from tests.service_tokens import SERVICE_AUTH, with_remote
 
 pytestmark = pytest.mark.anyio
 
@@ -177,7 +178,7 @@ async def test_workflow_level_timeout_is_timed_out_too() -> None:
 
 async def test_process_message_new_task() -> None:
     apps: list[Any] = []
-    async with gateway_client(CFG, app_out=apps) as client:
+    async with gateway_client(with_remote(CFG), app_out=apps) as client:
         control_plane = apps[0].state.runtime.control_plane
         # a task accepted elsewhere (e.g. by a gateway that delivers to us remotely)
         control_plane.tasks.add(TaskRecord(task_id="remote-1", service="add"))
@@ -190,7 +191,7 @@ async def test_process_message_new_task() -> None:
             ).model_dump(mode="json"),
         )
         response = await client.post(
-            "/services/add/process_message", content=message.model_dump_json()
+            "/services/add/process_message", content=message.model_dump_json(), headers=SERVICE_AUTH
         )
         assert response.status_code == 200 and response.json() == {"accepted": message.id_}
         record = await client.get("/control_plane/tasks/remote-1/result", params={"wait": 5})
@@ -200,17 +201,21 @@ async def test_process_message_new_task() -> None:
 
 
 async def test_process_message_rejects_what_it_cannot_handle() -> None:
-    async with gateway_client(CFG) as client:
+    async with gateway_client(with_remote(CFG)) as client:
         url = "/services/add/process_message"
         wrong_action = QueueMessage(type="add", action=ActionTypes.COMPLETED_TOOL_CALL)
-        response = await client.post(url, content=wrong_action.model_dump_json())
+        response = await client.post(
+            url, content=wrong_action.model_dump_json(), headers=SERVICE_AUTH
+        )
         assert response.status_code == 422, response.text
         assert response.json()["error"] == "validation_error"
         assert "does not handle" in response.json()["detail"]
         broken_task = QueueMessage(type="add", action=ActionTypes.NEW_TASK, data={"task": 5})
-        response = await client.post(url, content=broken_task.model_dump_json())
+        response = await client.post(
+            url, content=broken_task.model_dump_json(), headers=SERVICE_AUTH
+        )
         assert response.status_code == 422, response.text
         assert "cannot handle this message" in response.json()["detail"]
-        not_a_message = await client.post(url, json={"action": "dance"})
+        not_a_message = await client.post(url, json={"action": "dance"}, headers=SERVICE_AUTH)
         assert not_a_message.status_code == 422
         assert not_a_message.json()["errors"][0]["loc"] == ["body", "action"]

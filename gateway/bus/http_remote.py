@@ -17,6 +17,7 @@ class RemoteConsumer(Consumer):
     handler: Handler | None = None  # type: ignore[assignment]  # always `_post`
     url: str = ""
     client: httpx.AsyncClient | None = None
+    token: str | None = None  # the service token, presented to the service on each delivery
 
     def __post_init__(self) -> None:
         self.handler = self._post
@@ -28,7 +29,10 @@ class RemoteConsumer(Consumer):
     async def _post(self, message: QueueMessage) -> None:
         client = self.client or httpx.AsyncClient(timeout=30)
         try:
-            response = await client.post(self.url, content=message.model_dump_json())
+            headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+            response = await client.post(
+                self.url, content=message.model_dump_json(), headers=headers
+            )
             response.raise_for_status()
         finally:
             if self.client is None:

@@ -25,6 +25,7 @@ from gateway.bus.memory import MessageBus
 from gateway.contain import describe
 from gateway.control_plane.events import Subscription, TaskEventHub
 from gateway.control_plane.registry import RegisteredService, ServiceRegistry
+from gateway.control_plane.remote import RemoteAccess, remote_publisher
 from gateway.control_plane.sessions import SessionRecord, SessionTable
 from gateway.control_plane.tasks import TaskRecord, TaskTable
 from gateway.messages import (
@@ -76,6 +77,8 @@ class ControlPlane:
         self._idle.set()
         self.on_task_end: list[Callable[[TaskRecord], None]] = []
         self.tracing: Any = None  # gateway.observe.tracing.Tracing when tracing is on
+        self.remote = RemoteAccess(None)  # service tokens and allow list (set by the app)
+        self.max_state_bytes = 1_048_576
 
     # -- lifecycle ---------------------------------------------------------------------------
     def consumer(self) -> Consumer:
@@ -199,31 +202,38 @@ class ControlPlane:
     def register_local(self, definition: ServiceDefinition, service: Any, max_queued: int) -> None:
         self.registry.add(RegisteredService(definition, service, max_queued_tasks=max_queued))
 
-    def register_remote(self, definition: ServiceDefinition) -> RegisteredService:
+    def register_remote(self, definition: ServiceDefinition, owner: str) -> RegisteredService:
+        """A service in another process joins, reached at a validated, allowed URL.
+
+        `owner` is the service token it presented: only the same token may replace it, take it
+        away or post its tasks' results, and the gateway presents that token to it.
+        """
         name = definition.service_name
         if name == CONTROL_PLANE_NAME:
             raise ApiError(422, f"{name!r} is reserved for the control plane")
         existing = self.registry.get(name)
         if existing is not None and not existing.is_remote:
             raise ApiError(409, f"{name!r} is a service of this gateway and cannot be replaced")
-        if not definition.host:
-            raise ApiError(422, "a remote service needs `host` (and usually `port`)")
+        url = self.remote.url_for(definition)
         if existing is not None:
-            self.deregister_remote(name)
-        port = f":{definition.port}" if definition.port else ""
-        url = f"http://{definition.host}{port}{definition.prefix or ''}/process_message"
-        consumer = self.bus.register_consumer(RemoteConsumer.for_url(name, url))
+            self.deregister_remote(name, owner)
+        consumer = RemoteConsumer(
+            message_type=name, url=str(url), token=self.remote.token_of(owner)
+        )
+        self.bus.register_consumer(consumer)
         definition = definition.model_copy(update={"remote": True})
-        entry = RegisteredService(definition, None, consumer_id=consumer.id_)
+        entry = RegisteredService(definition, None, consumer_id=consumer.id_, owner=owner)
         self.registry.add(entry)
         return entry
 
-    def deregister_remote(self, name: str) -> None:
+    def deregister_remote(self, name: str, owner: str) -> None:
         entry = self.registry.get(name)
         if entry is None:
             raise ApiError(404, f"no service named {name!r}")
         if not entry.is_remote:
             raise ApiError(409, f"{name!r} is a service of this gateway and cannot be deregistered")
+        if entry.owner != owner:
+            raise ApiError(403, f"{name!r} was registered with another service token")
         self.registry.remove(name)
         if entry.consumer_id:
             self.bus.deregister_consumer(entry.consumer_id)
@@ -544,9 +554,13 @@ class ControlPlane:
             return
         if message.action == ActionTypes.COMPLETED_TASK:
             result = TaskResult.model_validate(message.data)
+            if self._refused(result.task_id, message, result.status):
+                return
             await self._end(result.task_id, result.status, result=result, error=result.error)
         elif message.action == ActionTypes.TASK_STREAM:
             event = TaskEvent.model_validate(message.data)
+            if self._refused(event.task_id, message):
+                return
             if event.kind == "status" and event.status is not None:
                 record = self.tasks.set_status(event.task_id, event.status)
                 if record is None:
@@ -565,6 +579,46 @@ class ControlPlane:
                 await anyio.lowlevel.checkpoint()
         else:
             raise ValueError(f"the control plane does not handle {message.action!r}")
+
+    def expected_publisher(self, service: str) -> str | None:
+        """Who may report on a task of `service`: its local instance, or its remote identity."""
+        entry = self.registry.get(service)
+        if entry is None:
+            return None
+        if entry.service is None:
+            return remote_publisher(service)
+        return entry.service.publisher_id
+
+    def result_problem(
+        self, task_id: str, publisher_id: str | None, status: TaskStatus | None = None
+    ) -> tuple[int, str] | None:
+        """Why a report on `task_id` must be refused (status code, reason), or None."""
+        record = self.tasks.get(task_id)
+        if record is None:
+            return 404, f"no task {task_id!r} is running here"
+        if publisher_id != self.expected_publisher(record.service):
+            return 403, f"task {task_id!r} was not dispatched to {publisher_id!r}"
+        if record.is_terminal:
+            return 409, f"task {task_id!r} already ended as {record.status.value}"
+        if status is not None and not status.is_terminal:
+            return 422, f"a completed_task message needs a terminal status, not {status.value!r}"
+        return None
+
+    def _refused(
+        self, task_id: str, message: QueueMessage, status: TaskStatus | None = None
+    ) -> bool:
+        problem = self.result_problem(task_id, message.publisher_id, status)
+        if problem is None:
+            return False
+        if problem[0] != 409 and problem[0] != 404:  # late or stray reports are normal
+            logger.warning(
+                "refused %s for task %s from %s: %s",
+                message.action,
+                task_id,
+                message.publisher_id,
+                problem[1],
+            )
+        return True
 
     async def fail_message(self, message: QueueMessage, exc: BaseException) -> None:
         """Bus hook: a handler raised on a task's message, so that task fails with the error."""

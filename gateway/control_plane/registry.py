@@ -17,6 +17,7 @@ class RegisteredService:
     service: BaseService | None = None
     consumer_id: str | None = None
     max_queued_tasks: int = 1024
+    owner: str | None = None  # remote services: the service token they registered with
 
     @property
     def is_remote(self) -> bool:

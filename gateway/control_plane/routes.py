@@ -15,6 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from gateway.control_plane.plane import ControlPlane
+from gateway.control_plane.remote import accept_remote_message
 from gateway.control_plane.sessions import SessionRecord
 from gateway.control_plane.tasks import Task, TaskRecord, encode_input
 from gateway.messages import (
@@ -182,19 +183,22 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         return entry.definition
 
     async def register_service(request: Request, body: ServiceDefinition) -> ServiceDefinition:
-        """A service running in another process joins (reached at its /process_message)."""
-        return cp.register_remote(body).definition
+        """A service running in another process joins (needs a service token; see README)."""
+        return cp.register_remote(body, request.state.service_owner).definition
 
     async def deregister_service(request: Request, body: Deregister) -> dict[str, str]:
-        """A remote service leaves."""
-        cp.deregister_remote(body.service_name)
+        """A remote service leaves (with the token it registered with)."""
+        cp.deregister_remote(body.service_name, request.state.service_owner)
         return {"deregistered": body.service_name}
 
     async def process_message(request: Request, body: QueueMessage) -> GatewayAck:
-        """Publish a message from a remote service onto the bus (results, events, tool calls)."""
-        if not cp.bus.has_consumer(body.type):
-            raise ApiError(404, f"no consumer is registered for message type {body.type!r}")
-        await cp.bus.publish(body)
+        """A remote service posts a message: its tasks' results and events, or tool calls.
+
+        Needs a service token. Results and events are accepted only for running tasks that were
+        dispatched to a service registered with the same token, results only with a terminal
+        status; tasks themselves are created through the task API, never here.
+        """
+        await accept_remote_message(cp, body, request.state.service_owner)
         return GatewayAck(accepted=body.id_)
 
     # -- tasks ----------------------------------------------------------------------------
@@ -399,7 +403,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             methods=["POST"],
             body=ServiceDefinition,
             response=ServiceDefinition,
-            errors=(409, 422),
+            errors=(400, 401, 403, 409, 422),
             tags=tags,
         ),
         api_route(
@@ -407,7 +411,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             deregister_service,
             methods=["POST"],
             body=Deregister,
-            errors=(404, 409, 422),
+            errors=(400, 401, 403, 404, 409, 422),
             tags=tags,
         ),
         api_route(
@@ -419,7 +423,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             methods=["POST"],
             body=QueueMessage,
             response=GatewayAck,
-            errors=(404, 422, 503),
+            errors=(400, 401, 403, 404, 409, 422, 503),
             tags=tags,
         ),
         api_route(

@@ -203,7 +203,13 @@ class TaskTable:
         result: TaskResult | None = None,
         error: str | None = None,
     ) -> TaskRecord | None:
-        """End a task once; returns None if it is unknown or already ended."""
+        """End a task once; returns None if it is unknown or already ended.
+
+        Only a terminal status ends a task: anything else would count it out of the active
+        tasks while it can still end again (and drive the count below zero).
+        """
+        if not status.is_terminal:
+            raise ValueError(f"a task cannot finish as {status.value!r}: not a terminal status")
         record = self._records.get(task_id)
         if record is None or record.is_terminal:
             return None

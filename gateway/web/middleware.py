@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.contain import describe, is_our_cancellation
 from gateway.web.errors import ApiError
+
+logger = logging.getLogger("gateway.web")
 
 
 async def _send_error(send: Send, status: int, code: str, detail: str, headers=()) -> None:
@@ -66,8 +70,13 @@ class BearerAuth:
         if scope["type"] != "http" or self._open(scope["path"]):
             await self.app(scope, receive, send)
             return
-        header = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, presented = header.partition(b" ")
+        headers = [value for name, value in scope["headers"] if name == b"authorization"]
+        if len(headers) > 1:  # which one counts would be a guess: refuse the request
+            await _send_error(
+                send, 400, "bad_request", "several Authorization headers; send exactly one"
+            )
+            return
+        scheme, _, presented = (headers[0] if headers else b"").partition(b" ")
         if scheme.lower() == b"bearer" and presented and self._valid(presented.strip()):
             await self.app(scope, receive, send)
             return
@@ -78,6 +87,35 @@ class BearerAuth:
             "a valid bearer token is required (Authorization: Bearer <token>)",
             [(b"www-authenticate", b"Bearer")],
         )
+
+
+class ServiceAuth:
+    """The internal endpoints (remote services') need a service token, checked before anything.
+
+    `identify` answers which token a request presents or raises ApiError (403 when remote
+    services are off, 401 for a wrong token, 400 for several Authorization headers); the
+    answer is left in the request state as `service_owner` for the handler.
+    """
+
+    def __init__(
+        self, app: ASGIApp, identify: Callable[[Headers], str], paths: Iterable[str]
+    ) -> None:
+        self.app = app
+        self.identify = identify
+        self.paths = frozenset(paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        try:
+            owner = self.identify(Headers(scope=scope))
+        except ApiError as exc:
+            headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            await _send_error(send, exc.status, exc.code, str(exc.detail), headers)
+            return
+        scope.setdefault("state", {})["service_owner"] = owner
+        await self.app(scope, receive, send)
 
 
 class Cors(CORSMiddleware):
@@ -136,3 +174,41 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+class LastResort:
+    """Outermost: an exception nothing else handled still answers 500 in the JSON error shape.
+
+    Starlette's own last handler sees only `Exception`s; this also covers the rest (except our
+    own cancellation) and anything raised by the middleware in between. Once a response has
+    started there is nothing to answer with, so the error goes on to the server.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except BaseException as exc:
+            if started or is_our_cancellation(exc):
+                raise
+            logger.error(
+                "unhandled %s on %s %s",
+                describe(exc),
+                scope.get("method"),
+                scope.get("path"),
+                exc_info=exc,
+            )
+            await _send_error(send, 500, "internal_error", "internal error")

@@ -185,7 +185,7 @@ class BaseService(BaseModel, ABC):
                 methods=["POST"],
                 body=QueueMessage,
                 summary="Hand a bus message to this service (remote delivery)",
-                errors=(400, 422),
+                errors=(400, 401, 403, 422),
                 name="process_message",
             ),
         ]

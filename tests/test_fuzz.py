@@ -31,6 +31,7 @@ from gateway.app import build_app
 from gateway.config import parse_config
 from tests.conftest import running_server
 from tests.fixtures_faults import demo_services
+from tests.service_tokens import REMOTE, SERVICE_AUTH
 
 PROTOCOL_TAG = "llama-agents protocol"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "5"))
@@ -51,6 +52,9 @@ def fuzz_config(tmp_path) -> dict[str, Any]:
         # Runs that wait for a person (approval, human queues) end after 0.2 s instead of holding
         # the fuzzer's request open for the default `wait`.
         "services": demo_services(run_timeout=0.2),
+        # The internal endpoints are fuzzed too, past their service-token check (every call
+        # carries the token; with user auth off it means nothing to the other routes).
+        **REMOTE,
     }
 
 
@@ -111,7 +115,9 @@ def test_no_5xx_and_every_response_matches_the_schema(operation, fuzz_server):
     )
     def one_case(case):
         try:
-            case.call_and_validate(base_url=fuzz_server.base_url, checks=checks, timeout=30)
+            case.call_and_validate(
+                base_url=fuzz_server.base_url, checks=checks, timeout=30, headers=SERVICE_AUTH
+            )
         finally:
             if case.path.endswith("/toggle_agent_running"):
                 # The fuzzer may have paused an agent; paused agents hold their tasks (by

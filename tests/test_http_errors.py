@@ -15,12 +15,16 @@ from tests.service_tokens import SERVICE_AUTH, with_remote
 
 pytestmark = pytest.mark.anyio
 
-CFG: dict[str, Any] = {
-    "default_service": "echo",
-    "services": {"echo": {"type": "workflow", "source": "examples.echo:workflow"}},
-}
+# Remote services on, and every JSON request carries a service token, so that the internal
+# endpoints parse (and refuse) the same malformed bodies as the others.
+CFG: dict[str, Any] = with_remote(
+    {
+        "default_service": "echo",
+        "services": {"echo": {"type": "workflow", "source": "examples.echo:workflow"}},
+    }
+)
 
-JSON = {"content-type": "application/json"}
+JSON = {"content-type": "application/json", **SERVICE_AUTH}
 RUN = "/services/echo/run"
 TASKS = "/control_plane/tasks"
 

@@ -273,6 +273,14 @@ class SharedControlPlane(ControlPlane):
             return
         if message.action == ActionTypes.COMPLETED_TASK:
             result = TaskResult.model_validate(message.data)
+            if not result.status.is_terminal:  # it would end the task and leave it running
+                logger.warning(
+                    "refused completed_task for %s with the non-terminal status %s from %s",
+                    result.task_id,
+                    result.status.value,
+                    message.publisher_id,
+                )
+                return
             await self._end(result.task_id, result.status, result=result, error=result.error)
         elif message.action == ActionTypes.TASK_STREAM:
             self._record_event(TaskEvent.model_validate(message.data))

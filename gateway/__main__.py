@@ -14,7 +14,7 @@ import uvicorn
 
 from gateway.app import build_app, hosted_services
 from gateway.config import CONFIG_ENV, ConfigError, GatewayConfig, build_services, load_config
-from gateway.observe.logs import configure_logging
+from gateway.observe.logs import configure_logging, flush_logs
 
 
 def _stopped_gracefully(signum: int, frame: object) -> None:
@@ -72,6 +72,7 @@ def serve(
         if config.bus.kind == "redis":
             check_redis(config)
     except ConfigError as exc:
+        flush_logs()  # queued warnings first: the error is the last line
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # uvicorn re-raises the signal that stopped it once its graceful shutdown is complete; with
@@ -84,6 +85,7 @@ def serve(
         log_level=log_level,
         log_config=None,  # uvicorn's loggers go through ours (queued, never blocking the loop)
         timeout_graceful_shutdown=config.shutdown_grace + 5,
+        timeout_keep_alive=config.keep_alive_timeout,  # idle connections are closed
     )
     if not reload:
         uvicorn.run(app, **options)

@@ -181,7 +181,7 @@ def create_app(
     if remote is None:
         remote = load_remote_access(config, runtime.services.values())
     runtime.control_plane.remote = remote
-    runtime.control_plane.max_state_bytes = config.max_state_bytes
+    runtime.control_plane.states.max_state_bytes = config.max_state_bytes
 
     async def info(request: Request) -> Response:
         return JSONResponse(
@@ -245,7 +245,9 @@ def create_app(
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal error")
 
-    middleware = [Middleware(BodyLimit, max_bytes=config.max_body_bytes)]
+    middleware = [
+        Middleware(BodyLimit, max_bytes=config.max_body_bytes, body_timeout=config.body_timeout)
+    ]
     if config.cors.allow_origins:
         middleware.insert(
             0,

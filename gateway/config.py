@@ -250,6 +250,8 @@ class GatewayConfig(_Strict):
     retain_finished_tasks: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=1_048_576, ge=1)
     max_state_bytes: int = Field(default=1_048_576, ge=1)
+    body_timeout: float = Field(default=30.0, gt=0, description="seconds a request body may take")
+    keep_alive_timeout: float = Field(default=5.0, gt=0, description="idle keep-alive seconds")
     store: StoreSettings = Field(default_factory=StoreSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
     events: EventSettings = Field(default_factory=EventSettings)

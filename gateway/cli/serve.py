@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from gateway.cli.output import EXIT_USAGE, fail, output_option
+from gateway.observe.logs import flush_logs
 
 CONFIG_HELP = "YAML file (default: $GATEWAY_CONFIG or config.yaml)"
 
@@ -39,6 +40,7 @@ def check(app, config_path) -> None:
         config = load_config(config_path)
         built = build_services(config)
     except ConfigError as exc:
+        flush_logs()  # queued warnings first: the error is the last line
         fail(str(exc), EXIT_USAGE)
     report = []
     for service in built:

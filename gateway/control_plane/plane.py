@@ -27,6 +27,7 @@ from gateway.control_plane.events import Subscription, TaskEventHub
 from gateway.control_plane.registry import RegisteredService, ServiceRegistry
 from gateway.control_plane.remote import RemoteAccess, remote_publisher
 from gateway.control_plane.sessions import SessionRecord, SessionTable
+from gateway.control_plane.state import SessionStates
 from gateway.control_plane.tasks import TaskRecord, TaskTable
 from gateway.messages import (
     CONTROL_PLANE_NAME,
@@ -78,7 +79,7 @@ class ControlPlane:
         self.on_task_end: list[Callable[[TaskRecord], None]] = []
         self.tracing: Any = None  # gateway.observe.tracing.Tracing when tracing is on
         self.remote = RemoteAccess(None)  # service tokens and allow list (set by the app)
-        self.max_state_bytes = 1_048_576
+        self.states = SessionStates(self)  # merges: bounded, serialized off the loop
 
     # -- lifecycle ---------------------------------------------------------------------------
     def consumer(self) -> Consumer:

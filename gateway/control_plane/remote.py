@@ -182,7 +182,8 @@ async def accept_remote_message(cp: ControlPlane, message: QueueMessage, owner: 
     allowed = TO_CONTROL_PLANE if message.type == CONTROL_PLANE_NAME else TO_SERVICES
     if message.action not in allowed:
         where = "the control plane" if message.type == CONTROL_PLANE_NAME else "a service"
-        _refuse(403, f"a remote service may not post {message.action!r} to {where}", message)
+        action = getattr(message.action, "value", message.action)
+        _refuse(403, f"a remote service may not post {action!r} to {where}", message)
     if message.type == CONTROL_PLANE_NAME:
         try:
             if message.action == ActionTypes.COMPLETED_TASK:
@@ -208,6 +209,9 @@ async def accept_remote_message(cp: ControlPlane, message: QueueMessage, owner: 
 
 def _refuse(status: int, detail: str, message: QueueMessage) -> NoReturn:
     logger.warning(
-        "refused a remote %s message (type %s): %s", message.action, message.type, detail
+        "refused a remote %s message (type %s): %s",
+        getattr(message.action, "value", message.action),
+        message.type,
+        detail,
     )
     raise ApiError(status, detail)

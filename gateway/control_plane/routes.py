@@ -375,15 +375,18 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         )
         return JSONResponse(result.model_dump(mode="json"))
 
-    async def get_state(request: Request) -> SessionState:
-        """The session's state, as `{"state": {...}}`."""
-        return SessionState(state=(await cp.find_session(_path(request, "session_id"))).state)
+    async def get_state(request: Request) -> Response:
+        """The session's state, as `{"state": {...}}` (serialized off the event loop)."""
+        body = await cp.states.read(_path(request, "session_id"))
+        return Response(body, media_type="application/json")
 
-    async def merge_state(request: Request, body: SessionState) -> SessionState:
-        """Merge the keys of `{"state": {...}}` into the session's state; answers all of it."""
-        session_id = _path(request, "session_id")
-        await cp.find_session(session_id)
-        return SessionState(state=cp.merge_session_state(session_id, body.state).state)
+    async def merge_state(request: Request, body: SessionState) -> Response:
+        """Merge the keys of `{"state": {...}}` into the session's state; answers all of it.
+
+        413 when the merged state would pass `max_state_bytes` (nothing changes then).
+        """
+        merged = await cp.states.merge(_path(request, "session_id"), body.state)
+        return Response(merged, media_type="application/json")
 
     async def reset_session(request: Request) -> SessionReset:
         """Forget the session's saved workflow contexts and agent memories (tasks and state
@@ -542,7 +545,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             methods=["POST"],
             body=SessionState,
             response=SessionState,
-            errors=(404, 422),
+            errors=(404, 413, 422),
             tags=tags,
         ),
     ]

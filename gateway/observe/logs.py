@@ -105,6 +105,13 @@ class _WriterHandler(logging.Handler):
 _handler: _WriterHandler | None = None
 
 
+def flush_logs() -> None:
+    """Write out every queued record now and stop the writer (before a process exits with a
+    last line of its own, which must not be followed by late log lines)."""
+    if _handler is not None:
+        _handler.close()
+
+
 def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     """Log through a bounded buffer to a writer thread (see `_WriterHandler`).
 

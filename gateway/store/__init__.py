@@ -77,7 +77,8 @@ class Store:
     def load_sessions(self) -> list[SessionRecord]:
         return []
 
-    def save_session(self, record: SessionRecord) -> None: ...
+    def save_session(self, record: SessionRecord, payload: str | None = None) -> None:
+        """Persist `record`; `payload`, when given, is its JSON, already serialized off the loop."""
 
     def delete_session(self, session_id: str) -> None: ...
 

@@ -215,7 +215,7 @@ class RedisStore(Store):
                 raise
 
     # -- sessions and contexts (the Store contract: record now, write soon) ------------------
-    def save_session(self, record: SessionRecord) -> None:
+    def save_session(self, record: SessionRecord, payload: str | None = None) -> None:
         self._pending_sessions[record.session_id] = record
         self._dirty.set()
 

@@ -206,8 +206,8 @@ class SqliteStore(Store):
             self._urgent.set()
         self._touch()
 
-    def save_session(self, record: SessionRecord) -> None:
-        self._sessions[record.session_id] = record.model_dump_json()
+    def save_session(self, record: SessionRecord, payload: str | None = None) -> None:
+        self._sessions[record.session_id] = payload or record.model_dump_json()
         self._touch()
 
     def delete_session(self, session_id: str) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
@@ -136,11 +137,14 @@ class Cors(CORSMiddleware):
 
 
 class BodyLimit:
-    """Refuse bodies over `max_bytes` with 413, by Content-Length or while streaming in."""
+    """Refuse bodies over `max_bytes` with 413, by Content-Length or while streaming in, and
+    bodies still incomplete `body_timeout` seconds after the app began reading them with 408
+    (a client trickling a body in would otherwise hold its connection and handler forever)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout: float | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -162,16 +166,31 @@ class BodyLimit:
                 )
                 return
         received = 0
+        body_done = False
+        deadline: float | None = None
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done, deadline
+            if body_done or self.body_timeout is None:
+                message = await receive()  # e.g. waiting for a disconnect: never timed
+            else:
+                if deadline is None:
+                    deadline = anyio.current_time() + self.body_timeout
+                with anyio.move_on_after(deadline - anyio.current_time()) as late:
+                    message = await receive()
+                if late.cancelled_caught:
+                    raise ApiError(
+                        408, f"the request body did not arrive within {self.body_timeout:g}s"
+                    )
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise ApiError(
                         413, f"the body is larger than the limit of {self.max_bytes} bytes"
                     )
+                body_done = body_done or not message.get("more_body", False)
+            else:
+                body_done = True
             return message
 
         await self.app(scope, limited_receive, send)

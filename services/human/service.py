@@ -267,13 +267,35 @@ class HumanService(BaseService):
 
     async def _handle_http(self, request: Request, body: HumanResponse) -> HumanTaskInfo:
         task_id = request.path_params["task_id"]
+        waiting = self._waiting.get(task_id)
+        if waiting is not None and self._overtaken(waiting):
+            # A cancel got there first (of this task, or of the run that asked): it wins.
+            await self._end(task_id, TaskStatus.CANCELLED, error="withdrawn: cancelled first")
         task = await self._end(task_id, TaskStatus.COMPLETED, result=body.result)
         if task is not None:
+            if self._overtaken(task):  # cancelled while the answer was being reported
+                task.status, task.error = TaskStatus.CANCELLED, "withdrawn: cancelled first"
+                raise ApiError(409, f"task {task_id!r} was cancelled before the answer arrived")
             return self.info(task)
         ended = self._ended.get(task_id)
         if ended is not None:
             raise ApiError(409, f"task {task_id!r} already ended as {ended.status.value}")
         raise ApiError(404, f"no task {task_id!r} waits in {self.service_name}")
+
+    def _overtaken(self, task: HumanTask) -> bool:
+        """Whether the control plane already ended this task, or the task that asked it, other
+        than by this answer (a cancel): the one decision both racing requests consult."""
+        tasks = self.service_host.control_plane.tasks
+        asker = (task.requested_by or {}).get("task_id")
+        for task_id in (task.task_id, asker):
+            record = tasks.get(task_id) if isinstance(task_id, str) else None
+            if (
+                record is not None
+                and record.is_terminal
+                and record.status is not TaskStatus.COMPLETED
+            ):
+                return True
+        return False
 
     def info(self, task: HumanTask) -> HumanTaskInfo:
         return HumanTaskInfo(

@@ -201,6 +201,53 @@ async def test_handler_id_continues_the_previous_run_in_its_session() -> None:
         assert other.status_code == 409
 
 
+async def test_handler_ids_that_look_like_continuations_do_not_clash() -> None:
+    async with gateway_client(config()) as client:
+        # a client names a handler `abc.2` before handler `abc` runs a second time
+        named = await client.post("/workflows/echo/run", json={"handler_id": "abc.2", "kwargs": {}})
+        assert named.status_code == 200
+        for _ in range(2):
+            again = await client.post("/workflows/echo/run", json={"handler_id": "abc"})
+            assert again.status_code == 200, again.text
+        assert again.json()["run_id"] not in ("abc", "abc.2")
+        # each id shows its own handler's run
+        assert (await client.get("/handlers/abc.2")).json()["run_id"] == "abc.2"
+        assert (await client.get("/handlers/abc")).json()["run_id"] == again.json()["run_id"]
+        # a continuation's task id is not a handler of its own
+        assert (await client.get(f"/handlers/{again.json()['run_id']}")).status_code == 404
+
+
+async def test_a_purged_handler_is_gone_and_its_id_can_start_afresh() -> None:
+    async with gateway_client(config()) as client:
+        for _ in range(2):
+            await client.post("/workflows/counter/run", json={"handler_id": "gone"})
+        purged = await client.post("/handlers/gone/cancel", params={"purge": "true"})
+        assert purged.json() == {"status": "deleted"}
+        assert (await client.get("/handlers/gone")).status_code == 404
+        assert (await client.get("/results/gone")).status_code == 404
+        listed = (await client.get("/handlers")).json()["handlers"]
+        assert "gone" not in [h["handler_id"] for h in listed]
+        fresh = await client.post("/workflows/counter/run", json={"handler_id": "gone"})
+        assert fresh.status_code == 200, fresh.text
+        first = await client.post("/workflows/counter/run", json={"handler_id": "new"})
+        # no context carried over from the purged runs
+        assert fresh.json()["result"] == first.json()["result"]
+        assert (await client.get("/handlers/gone")).json()["run_id"] == fresh.json()["run_id"]
+
+
+async def test_an_event_given_as_a_deeply_nested_json_string_is_400() -> None:
+    async with gateway_client(config()) as client:
+        started = await client.post("/workflows/approval/run-nowait", json={"kwargs": {}})
+        handler_id = started.json()["handler_id"]
+        deep = "[" * 100_000 + "]" * 100_000
+        sent = await client.post(f"/events/{handler_id}", json={"event": deep})
+        assert sent.status_code == 400
+        assert sent.json()["detail"] == "the event is nested too deeply"
+        start = await client.post("/workflows/echo/run", json={"start_event": deep})
+        assert start.status_code == 400
+        await client.post(f"/handlers/{handler_id}/cancel")
+
+
 async def test_handlers_filter_by_status_and_workflow() -> None:
     async with gateway_client(config()) as client:
         await client.post("/workflows/echo/run", json={"start_event": {"message": "a"}})

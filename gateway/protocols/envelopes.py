@@ -76,6 +76,8 @@ def read_event(
             raw = json.loads(raw)
         except json.JSONDecodeError:
             raise ValueError("the event must be a JSON object or a JSON string of one") from None
+        except RecursionError:  # a string body escapes the request's nesting limit
+            raise ValueError("the event is nested too deeply") from None
     if not isinstance(raw, dict):
         raise ValueError("the event must be a JSON object or a JSON string of one")
     # As the protocol's own server does: an object without `value` that does not name both its

@@ -155,9 +155,22 @@ class LlamaAgentsProtocol:
             record = self.plane.task(task_id)
         except ApiError:
             raise ApiError(404, "Handler not found") from None
-        if record.service not in self.workflows:
+        # a task of that id may be another handler's continuation, or a purged handler's run
+        if not self._is_handler_task(record) or self._handler_of(record) != handler_id:
             raise ApiError(404, "Handler not found")
         return record
+
+    def _is_handler_task(self, record: TaskRecord) -> bool:
+        """A run of one of our workflows whose handler still exists (a purge deletes it)."""
+        if record.service not in self.workflows:
+            return False
+        session = record.session_id or ""
+        return (
+            not session.startswith(SESSION_PREFIX) or self.plane.sessions.get(session) is not None
+        )
+
+    def _task_taken(self, task_id: str) -> bool:
+        return task_id in self.plane.tasks or self.plane.store.load_task(task_id) is not None
 
     def handler_data(self, handler_id: str, record: TaskRecord) -> HandlerData:
         status = _STATUS.get(record.status, "running")
@@ -222,10 +235,13 @@ class LlamaAgentsProtocol:
         session_id = SESSION_PREFIX + handler_id
         session = self.plane.sessions.get(session_id)
         if session is None:
-            if handler_id in self.plane.tasks or self.plane.store.load_task(handler_id):
-                raise ApiError(409, f"handler id {handler_id!r} is taken by another task")
-            session = self.plane.create_session(session_id)
             task_id = handler_id
+            if self._task_taken(handler_id):
+                taken = self.plane.tasks.get(handler_id) or self.plane.store.load_task(handler_id)
+                if taken is None or taken.session_id != session_id:
+                    raise ApiError(409, f"handler id {handler_id!r} is taken by another task")
+                task_id = self._free_task_id(handler_id, 2)  # the id of a purged handler
+            session = self.plane.create_session(session_id)
         else:
             if session.task_ids:
                 previous = self.plane.task(session.task_ids[-1])
@@ -235,9 +251,16 @@ class LlamaAgentsProtocol:
                     raise ApiError(
                         409, f"handler {handler_id!r} belongs to workflow {previous.service!r}"
                     )
-            task_id = f"{handler_id}.{len(session.task_ids) + 1}"
+            task_id = self._free_task_id(handler_id, len(session.task_ids) + 1)
         task = TaskDefinition(task_id=task_id, input=json.dumps(kwargs), session_id=session_id)
         return await self.plane.submit(task, name), handler_id
+
+    def _free_task_id(self, handler_id: str, n: int) -> str:
+        """`<handler_id>.<n>` for the first n from here whose id no task holds (a client may
+        have named another handler `abc.2` before handler `abc` ran twice)."""
+        while self._task_taken(f"{handler_id}.{n}"):
+            n += 1
+        return f"{handler_id}.{n}"
 
     @staticmethod
     def _start_kwargs(service: WorkflowService, body: RunBody) -> dict[str, Any]:
@@ -272,7 +295,7 @@ class LlamaAgentsProtocol:
         names = _list_param(request, "workflow_name")
         latest: dict[str, TaskRecord] = {}
         for record in self.plane.tasks.all():
-            if record.service not in self.workflows or (names and record.service not in names):
+            if not self._is_handler_task(record) or (names and record.service not in names):
                 continue
             handler_id = self._handler_of(record)
             current = latest.get(handler_id)

@@ -43,6 +43,10 @@ BUILT_IN_PATHS = (
 )
 
 
+# The llama-agents protocol's top-level paths (under its prefix).
+LLAMA_AGENTS_ROOTS = ("/workflows", "/results", "/handlers", "/events", "/health")
+
+
 class ConfigError(Exception):
     """Start-up stops with this message."""
 
@@ -312,6 +316,7 @@ class GatewayConfig(_Strict):
                         f"{other_name!r} (one would hide the other's routes)"
                     )
             prefixes[prefix] = name
+        self._check_protocol_paths(prefixes)
         for name, entry in self.services.items():
             refs: list[tuple[str, str]] = []
             if isinstance(entry, AgentEntry):
@@ -326,6 +331,31 @@ class GatewayConfig(_Strict):
                         f"(services: {known})"
                     )
         return self
+
+    def _check_protocol_paths(self, service_prefixes: dict[str, str]) -> None:
+        """The protocol's routes must not hide (or be hidden by) the gateway's own paths or a
+        service's: under `/ui` they would even be served without a token."""
+        settings = self.protocols.llama_agents
+        if not settings.enabled or not any(
+            isinstance(e, WorkflowEntry) for e in self.services.values()
+        ):
+            return
+        where = f"protocols.llama_agents.prefix {settings.prefix!r}"
+        for root in _protocol_roots(settings):
+            for built_in in BUILT_IN_PATHS:
+                if _under(root, built_in) or _under(built_in, root):
+                    raise ValueError(
+                        f"{where}: its route {root} would clash with the gateway's own {built_in}"
+                    )
+            for prefix, name in service_prefixes.items():
+                if _under(root, prefix) or _under(prefix, root):
+                    raise ValueError(
+                        f"{where}: its route {root} overlaps prefix {prefix!r} of service {name!r}"
+                    )
+
+
+def _protocol_roots(settings: LlamaAgentsProtocol) -> list[str]:
+    return [settings.prefix + root for root in LLAMA_AGENTS_ROOTS]
 
 
 def _under(path: str, root: str) -> bool:

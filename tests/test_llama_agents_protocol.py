@@ -289,6 +289,43 @@ async def test_the_protocol_can_move_or_be_switched_off() -> None:
         assert (await client.get("/health")).status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("prefix", "services", "clash"),
+    [
+        ("/ui", {}, "/ui"),  # would be served without a token, under the console's open prefix
+        ("/control_plane", {}, "/control_plane"),
+        ("/docs", {}, "/docs"),
+        ("/services/echo", {}, "'echo'"),
+        (
+            "",
+            {
+                "other": {
+                    "type": "workflow",
+                    "source": "examples.echo:workflow",
+                    "prefix": "/events",
+                }
+            },
+            "'other'",
+        ),
+    ],
+)
+def test_a_protocol_prefix_that_clashes_is_refused(
+    prefix: str, services: dict[str, Any], clash: str
+) -> None:
+    from gateway.config import ConfigError, parse_config
+
+    bad = {
+        "services": {**WORKFLOWS, **services},
+        "protocols": {"llama_agents": {"prefix": prefix}},
+    }
+    with pytest.raises(ConfigError, match="protocols.llama_agents.prefix") as raised:
+        parse_config(bad, "test")
+    assert clash in str(raised.value)
+    # switched off, the same prefix is no clash
+    bad["protocols"]["llama_agents"]["enabled"] = False
+    parse_config(bad, "test")
+
+
 async def test_auth_applies_to_the_protocol(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PROTO_TOKENS", "s3cret")
     async with gateway_client(config(auth={"tokens_env": "PROTO_TOKENS"})) as client:

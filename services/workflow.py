@@ -36,7 +36,7 @@ from gateway.messages import (
     WorkflowState,
 )
 from gateway.protocols.envelopes import envelope_of
-from gateway.store.signing import sign, verify, verify_saved
+from gateway.store.signing import SignatureError, sign, verify, verify_saved
 from services.calling import contain_steps
 from services.human.bridge import HumanBridge
 from services.kwargs import KwargsRunRequest, KwargsService, decode_run_input
@@ -296,11 +296,12 @@ class WorkflowService(KwargsService):
         except Exception as exc:
             logger.warning("run %s cannot be parked: %s", task_id, exc)
             return False
+        # Signed whole: a question's text is what the person approves, so it is covered too.
+        record = json.dumps({"context": context, "questions": questions})
         saved = WorkflowState(
-            hash=sign(self.service_host.secret, context), state=context, task_id=task_id
+            hash=sign(self.service_host.secret, record), state=record, task_id=task_id
         )
-        record = {"context": saved.model_dump(mode="json"), "questions": questions}
-        store.save_context(PARKED + task_id, self.service_name, json.dumps(record))
+        store.save_context(PARKED + task_id, self.service_name, saved.model_dump_json())
         self._parked.add(task_id)
         scope = self._scopes.get(task_id)
         if scope is not None:
@@ -314,19 +315,38 @@ class WorkflowService(KwargsService):
     async def _resume(self, task: TaskDefinition) -> TaskResult:
         """A parked run, after the restart: its context restored and its questions asked again."""
         store = self.service_host.control_plane.store
-        payload = store.load_context(PARKED + task.task_id, self.service_name)
+        key = PARKED + task.task_id
+        payload = store.load_context(key, self.service_name)
         if payload is None or self._human is None:
             raise RuntimeError("the run waiting for a person was not saved at shutdown")
-        record = json.loads(payload)
-        saved = WorkflowState.model_validate(record["context"])
-        verify(self.service_host.secret, saved.state or "", saved.hash)
-        ctx = Context.from_dict(self.workflow, json.loads(saved.state or "{}"), JsonSerializer())
+        try:
+            ctx, questions = self._read_parked(payload)
+        except Exception:
+            store.delete_session(key)  # refused once: it is never tried again
+            raise
         handler = self.workflow.run(ctx=ctx)
         # The restored run does not emit its question again: ask it from what was saved.
-        for fields in record["questions"]:
+        for fields in questions:
             await self._human.ask_fields(task, handler, fields)
-        store.delete_session(PARKED + task.task_id)  # its parked context, now live again
+        store.delete_session(key)  # its parked context, now live again
         return await self._follow(task, handler)
+
+    def _read_parked(self, payload: str) -> tuple[Context, list[dict[str, Any]]]:
+        """The parked context and questions, loaded only once their signature verifies."""
+        try:
+            saved = WorkflowState.model_validate_json(payload)
+        except ValidationError:
+            raise SignatureError(
+                "the parked run's saved state is unreadable; refusing to load it"
+            ) from None
+        verify(self.service_host.secret, saved.state or "", saved.hash)
+        try:
+            record = json.loads(saved.state or "")
+            ctx = Context.from_dict(self.workflow, json.loads(record["context"]), JsonSerializer())
+            questions = [dict(q) for q in record["questions"]]
+        except Exception as exc:
+            raise RuntimeError(f"the parked run's saved state cannot be restored: {exc}") from None
+        return ctx, questions
 
     # -- events sent into a running workflow ----------------------------------------------------
     def event_types(self) -> dict[str, type[Event]]:

@@ -81,3 +81,48 @@ async def test_a_question_survives_a_graceful_restart(tmp_path: Path) -> None:
             # and nothing else was disturbed: the gateway serves as usual
             echo = await http.post("/services/echo/run", json={"kwargs": {"message": "hi"}})
             assert echo.json()["result"] == "hi"
+
+
+async def test_a_tampered_parked_run_is_refused_and_fails_clearly(tmp_path: Path) -> None:
+    """The parked record (its context and the question's text a person approves) is signed
+    whole: editing the question in the file fails the task; nothing is loaded or asked."""
+    import json
+    import sqlite3
+
+    db = tmp_path / "gw.db"
+    with running_server(_config(db), tmp_path, env=ENV) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            accepted = await http.post(
+                f"{CP}/tasks", json={"service": "approval", "input": {"request": "deploy v3"}}
+            )
+            task_id = accepted.json()["task_id"]
+            await _question(http, task_id)
+    key = f"parked:{task_id}"
+    con = sqlite3.connect(db)
+    try:
+        (payload,) = con.execute(
+            "SELECT payload FROM contexts WHERE session_id=?", (key,)
+        ).fetchone()
+        saved = json.loads(payload)
+        record = json.loads(saved["state"])
+        for question in record["questions"]:
+            question["input"] = "Approve a harmless change?"
+        saved["state"] = json.dumps(record)
+        con.execute("UPDATE contexts SET payload=? WHERE session_id=?", (json.dumps(saved), key))
+        con.commit()
+    finally:
+        con.close()
+
+    with running_server(_config(db), tmp_path, env=ENV) as server:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as http:
+            done = (await http.get(f"{CP}/tasks/{task_id}/result", params={"wait": 15})).json()
+            assert done["status"] == "failed", done
+            assert "HMAC-SHA256" in done["error"] and "refusing to load" in done["error"]
+            page = (await http.get("/services/approvers/tasks")).json()
+            items = page["items"] if isinstance(page, dict) else page
+            assert items == []
+    con = sqlite3.connect(db)
+    try:  # refused once, then gone: not tried again at the next start
+        assert con.execute("SELECT 1 FROM contexts WHERE session_id=?", (key,)).fetchone() is None
+    finally:
+        con.close()

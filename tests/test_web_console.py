@@ -184,3 +184,36 @@ def test_the_console_asks_for_a_token_when_auth_is_on(
 def test_the_console_can_be_switched_off(tmp_path: Path) -> None:
     with running_server({"services": SERVICES, "ui": {"enabled": False}}, tmp_path) as running:
         assert httpx.get(f"{running.base_url}/ui/").status_code == 404
+
+
+def test_the_open_inbox_catches_up_after_a_server_restart(tmp_path: Path, page: Page) -> None:
+    """The new process numbers its feed from 1 again: the page must not take its old position
+    as current (and skip what happened meanwhile); it reloads what it shows once reconnected."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    with running_server({"services": SERVICES}, tmp_path, port=port) as first:
+        base = first.base_url
+        page.goto(f"{base}/ui/#/inbox")
+        expect(page.locator("#connection")).to_contain_text("live")
+        for n in range(15):  # move the old feed's position well past what the new one reaches
+            httpx.post(f"{base}/services/echo/run", json={"kwargs": {"message": str(n)}})
+        old = httpx.post(
+            f"{base}/control_plane/tasks",
+            json={"service": "approval", "input": {"request": "before the restart"}},
+        ).json()
+        expect(page.locator(f'.card[data-task-id^="{old["task_id"]}-human"]')).to_have_count(1)
+        page.route("**/control_plane/events*", lambda route: route.abort())
+    with running_server({"services": SERVICES}, tmp_path, port=port):
+        new = httpx.post(
+            f"{base}/control_plane/tasks",
+            json={"service": "approval", "input": {"request": "after the restart"}},
+        ).json()
+        # the question exists before the page's feed is back
+        httpx.get(f"{base}/control_plane/tasks/{new['task_id']}/result", params={"wait": 0.5})
+        page.unroute("**/control_plane/events*")
+        card = page.locator(f'.card[data-task-id^="{new["task_id"]}-human"]')
+        expect(card).to_contain_text("after the restart")
+        # the old process's question is gone with it
+        expect(page.locator(f'.card[data-task-id^="{old["task_id"]}-human"]')).to_have_count(0)
+        expect(page.locator("#inbox-count")).to_have_text("1")

@@ -67,10 +67,12 @@ export async function api(path, { method = "GET", body, query } = {}) {
 // Follow an SSE stream: `onEvent({id, event, data})` for each frame. After a dropped connection
 // it reconnects with Last-Event-ID (so nothing is lost or repeated), backing off up to 5 s.
 // Ends when the server closes the stream normally (`endless` streams reconnect then too).
-export function follow(path, { onEvent, onEnd, onError, after = 0, endless = false }) {
+// `onOpen(again)` runs on each connection; `again` is true for every one after the first.
+export function follow(path, { onEvent, onEnd, onError, onOpen, after = 0, endless = false }) {
   const controller = new AbortController();
   let last = after;
   let failures = 0;
+  let opened = 0;
 
   async function once() {
     const response = await fetch(url(path), {
@@ -79,6 +81,8 @@ export function follow(path, { onEvent, onEnd, onError, after = 0, endless = fal
     });
     if (!response.ok) await fail(response);
     failures = 0;
+    opened += 1;
+    if (onOpen) onOpen(opened > 1);
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {

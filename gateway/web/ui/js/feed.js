@@ -17,8 +17,16 @@ export function start(onState) {
   stream = follow("/control_plane/events", {
     endless: true,
     after: Number.MAX_SAFE_INTEGER, // from now on: views load the current state themselves
+    // After a reconnection or a gap, events may have been missed: a gateway that restarted
+    // numbers its feed from 1 again, so the old position reads as "up to date" there. Views
+    // then reload what they show ({kind: "resync"}) instead of trusting the stream.
+    onOpen: (again) => {
+      onState("live");
+      if (again) resync();
+    },
     onEvent: (frame) => {
-      if (frame.event === "gap" || !frame.data || typeof frame.data !== "object") return;
+      if (frame.event === "gap") return resync();
+      if (!frame.data || typeof frame.data !== "object") return;
       for (const listener of listeners) listener(frame.data);
     },
     onError: () => {
@@ -26,6 +34,10 @@ export function start(onState) {
       onState("offline");
     },
   });
+}
+
+function resync() {
+  for (const listener of listeners) listener({ kind: "resync" });
 }
 
 export function stop() {

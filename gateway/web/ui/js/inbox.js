@@ -120,7 +120,21 @@ export async function inboxView(root) {
     refreshEmpty();
   }
 
+  // The current questions from the queues: cards for new ones, none for those gone.
+  async function load() {
+    const seen = new Set();
+    for (const service of humans) {
+      for (const task of await pendingOf(service)) {
+        seen.add(task.task_id);
+        add(task, service.service_name);
+      }
+    }
+    for (const taskId of [...cards.keys()]) if (!seen.has(taskId)) remove(taskId);
+    refreshEmpty();
+  }
+
   const stop = listen(async (event) => {
+    if (event.kind === "resync") return load().catch(() => {});
     if (event.kind !== "human") return;
     const service = event.data && event.data.service;
     if (!prefixes[service]) return;
@@ -134,10 +148,7 @@ export async function inboxView(root) {
       remove(event.task_id);
     }
   });
-  for (const service of humans) {
-    for (const task of await pendingOf(service)) add(task, service.service_name);
-  }
-  refreshEmpty();
+  await load();
   return stop;
 }
 
@@ -148,19 +159,29 @@ export async function pendingCount(badge) {
     badge.textContent = String(waiting.size);
     badge.hidden = waiting.size === 0;
   };
-  listen((event) => {
+  const load = async () => {
+    const found = new Set();
+    try {
+      for (const service of await humanServices()) {
+        for (const task of await pendingOf(service)) found.add(task.task_id);
+      }
+    } catch {
+      return; /* the views report errors */
+    }
+    waiting.clear();
+    for (const id of found) waiting.add(id);
+    render();
+  };
+  if (stopCount) stopCount();
+  stopCount = listen((event) => {
+    if (event.kind === "resync") return load();
     if (event.kind !== "human") return;
     if (event.name === "created") waiting.add(event.task_id);
     else waiting.delete(event.task_id);
     render();
   });
-  try {
-    for (const service of await humanServices()) {
-      for (const task of await pendingOf(service)) waiting.add(task.task_id);
-    }
-  } catch {
-    /* the views report errors */
-  }
+  await load();
   render();
 }
+let stopCount = null;
 

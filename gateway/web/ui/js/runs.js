@@ -61,6 +61,7 @@ export async function runsView(root) {
   state.addEventListener("change", () => load(true));
   more.addEventListener("click", () => load(false));
   const stop = listen((event) => {
+    if (event.kind === "resync") return load(true).catch(() => {});
     if (event.kind !== "status") return;
     const info = event.data || {};
     const known = rows.get(event.task_id);

@@ -235,6 +235,27 @@ async def test_a_purged_handler_is_gone_and_its_id_can_start_afresh() -> None:
         assert (await client.get("/handlers/gone")).json()["run_id"] == fresh.json()["run_id"]
 
 
+async def test_concurrent_purges_of_one_handler_answer_in_the_protocol_s_words() -> None:
+    import anyio
+
+    async with gateway_client(config()) as client:
+        await client.post("/workflows/approval/run-nowait", json={"handler_id": "twice"})
+        answers = []
+
+        async def purge() -> None:
+            answers.append(await client.post("/handlers/twice/cancel", params={"purge": "true"}))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(purge)
+        assert any(a.json() == {"status": "deleted"} for a in answers)
+        for answer in answers:
+            assert answer.status_code in (200, 404)
+            if answer.status_code == 404:
+                assert answer.json()["detail"] == "Handler not found"
+        assert (await client.get("/handlers/twice")).status_code == 404
+
+
 async def test_an_event_given_as_a_deeply_nested_json_string_is_400() -> None:
     async with gateway_client(config()) as client:
         started = await client.post("/workflows/approval/run-nowait", json={"kwargs": {}})

@@ -319,7 +319,10 @@ class LlamaAgentsProtocol:
             session = self.plane.sessions.get(SESSION_PREFIX + handler_id)
             if session is not None:
                 await anyio.lowlevel.checkpoint()
-                self.plane.delete_session(session.session_id)
+                try:
+                    self.plane.delete_session(session.session_id)
+                except ApiError:  # a concurrent purge deleted it first
+                    raise ApiError(404, "Handler not found") from None
             return Cancelled(status="deleted")
         return Cancelled(status="cancelled")
 

@@ -217,3 +217,24 @@ def test_the_open_inbox_catches_up_after_a_server_restart(tmp_path: Path, page: 
         # the old process's question is gone with it
         expect(page.locator(f'.card[data-task-id^="{old["task_id"]}-human"]')).to_have_count(0)
         expect(page.locator("#inbox-count")).to_have_text("1")
+
+
+def test_console_files_are_revalidated_unframeable_and_nothing_else_is_served(
+    server: str,
+) -> None:
+    for path in ("/ui/", "/ui/index.html", "/ui/js/app.js", "/ui/app.css"):
+        answer = httpx.get(f"{server}{path}")
+        assert answer.status_code == 200, path
+        # no heuristic caching: after an upgrade no old module runs under a new page
+        assert answer.headers["cache-control"] == "no-cache", path
+        assert answer.headers["x-frame-options"] == "DENY"
+        policy = answer.headers["content-security-policy"]
+        assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        again = httpx.get(f"{server}{path}", headers={"If-None-Match": answer.headers["etag"]})
+        assert again.status_code == 304 if path != "/ui/" else again.status_code in (200, 304)
+    with httpx.Client(base_url=server) as client:
+        for raw in (b"/ui/../gateway/web/ui.py", b"/ui/%2e%2e/ui.py", b"/ui/js/../../ui.py"):
+            request = client.build_request("GET", "/ui/")
+            request.url = request.url.copy_with(raw_path=raw)
+            assert client.send(request).status_code == 404, raw

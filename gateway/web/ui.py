@@ -13,11 +13,31 @@ from starlette.staticfiles import StaticFiles
 
 ASSETS = Path(__file__).resolve().parent / "ui"
 PREFIX = "/ui"
+# Every file is revalidated (ETag -> 304), so after an upgrade a page never runs new HTML with
+# old cached modules. The policy allows only this origin's own files (no inline script, no
+# other hosts) and no framing, so a hostile page cannot overlay the inbox's answer forms.
+HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+}
+
+
+class _Assets(StaticFiles):
+    def file_response(self, *args, **kwargs) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(HEADERS)
+        return response
 
 
 def ui_routes() -> list[BaseRoute]:
     async def page(request: Request) -> Response:
-        return FileResponse(ASSETS / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(ASSETS / "index.html", headers=HEADERS)
 
     async def to_page(request: Request) -> Response:
         return RedirectResponse(PREFIX + "/")
@@ -25,7 +45,7 @@ def ui_routes() -> list[BaseRoute]:
     return [
         Route(PREFIX, to_page, include_in_schema=False),
         Route(PREFIX + "/", page, include_in_schema=False),
-        Mount(PREFIX, app=StaticFiles(directory=ASSETS), name="ui-assets"),
+        Mount(PREFIX, app=_Assets(directory=ASSETS), name="ui-assets"),
     ]
 
 

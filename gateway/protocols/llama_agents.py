@@ -320,7 +320,7 @@ class LlamaAgentsProtocol:
             if session is not None:
                 await anyio.lowlevel.checkpoint()
                 try:
-                    self.plane.delete_session(session.session_id)
+                    await self.plane.delete_session(session.session_id)
                 except ApiError:  # a concurrent purge deleted it first
                     raise ApiError(404, "Handler not found") from None
             return Cancelled(status="deleted")

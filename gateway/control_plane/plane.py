@@ -401,16 +401,25 @@ class ControlPlane:
             raise
         return record
 
+    def _enter_lane(self, task: TaskDefinition) -> tuple[LaneKey | None, bool]:
+        """Hold the task's (session, service) lane for it, or queue it behind the task that
+        holds it (then `queued` is True). Tasks outside a session have no lane."""
+        lane = (task.session_id, task.agent_id or "") if task.session_id else None
+        if lane is None:
+            return None, False
+        if lane in self._lane_busy:
+            self._lanes.setdefault(lane, deque()).append(task.task_id)
+            return lane, True
+        self._lane_busy[lane] = task.task_id
+        return lane, False
+
     async def _route_accepted(self, task: TaskDefinition, state: dict | None) -> None:
         """Route a committed (so already accepted) task: a full bus makes it wait for room in
         the background, holding its lane (how many can wait is bounded by each service's
         max_queued_tasks); a vanished service fails it."""
-        lane = (task.session_id, task.agent_id or "") if task.session_id else None
-        if lane is not None:
-            if lane in self._lane_busy:
-                self._lanes.setdefault(lane, deque()).append(task.task_id)
-                return
-            self._lane_busy[lane] = task.task_id
+        _, queued = self._enter_lane(task)
+        if queued:
+            return
         try:
             await self._dispatch(task, state, wait=False)
         except BusFull:
@@ -455,13 +464,10 @@ class ControlPlane:
 
     async def _route(self, task: TaskDefinition, state: dict | None, wait: bool) -> None:
         """Dispatch now, or queue behind the running task of the same session and service."""
-        lane = (task.session_id, task.agent_id or "") if task.session_id else None
-        if lane is not None:
-            if lane in self._lane_busy:
-                self._lanes.setdefault(lane, deque()).append(task.task_id)
-                return
-            # Hold the lane before dispatching: the task may end while `_dispatch` waits.
-            self._lane_busy[lane] = task.task_id
+        # The lane is held before dispatching: the task may end while `_dispatch` waits.
+        lane, queued = self._enter_lane(task)
+        if queued:
+            return
         try:
             await self._dispatch(task, state, wait=wait)
         except BaseException:

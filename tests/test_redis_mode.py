@@ -103,7 +103,7 @@ async def test_first_terminal_state_wins_and_the_backlog_is_bounded() -> None:
         records = []
         for _ in range(2):
             record, message = _task(store)
-            assert await store.submit(record, message, 2, pending) == "ok"
+            assert (await store.submit(record, message, 2, pending)).outcome == "ok"
             records.append(record)
         with pytest.raises(SubmitRefused) as refused:
             await store.submit(*_task(store), 2, pending)

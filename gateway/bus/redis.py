@@ -13,11 +13,13 @@ reached by reference; Redis carries only what leaves the process (as JSON, valid
   per replica, read with XREAD BLOCK.
 - Discovery: each replica advertises its services and reply addresses in a key with a TTL that
   its heartbeat refreshes; a dead replica disappears by itself.
-- Wake-ups: one pub/sub connection per replica. `done` carries ids of tasks that ended, `ev` ids
-  of tasks with new events. A missed notification is harmless: waiters re-check the record after
-  registering and every time the connection comes back. Pub/sub costs one connection per
-  replica whatever the number of waiters, which is why it is used rather than a blocking read
-  per waiter.
+- Wake-ups: one pub/sub connection per replica, subscribed to its own `note` channel only.
+  Waiters of a task that runs here are woken in-process; a replica waiting for a task that runs
+  elsewhere registers to watch it, and only then do the store's scripts publish to it (see
+  gateway.store.redis). A missed notification is harmless: waiters re-check the record when they
+  register and every time the connection comes back. Pub/sub costs one connection per replica
+  whatever the number of waiters, which is why it is used rather than a blocking read per
+  waiter.
 
 The heartbeat/claim job is a bounded periodic job by nature (claims are about elapsed time);
 everything else blocks on reads.
@@ -32,7 +34,7 @@ import contextlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -90,11 +92,16 @@ class TaskHooks(Protocol):
     async def give_up(self, message: QueueMessage, deliveries: int) -> None: ...
 
 
+# What a task in flight holds: a slot of its service's stream loop, a local-take place, or
+# nothing (taken over from a dead replica).
+STREAM_SLOT, LOCAL_SLOT, NO_SLOT = "stream", "local", ""
+
+
 @dataclass
 class _Flight:
     service: str
     entry_id: str
-    holds_slot: bool
+    slot: str
 
 
 class RedisBus(MessageBus):
@@ -125,10 +132,11 @@ class RedisBus(MessageBus):
         self.on_discovery: Callable[[dict[str, dict[str, Any]]], None] | None = None
         self._hosted: dict[str, dict[str, Any]] = {}  # service -> its advertised definition
         self._slots: dict[str, anyio.Semaphore] = {}
+        self._local_room: dict[str, int] = {}  # service -> tasks it may still take at submit
         self._inflight: dict[str, _Flight] = {}
         self._remote: dict[str, dict[str, Any]] = {}  # service -> {definition, replicas}
         self._owners: dict[str, str] = {}  # reply address -> replica id
-        self._done_waiters: dict[str, anyio.Event] = {}
+        self._done_waiters: dict[str, list[anyio.Event]] = {}
         self._event_waiters: dict[str, anyio.Event] = {}
         self._advert_changed = anyio.Event()
         self._idle = anyio.Event()
@@ -140,10 +148,13 @@ class RedisBus(MessageBus):
         return self.prefix + ":".join(parts)
 
     # -- set-up ------------------------------------------------------------------------------
-    def host(self, service: str, definition: dict[str, Any], prefetch: int) -> None:
-        """This replica serves `service` (its stream is read once `start_streams` runs)."""
+    def host(self, service: str, definition: dict[str, Any], prefetch: int, local: int = 1) -> None:
+        """This replica serves `service` (its stream is read once `start_streams` runs);
+        besides `prefetch` entries read by its stream loop it may take up to `local` tasks
+        straight from the submissions it accepts (see `reserve_local`)."""
         self._hosted[service] = definition
         self._slots[service] = anyio.Semaphore(prefetch)
+        self._local_room[service] = local
 
     async def connect(self, task_group: TaskGroup) -> None:
         """Check Redis, advertise, learn the others, start the loops that do not run tasks."""
@@ -247,13 +258,49 @@ class RedisBus(MessageBus):
         self.healthy = False
         return BusUnavailable(f"the message transport (Redis) is unavailable: {exc}")
 
+    # -- taking tasks at submission ---------------------------------------------------------
+    def reserve_local(self, service: str) -> str:
+        """Our consumer name if a task submitted here may be taken here at once (we host its
+        service, we receive, it has room), with a place reserved for it; else "".
+
+        The stream loop's slots are spoken for by its pending blocking read, so local takes
+        have their own bound (the service's concurrency): they start at once, and the blocking
+        read leaves the backlog to idle replicas as before."""
+        room = self._local_room.get(service, 0)
+        if room <= 0 or self._stop_receiving or not self.healthy:
+            return ""
+        self._local_room[service] = room - 1
+        return self.replica_id
+
+    def unreserve_local(self, service: str) -> None:
+        self._local_room[service] += 1
+
+    async def receive_taken(
+        self, service: str, entry_id: str, message: QueueMessage | None, raw: str | None
+    ) -> None:
+        """Run an entry the submit script read for us: `message` when it is the submitted
+        task itself (passed on as the object, never re-parsed), else its `raw` JSON."""
+        await self._receive(service, entry_id, {"m": raw or ""}, LOCAL_SLOT, message)
+
+    def runs_here(self, task_id: str) -> bool:
+        """Whether this replica works on `task_id` now (its end then wakes waiters here)."""
+        return task_id in self._inflight
+
     # -- waking waiters ----------------------------------------------------------------------
-    def done_signal(self, task_id: str) -> anyio.Event:
-        """An event set when `task_id` may have ended (re-check the record after it fires)."""
-        event = self._done_waiters.get(task_id)
-        if event is None:
-            event = self._done_waiters[task_id] = anyio.Event()
-        return event
+    @contextlib.contextmanager
+    def done_signal(self, task_id: str) -> Iterator[anyio.Event]:
+        """An event of this waiter's own, set when `task_id` may have ended (re-check the record
+        after it fires); forgotten when the block exits, whoever else waits for the task."""
+        event = anyio.Event()
+        self._done_waiters.setdefault(task_id, []).append(event)
+        try:
+            yield event
+        finally:
+            waiters = self._done_waiters.get(task_id)
+            if waiters is not None and not event.is_set():
+                waiters[:] = [w for w in waiters if w is not event]
+                if not waiters:
+                    del self._done_waiters[task_id]
 
     def event_signal(self, task_id: str) -> anyio.Event:
         event = self._event_waiters.get(task_id)
@@ -262,36 +309,41 @@ class RedisBus(MessageBus):
         return event
 
     def wake_done(self, task_id: str) -> None:
-        """`task_id` ended in this process: wake its waiters here at once."""
-        self._wake(self._done_waiters, task_id)
-        self._wake(self._event_waiters, task_id)
+        """`task_id` ended (here, or a notification said so): wake its waiters here at once."""
+        for event in self._done_waiters.pop(task_id, ()):
+            event.set()
+        self._wake_events(task_id)
 
-    def _wake(self, waiters: dict[str, anyio.Event], task_id: str) -> None:
-        event = waiters.pop(task_id, None)
+    def _wake_events(self, task_id: str) -> None:
+        event = self._event_waiters.pop(task_id, None)
         if event is not None:
             event.set()
 
     def _wake_all(self) -> None:
-        for waiters in (self._done_waiters, self._event_waiters):
-            for task_id in list(waiters):
-                self._wake(waiters, task_id)
+        for task_id in list(self._done_waiters):
+            self.wake_done(task_id)
+        for task_id in list(self._event_waiters):
+            self._wake_events(task_id)
 
     async def _notification_loop(self) -> None:
-        done, events = self.key("done"), self.key("ev")
+        """Our `note` channel: `d<task id>` (it ended), `e<task id>` (it has new events), sent
+        only for tasks this replica registered to watch (see gateway.store.redis)."""
+        channel = self.key("note", self.replica_id)
         backoff = _Backoff()
         while True:
             pubsub = self._listener.pubsub()
             try:
-                await pubsub.subscribe(done, events)
+                await pubsub.subscribe(channel)
                 self._wake_all()  # anything that ended while we were not listening
                 backoff.reset()
                 async for item in pubsub.listen():
                     if item.get("type") != "message":
                         continue
-                    waiters = self._done_waiters if item["channel"] == done else None
-                    if waiters is not None:
-                        self._wake(waiters, item["data"])
-                    self._wake(self._event_waiters, item["data"])
+                    note = item["data"]
+                    if note.startswith("d"):
+                        self.wake_done(note[1:])
+                    else:
+                        self._wake_events(note[1:])
             except (RedisError, OSError) as exc:
                 self._lost(exc)
                 await backoff.sleep()
@@ -346,36 +398,42 @@ class RedisBus(MessageBus):
             for _ in range(taken - len(entries)):
                 slots.release()
             for entry_id, fields in entries:
-                await self._receive(service, entry_id, fields, holds_slot=True)
+                await self._receive(service, entry_id, fields, STREAM_SLOT)
 
     async def _receive(
-        self, service: str, entry_id: str, fields: dict[str, str], holds_slot: bool
+        self,
+        service: str,
+        entry_id: str,
+        fields: dict[str, str],
+        slot: str,
+        message: QueueMessage | None = None,
     ) -> None:
         stream = self.key("stream", service)
-        try:
-            message = QueueMessage.model_validate_json(fields.get("m", ""))
-        except ValueError:
-            logger.error("dropped a malformed entry %s of %s", entry_id, stream)
-            await self._ack(stream, entry_id)
-            self._release(service, holds_slot)
-            return
+        if message is None:
+            try:
+                message = QueueMessage.model_validate_json(fields.get("m", ""))
+            except ValueError:
+                logger.error("dropped a malformed entry %s of %s", entry_id, stream)
+                await self._ack(stream, entry_id)
+                self._release(service, slot)
+                return
         if message.action != ActionTypes.NEW_TASK:
             # Tool calls and the like are not tasks: no record to end, so taken at most once.
             await self._ack(stream, entry_id)
-            self._release(service, holds_slot)
+            self._release(service, slot)
             await self._deliver_locally(message)
             return
         task_id = str((message.data.get("task") or {}).get("task_id", ""))
         if task_id in self._inflight:  # we already run it (our own entry, claimed back)
-            self._release(service, holds_slot)
+            self._release(service, slot)
             return
-        self._inflight[task_id] = _Flight(service, entry_id, holds_slot)
+        self._inflight[task_id] = _Flight(service, entry_id, slot)
         try:
             if self.hooks is not None:
                 await self.hooks.before_task(message)
         except Exception as exc:  # e.g. Redis went away: leave the entry to be claimed again
             logger.warning("could not prepare task %s (%s); it will be retried", task_id, exc)
-            self.settle(task_id)
+            self.settle(task_id, abandoned=True)
             return
         await self._deliver_locally(message)
 
@@ -385,17 +443,22 @@ class RedisBus(MessageBus):
         except NoConsumer:
             logger.warning("no local consumer for %s any more; message dropped", message.type)
 
-    def settle(self, task_id: str) -> None:
-        """This replica is done with `task_id` (ended, or abandoned to be claimed again)."""
+    def settle(self, task_id: str, abandoned: bool = False) -> None:
+        """This replica is done with `task_id`: it ended, or it was `abandoned` to be claimed
+        again (then waiters here are woken to re-check and watch it wherever it runs next)."""
+        if abandoned:
+            self.wake_done(task_id)
         flight = self._inflight.pop(task_id, None)
         if flight is not None:
-            self._release(flight.service, flight.holds_slot)
+            self._release(flight.service, flight.slot)
             if not self._inflight:
                 self._idle.set()
 
-    def _release(self, service: str, holds_slot: bool) -> None:
-        if holds_slot:
+    def _release(self, service: str, slot: str) -> None:
+        if slot == STREAM_SLOT:
             self._slots[service].release()
+        elif slot == LOCAL_SLOT:
+            self._local_room[service] += 1
 
     async def _ack(self, stream: str, entry_id: str) -> None:
         try:
@@ -539,7 +602,7 @@ class RedisBus(MessageBus):
                 await hooks.give_up(message, deliveries - 1)
                 return
         logger.info("took over entry %s of %s (delivery %d)", entry_id, service, deliveries)
-        await self._receive(service, entry_id, fields, holds_slot=False)
+        await self._receive(service, entry_id, fields, NO_SLOT)
 
 
 async def _ensure_group(client: Redis, stream: str) -> None:

@@ -77,8 +77,8 @@ class SharedControlPlane(ControlPlane):
     def register_local(self, definition: ServiceDefinition, service: Any, max_queued: int) -> None:
         super().register_local(definition, service, max_queued)
         advert = {**definition.model_dump(mode="json"), "max_queued_tasks": max_queued}
-        prefetch = max(1, getattr(service, "max_concurrent_tasks", 8)) * 2
-        self.bus.host(definition.service_name, advert, prefetch)
+        concurrency = max(1, getattr(service, "max_concurrent_tasks", 8))
+        self.bus.host(definition.service_name, advert, concurrency * 2, local=concurrency)
 
     async def open_store(self, task_group: TaskGroup) -> None:
         await self.bus.connect(task_group)
@@ -119,15 +119,20 @@ class SharedControlPlane(ControlPlane):
                 self.registry.remove(name)
 
     # -- lookups -----------------------------------------------------------------------------
-    async def find_task(self, task_id: str) -> TaskRecord:
+    async def find_task(self, task_id: str, watch: bool = False) -> TaskRecord:
+        """The task's record; with `watch`, this replica is also told when it changes."""
         ended = self._ended.get(task_id)
         if ended is not None:
             return ended
+        if watch:
+            read = lambda: self.store.watch_task(task_id, self.bus.replica_id)  # noqa: E731
+        else:
+            read = lambda: self.store.fetch_task(task_id)  # noqa: E731
         try:
             try:
-                record = await self.store.fetch_task(task_id)
+                record = await read()
             except RedisConnectionError:  # a pooled connection from before a Redis restart
-                record = await self.store.fetch_task(task_id)  # a read: safe to repeat once
+                record = await read()  # a read (and an idempotent SADD): safe to repeat once
         except RedisError as exc:
             raise _unavailable(exc) from None
         if record is None:
@@ -190,8 +195,12 @@ class SharedControlPlane(ControlPlane):
             self.tracing.start_task(record)
             message.trace = record.trace
         outcome = "refused"
+        take_as = self.bus.reserve_local(target)
+        submitted = None
         try:
-            await self.store.submit(record, message, entry.max_queued_tasks, event)
+            submitted = await self.store.submit(
+                record, message, entry.max_queued_tasks, event, take_as
+            )
             outcome = "pending"
         except SubmitRefused as refused:
             raise self._refusal(refused.reason, task, entry) from None
@@ -199,10 +208,18 @@ class SharedControlPlane(ControlPlane):
             self.bus.healthy = False
             raise _unavailable(exc) from None
         finally:
+            if take_as and (submitted is None or submitted.taken is None):
+                self.bus.unreserve_local(target)
             # The task may end in another replica, where this span object is not: here it
             # covers the acceptance, and the run (in whichever replica) is its child.
             if self.tracing is not None:
                 self.tracing.end_task(record.task_id, outcome, None)
+        if submitted.taken is not None:
+            # Read for us by the submit script: start it here. Shielded, so that a client
+            # going away now cannot leave the entry idle until it is claimed back.
+            own = message if submitted.raw is None else None
+            with anyio.CancelScope(shield=True):
+                await self.bus.receive_taken(target, submitted.taken, own, submitted.raw)
         return record
 
     @staticmethod
@@ -217,21 +234,38 @@ class SharedControlPlane(ControlPlane):
             headers=RETRY_AFTER,
         )
 
-    async def wait(self, task_id: str, timeout: float | None) -> TaskRecord:
-        record = await self.find_task(task_id)
+    async def run(
+        self, task: TaskDefinition, service: str, timeout: float | None, sent: Any = None
+    ) -> TaskRecord:
+        """Submit and wait. The wake-up is registered before submitting, so no read of the
+        record is needed until it fires: when the task ran here, the end it reads is the one
+        this process just stored (`_ended`), and the whole run costs no extra round trip."""
+        task_id = task.task_id
         deadline = None if timeout is None else anyio.current_time() + timeout
-        while not record.is_terminal:
-            left = None if deadline is None else deadline - anyio.current_time()
-            if left is not None and left <= 0:
-                break
-            signal = self.bus.done_signal(task_id)
-            record = await self.find_task(task_id)  # it may have ended before we listened
-            if record.is_terminal:
-                break
-            with anyio.move_on_after(left):
+        with self.bus.done_signal(task_id) as signal:
+            record = await self.submit(task, service, sent=sent)
+            if not self.bus.runs_here(task_id):  # its end is told to us only if we watch it
+                record = await self.find_task(task_id, watch=True)
+                if record.is_terminal:
+                    return record
+            with anyio.move_on_after(timeout):
                 await signal.wait()
-            record = await self.find_task(task_id)
-        return record
+        ended = self._ended.get(task_id)
+        if ended is not None:
+            return ended
+        left = None if deadline is None else max(0.0, deadline - anyio.current_time())
+        return await self.wait(record.task_id, left)
+
+    async def wait(self, task_id: str, timeout: float | None) -> TaskRecord:
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        while True:
+            with self.bus.done_signal(task_id) as signal:  # before reading: no end is missed
+                record = await self.find_task(task_id, watch=True)
+                left = None if deadline is None else deadline - anyio.current_time()
+                if record.is_terminal or (left is not None and left <= 0):
+                    return record
+                with anyio.move_on_after(left):
+                    await signal.wait()
 
     async def cancel(self, task_id: str) -> TaskRecord:
         record = await self.find_task(task_id)
@@ -305,6 +339,7 @@ class SharedControlPlane(ControlPlane):
                 "error": error,
             },
         )
+        record = None
         try:
             await self.store.flush()  # contexts saved by the task land before the lane moves
             await self._flush_events()  # and its progress before its result
@@ -315,9 +350,11 @@ class SharedControlPlane(ControlPlane):
             self.bus.healthy = False
             return
         finally:
-            self.bus.settle(task_id)
+            # Without a record from this call the task ended elsewhere (the first terminal state
+            # stands) or runs again: local waiters are woken to read and watch it.
+            self.bus.settle(task_id, abandoned=record is None)
         if record is None:
-            return  # it had ended already: the first terminal state stands
+            return
         self._ended[task_id] = record
         while len(self._ended) > self.tasks.retain_finished:
             self._ended.popitem(last=False)
@@ -385,9 +422,9 @@ class SharedControlPlane(ControlPlane):
 
 class SharedSubscription:
     """A task's events from its Redis stream: held ones after `after`, then live ones, up to
-    the result. Works on any replica, whichever one runs the task; woken by the bus's `ev`
-    notifications. Events no longer held (trimmed to `events.replay_size`) are announced by a
-    `gap` event, as in one process."""
+    the result. Works on any replica, whichever one runs the task; woken by the notes the
+    store's scripts send to replicas watching the task. Events no longer held (trimmed to
+    `events.replay_size`) are announced by a `gap` event, as in one process."""
 
     def __init__(self, plane: SharedControlPlane, task_id: str, after: int = 0) -> None:
         self._plane = plane
@@ -397,6 +434,7 @@ class SharedSubscription:
     async def frames(self) -> AsyncIterator[tuple[int, str, str]]:
         store, bus = self._plane.store, self._plane.bus
         last = "0-0"
+        watching = False
         while True:
             signal = bus.event_signal(self._task_id)
             batch = await store.read_events(self._task_id, last)
@@ -413,7 +451,10 @@ class SharedSubscription:
                     return
             if batch:
                 continue
-            record = await store.fetch_task(self._task_id)
+            if watching:
+                record = await store.fetch_task(self._task_id)
+            else:  # from now on, its events are announced to this replica
+                record = await store.watch_task(self._task_id, bus.replica_id)
             if record is None:
                 return
             if record.is_terminal:  # its result event expired with the stream
@@ -423,6 +464,9 @@ class SharedSubscription:
                 if record.last_seq > self._cursor:
                     yield record.last_seq, "result", event.model_dump_json()
                 return
+            if not watching:
+                watching = True
+                continue  # events written before the watch began are read, not waited for
             await signal.wait()
 
     def _gap(self, first: int) -> tuple[int, str, str]:

@@ -5,10 +5,21 @@ scripts, each one atomic on the server:
 
 - `submit`: refuse a taken id or a full backlog, write the record and its first event, append the
   task to its session lane, and add the stream entry only if the task heads its lane — so a 202
-  always has both a record and (now or when its lane frees) a stream entry.
+  always has both a record and (now or when its lane frees) a stream entry. When the accepting
+  replica hosts the service and has room, the same script also reads the next entry for it
+  (XREADGROUP, usually the one just added): the task starts there without a blocking read's
+  wake-up and another round trip, and is still an ordinary pending entry if that replica dies.
 - `finish`: the first terminal state wins; it stores the outcome, acknowledges and deletes the
-  stream entry, hands the lane to the next task, and notifies waiting replicas. Later attempts
-  (a duplicate delivery, a late result after a cancel) answer "ended" and change nothing.
+  stream entry, hands the lane to the next task, and notifies the replicas watching the task.
+  Later attempts (a duplicate delivery, a late result after a cancel) answer "ended" and change
+  nothing.
+
+Notifications are targeted, never broadcast: a replica that waits for a task it does not run
+(a long-poll, `/run` of a task another replica took, an SSE reader) registers in the task's
+`watch` set (the `watch` script, atomically with reading the record), and the scripts that
+change the task PUBLISH only to those replicas' `note:<replica>` channels. A task accepted and
+run by the same replica, the common case, thus costs no notification at all, and the other
+replicas of a deployment do no work for it.
 
 Sessions are JSON strings plus a list of task ids; signed contexts are one hash per session.
 Context and session writes are recorded at once (the `Store` contract) and written by `flush()`,
@@ -21,10 +32,12 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
+from redis.exceptions import NoScriptError
 
 from gateway.control_plane.sessions import SessionRecord
 from gateway.control_plane.tasks import TaskRecord
@@ -33,6 +46,7 @@ from gateway.store import Store
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
 
 logger = logging.getLogger("gateway.store.redis")
 
@@ -61,7 +75,17 @@ if sid ~= '' then
   redis.call('RPUSH', p .. 'session:' .. sid .. ':tasks', id)
   if redis.call('RPUSH', p .. 'lane:' .. sid .. ':' .. svc, id) > 1 then return 'queued' end
 end
-redis.call('HSET', tkey, 'entry', redis.call('XADD', stream, '*', 'm', ARGV[6]))
+local entry = redis.call('XADD', stream, '*', 'm', ARGV[6])
+redis.call('HSET', tkey, 'entry', entry)
+if ARGV[12] ~= '' then
+  local got = redis.pcall('XREADGROUP', 'GROUP', 'workers', ARGV[12], 'COUNT', 1,
+    'STREAMS', stream, '>')
+  if type(got) == 'table' and got[1] then
+    local e = got[1][2][1]
+    if e[1] == entry then return {'ok', entry} end
+    return {'ok', e[1], e[2][2]}
+  end
+end
 return 'ok'
 """
 
@@ -105,8 +129,11 @@ if sid and sid ~= '' then
     redis.call('LREM', lane, 1, id)
   end
 end
-redis.call('PUBLISH', p .. 'done', id)
-redis.call('PUBLISH', p .. 'ev', id)
+local wkey = p .. 'watch:' .. id
+for _, r in ipairs(redis.call('SMEMBERS', wkey)) do
+  redis.call('PUBLISH', p .. 'note:' .. r, 'd' .. id)
+end
+redis.call('DEL', wkey)
 return redis.call('HGETALL', tkey)
 """
 
@@ -119,7 +146,9 @@ redis.call('HSET', tkey, 'status', ARGV[3])
 if ARGV[3] == 'running' then redis.call('HSETNX', tkey, 'started_at', ARGV[4]) end
 local seq = redis.call('HINCRBY', tkey, 'seq', 1)
 redis.call('XADD', p .. 'ev:' .. id, 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[5], 's', seq)
-redis.call('PUBLISH', p .. 'ev', id)
+for _, r in ipairs(redis.call('SMEMBERS', p .. 'watch:' .. id)) do
+  redis.call('PUBLISH', p .. 'note:' .. r, 'e' .. id)
+end
 return 1
 """
 
@@ -130,8 +159,23 @@ local cur = redis.call('HGET', tkey, 'status')
 if not cur or string.find(ARGV[5], cur, 1, true) then return 0 end
 local seq = redis.call('HINCRBY', tkey, 'seq', 1)
 redis.call('XADD', p .. 'ev:' .. id, 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3], 's', seq)
-redis.call('PUBLISH', p .. 'ev', id)
+for _, r in ipairs(redis.call('SMEMBERS', p .. 'watch:' .. id)) do
+  redis.call('PUBLISH', p .. 'note:' .. r, 'e' .. id)
+end
 return 1
+"""
+
+WATCH = """
+local p, id = ARGV[1], ARGV[2]
+local tkey = p .. 'task:' .. id
+local fields = redis.call('HGETALL', tkey)
+local status = redis.call('HGET', tkey, 'status')
+if status and not string.find(ARGV[5], status, 1, true) then
+  local wkey = p .. 'watch:' .. id
+  redis.call('SADD', wkey, ARGV[3])
+  redis.call('EXPIRE', wkey, ARGV[4])
+end
+return fields
 """
 
 
@@ -141,6 +185,17 @@ class SubmitRefused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """What the submit script did: `outcome` is `ok` or `queued` (behind its session lane).
+    `taken` is the entry handed to the submitting replica's consumer, if it asked for one, with
+    `raw` its message unless it is the task's own entry."""
+
+    outcome: str
+    taken: str | None = None
+    raw: str | None = None
 
 
 class RedisStore(Store):
@@ -156,6 +211,7 @@ class RedisStore(Store):
         self._finish = client.register_script(FINISH)
         self._status = client.register_script(STATUS)
         self._event = client.register_script(EVENT)
+        self._watch = client.register_script(WATCH)
         self._contexts: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._pending_contexts: dict[tuple[str, str], str] = {}
         self._pending_sessions: dict[str, SessionRecord | None] = {}
@@ -264,9 +320,15 @@ class RedisStore(Store):
 
     # -- tasks -------------------------------------------------------------------------------
     async def submit(
-        self, record: TaskRecord, message: QueueMessage, max_queued: int, event: TaskEvent
-    ) -> str:
-        """Run the submit script; returns `ok` or `queued`, raises SubmitRefused otherwise."""
+        self,
+        record: TaskRecord,
+        message: QueueMessage,
+        max_queued: int,
+        event: TaskEvent,
+        take_as: str = "",
+    ) -> Submitted:
+        """Run the submit script; raises SubmitRefused unless the task was accepted. With
+        `take_as` (a consumer name) the script also reads the next entry for that consumer."""
         outcome = await self._submit(
             args=[
                 self.prefix,
@@ -280,11 +342,14 @@ class RedisStore(Store):
                 json.dumps(record.input),  # kept as sent: text or a JSON value
                 EVENTS_TTL,
                 json.dumps(record.trace) if record.trace else "",  # its trace, with tracing on
+                take_as,
             ]
         )
+        if isinstance(outcome, list):
+            return Submitted("ok", outcome[1], outcome[2] if len(outcome) > 2 else None)
         if outcome not in ("ok", "queued"):
             raise SubmitRefused(outcome)
-        return outcome
+        return Submitted(outcome)
 
     async def finish(
         self,
@@ -316,20 +381,51 @@ class RedisStore(Store):
     async def write_events(self, events: list[TaskEvent]) -> None:
         """Progress of running tasks, in order, in one round trip: status changes move a task
         that has not ended; other events join its stream. Nothing is written after the end."""
+        calls: list[tuple[AsyncScript, list[Any]]] = []
+        for event in events:
+            raw = event.model_dump_json()
+            if event.kind == "status" and event.status is not None:
+                args = [self.prefix, event.task_id, event.status.value, repr(event.at), raw]
+                calls.append((self._status, [*args, _TERMINAL, self.replay_size]))
+            else:
+                args = [self.prefix, event.task_id, raw, self.replay_size, _TERMINAL]
+                calls.append((self._event, args))
+        if len(calls) == 1:  # the common case: no pipeline to set up
+            script, args = calls[0]
+            await script(args=args)
+            return
+        await self._run_scripts(calls)
+
+    async def _run_scripts(self, calls: list[tuple[AsyncScript, list[Any]]]) -> None:
+        """Scripts in one pipelined round trip, by EVALSHA. (A pipeline given `Script` objects
+        asks SCRIPT EXISTS first, on every execution: a second round trip.) Scripts the server
+        does not have (it restarted) are loaded and only those calls are sent again."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for event in events:
-                raw = event.model_dump_json()
-                if event.kind == "status" and event.status is not None:
-                    args = [self.prefix, event.task_id, event.status.value, repr(event.at), raw]
-                    await self._status(args=[*args, _TERMINAL, self.replay_size], client=pipe)
-                else:
-                    args = [self.prefix, event.task_id, raw, self.replay_size, _TERMINAL]
-                    await self._event(args=args, client=pipe)
-            await pipe.execute()
+            for script, args in calls:
+                pipe.evalsha(script.sha, 0, *args)
+            replies = await pipe.execute(raise_on_error=False)
+        missing = [call for call, reply in zip(calls, replies, strict=True)
+                   if isinstance(reply, NoScriptError)]  # fmt: skip
+        for reply in replies:
+            if isinstance(reply, Exception) and not isinstance(reply, NoScriptError):
+                raise reply
+        for script, args in missing:
+            await script(args=args)  # loads the script, then runs it
 
     async def fetch_task(self, task_id: str) -> TaskRecord | None:
         fields = await self.client.hgetall(self.key("task", task_id))
         return _record(fields) if fields else None
+
+    async def watch_task(self, task_id: str, replica: str) -> TaskRecord | None:
+        """The task's record; if it has not ended, `replica` is notified (on its `note`
+        channel) of its next events and of its end. Registering and reading are one atomic
+        step, so an end cannot slip in between unseen."""
+        fields = await self._watch(args=[self.prefix, task_id, replica, EVENTS_TTL, _TERMINAL])
+        if not fields:
+            return None
+        if isinstance(fields, list):
+            fields = dict(zip(fields[::2], fields[1::2], strict=True))
+        return _record(fields)
 
     async def task_status(self, task_id: str) -> str | None:
         return await self.client.hget(self.key("task", task_id), "status")

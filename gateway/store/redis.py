@@ -244,6 +244,12 @@ class RedisStore(Store):
 
     async def flush(self) -> None:
         """Write every recorded session/context change, in order, before returning."""
+        if (
+            not self._pending_contexts
+            and not self._pending_sessions
+            and not self._flush_lock.locked()
+        ):
+            return  # nothing recorded, nothing being written: no lock, no yield to the loop
         async with self._flush_lock:
             if not self._pending_contexts and not self._pending_sessions:
                 return

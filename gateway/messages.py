@@ -10,9 +10,9 @@ import itertools
 import time
 import uuid
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
 CONTROL_PLANE_NAME = "control_plane"
 # Client-chosen ids (tasks, sessions, human tasks): safe in paths, logs and keys.
@@ -81,6 +81,9 @@ TraceHeaders = dict[
 ]
 
 
+B = TypeVar("B", bound=BaseModel)
+
+
 class QueueMessage(BaseModel):
     """An envelope on the bus; `type` names the destination (a service or `control_plane`).
 
@@ -94,6 +97,60 @@ class QueueMessage(BaseModel):
     data: dict[str, Any] = Field(default_factory=dict)
     stats: QueueMessageStats = Field(default_factory=QueueMessageStats)
     trace: TraceHeaders | None = Field(default=None, max_length=8)
+
+    # The model `data` was made from, when the publisher handed one over (`carrying`).
+    _body: BaseModel | None = PrivateAttr(default=None)
+
+    @classmethod
+    def carrying(cls, body: BaseModel, **fields: Any) -> QueueMessage:
+        """A message whose payload is the model `body` itself.
+
+        In one process nobody needs its JSON form: the receiver takes `body` back with
+        `body_as` and no dump/validate round trip happens. `data` is made from `body` the
+        first time something reads it (a transport that leaves the process, a log line).
+        """
+        # Built as `model_construct` would (the fields are ours, not input), in fewer steps:
+        # this runs for every task, status change and result.
+        message = cls.__new__(cls)
+        values = {
+            "id_": new_message_id(),
+            "publisher_id": "default",
+            "type": "default",
+            "action": None,
+            "stats": QueueMessageStats(),
+            "trace": None,
+            **fields,
+        }
+        object.__setattr__(message, "__dict__", values)
+        object.__setattr__(message, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(message, "__pydantic_extra__", None)
+        object.__setattr__(message, "__pydantic_private__", {"_body": body})
+        return message
+
+    def body_as(self, model: type[B]) -> B:
+        """The payload as `model`: the object the publisher handed over, else `data` validated
+        (what came from outside the process is checked, as always)."""
+        body = self.__pydantic_private__["_body"]  # not `self._body`: that is a slow lookup
+        if isinstance(body, model):
+            return body
+        return model.model_validate(self.data)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "data":  # a `carrying` message whose JSON form nobody asked for yet
+            body = self.__pydantic_private__["_body"]
+            if body is None:
+                raise AttributeError(name)
+            data = self.__dict__["data"] = body.model_dump(mode="json")
+            return data
+        return super().__getattr__(name)  # type: ignore[misc]
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        self.data  # noqa: B018 - made now if it is still only a `body`
+        return super().model_dump(**kwargs)
+
+    def model_dump_json(self, **kwargs: Any) -> str:
+        self.data  # noqa: B018
+        return super().model_dump_json(**kwargs)
 
 
 class ChatMessage(BaseModel):

@@ -452,7 +452,7 @@ class AgentService(BaseService):
     # -- bus --------------------------------------------------------------------------------------
     async def process_message(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.NEW_TASK:
-            task = NewTask.model_validate(message.data).task
+            task = message.body_as(NewTask).task
             self._track(task, TaskStatus.PENDING)
             self.spawn(task, lambda: self.execute(task))
         elif message.action == ActionTypes.NEW_TOOL_CALL:

@@ -497,11 +497,13 @@ class BaseService(BaseModel, ABC):
             text = result.result if ok else (result.error or result.status.value)
             await self.answer_tool_call(tool_call, text, is_error=not ok)
             return
+        # Handed over as the object; serialized once here anyway, because a result that has no
+        # JSON form (too deep, say) must fail now, as what could not be reported, not later in
+        # whichever response or stream first tries to write it.
+        result.__pydantic_serializer__.to_json(result)
         await self.publish(
-            QueueMessage(
-                type=CONTROL_PLANE_NAME,
-                action=ActionTypes.COMPLETED_TASK,
-                data=result.model_dump(mode="json"),
+            QueueMessage.carrying(
+                result, type=CONTROL_PLANE_NAME, action=ActionTypes.COMPLETED_TASK
             )
         )
 
@@ -552,11 +554,7 @@ class BaseService(BaseModel, ABC):
 
     async def publish_event(self, event: TaskEvent) -> None:
         await self.publish(
-            QueueMessage(
-                type=CONTROL_PLANE_NAME,
-                action=ActionTypes.TASK_STREAM,
-                data=event.model_dump(mode="json"),
-            )
+            QueueMessage.carrying(event, type=CONTROL_PLANE_NAME, action=ActionTypes.TASK_STREAM)
         )
 
     # -- synchronous runs -------------------------------------------------------------------

@@ -123,7 +123,7 @@ class KwargsService(BaseService):
 
     async def process_message(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.NEW_TASK:
-            new_task = NewTask.model_validate(message.data)
+            new_task = message.body_as(NewTask)
             self.spawn(new_task.task, lambda: self.execute(new_task.task, new_task.state))
         elif message.action == ActionTypes.NEW_TOOL_CALL:
             task, tool_call = self.task_as_tool_call(message)

@@ -9,6 +9,7 @@ since a task's `result` is its last event, the result is always still held for e
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from itertools import islice
@@ -19,9 +20,46 @@ from gateway.messages import TaskEvent, TaskStatus
 
 # One held event: (seq, kind, its JSON). The JSON is what SSE writes, so it is serialized once.
 Entry = tuple[int, str, str]
-# A plain status change of the channel's task is held as (seq, "status", status, at) instead,
-# a third of the bytes, and written as JSON only if a reader asks for it: most never are.
-Held = Entry | tuple[int, str, TaskStatus, float]
+
+
+class Deferred:
+    """An event held as what it is made from, written as JSON only if a reader asks for it.
+
+    Most events are never read (nobody follows a `/run` that answers at once), so the task
+    path builds no TaskEvent model and writes no JSON for them.
+    """
+
+    __slots__ = ()
+
+    def json(self, seq: int) -> str:
+        raise NotImplementedError
+
+
+# A plain status change of the channel's task is held as (seq, "status", status, at), a third
+# of the bytes; (seq, kind, Deferred) is written when read.
+Held = Entry | tuple[int, str, TaskStatus, float] | tuple[int, str, Deferred]
+
+
+class FeedStatus(Deferred):
+    """A task's status change on the aggregate feed."""
+
+    __slots__ = ("task_id", "status", "service", "session_id", "task_seq", "at")
+
+    def __init__(
+        self, task_id: str, status: TaskStatus, service: str, session_id: str | None, task_seq: int
+    ) -> None:
+        self.task_id = task_id
+        self.status = status
+        self.service = service
+        self.session_id = session_id
+        self.task_seq = task_seq
+        self.at = time.time()
+
+    def json(self, seq: int) -> str:
+        data = {"service": self.service, "session_id": self.session_id, "task_seq": self.task_seq}
+        return TaskEvent(
+            task_id=self.task_id, kind="status", status=self.status, data=data, at=self.at, seq=seq
+        ).model_dump_json()
 
 
 class Channel:
@@ -65,6 +103,16 @@ class Channel:
         self._notify()
         return seq
 
+    def append_deferred(self, kind: str, event: Deferred) -> int:
+        """Number and keep an event that is written only if read; never waits."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        self.entries.append((seq, kind, event))
+        if len(self.entries) > self.size:
+            del self.entries[0]
+        self._notify()
+        return seq
+
     def close(self) -> None:
         self.closed = True
         self._notify()
@@ -79,12 +127,15 @@ class Channel:
         first = self.first_held
         start = max(cursor + 1 - first, 0)
         return [
-            held if len(held) == 3 else self._written(held)  # type: ignore[misc]
+            held if len(held) == 3 and type(held[2]) is str else self._written(held)  # type: ignore[misc]
             for held in islice(self.entries, start, None)
         ]
 
-    def _written(self, held: tuple[int, str, TaskStatus, float]) -> Entry:
-        seq, kind, status, at = held
+    def _written(self, held: Held) -> Entry:
+        if len(held) == 3:
+            seq, kind, deferred = held
+            return (seq, kind, deferred.json(seq))  # type: ignore[union-attr]
+        seq, kind, status, at = held  # type: ignore[misc]
         event = TaskEvent(task_id=self.key, kind="status", status=status, at=at, seq=seq)
         return (seq, kind, event.model_dump_json())
 
@@ -215,7 +266,16 @@ class TaskEventHub:
             return 0
         return channel.append(event)
 
-    def publish_feed(self, event: TaskEvent) -> int:
+    def publish_deferred(self, task_id: str, kind: str, event: Deferred) -> int:
+        """`publish` for an event written only if read (0 if the task has ended)."""
+        channel = self._channel(task_id)
+        if channel.closed:
+            return 0
+        return channel.append_deferred(kind, event)
+
+    def publish_feed(self, event: TaskEvent | Deferred, kind: str = "status") -> int:
+        if isinstance(event, Deferred):
+            return self.feed.append_deferred(kind, event)
         return self.feed.append(event)
 
     def close(self, task_id: str) -> None:

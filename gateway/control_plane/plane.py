@@ -23,7 +23,7 @@ from gateway.bus import BusError, BusFull, Consumer, NoConsumer
 from gateway.bus.http_remote import RemoteConsumer
 from gateway.bus.memory import MessageBus
 from gateway.contain import describe
-from gateway.control_plane.events import Subscription, TaskEventHub
+from gateway.control_plane.events import Deferred, FeedStatus, Subscription, TaskEventHub
 from gateway.control_plane.registry import RegisteredService, ServiceRegistry
 from gateway.control_plane.remote import RemoteAccess, remote_publisher
 from gateway.control_plane.sessions import SessionRecord, SessionTable
@@ -478,11 +478,11 @@ class ControlPlane:
     async def _dispatch(
         self, task: TaskDefinition, state: dict | None = None, wait: bool = False
     ) -> None:
-        message = QueueMessage(
+        message = QueueMessage.carrying(
+            NewTask(task=task, state=state or {}),
             publisher_id=self.publisher_id,
             type=task.agent_id or "",
             action=ActionTypes.NEW_TASK,
-            data=NewTask(task=task, state=state or {}).model_dump(mode="json"),
         )
         if self.tracing is not None:  # the task's span, wherever and whenever this runs
             record = self.tasks.get(task.task_id)
@@ -560,12 +560,12 @@ class ControlPlane:
         if self._stopped:
             return
         if message.action == ActionTypes.COMPLETED_TASK:
-            result = TaskResult.model_validate(message.data)
+            result = message.body_as(TaskResult)
             if self._refused(result.task_id, message, result.status):
                 return
             await self._end(result.task_id, result.status, result=result, error=result.error)
         elif message.action == ActionTypes.TASK_STREAM:
-            event = TaskEvent.model_validate(message.data)
+            event = message.body_as(TaskEvent)
             if self._refused(event.task_id, message):
                 return
             if event.kind == "status" and event.status is not None:
@@ -646,7 +646,9 @@ class ControlPlane:
         if record is None:
             return
         # The result is the task's last event; its seq is saved so it keeps it for good.
-        record.last_seq = self.events.publish(self._result_event(record)) or record.last_seq
+        record.last_seq = (
+            self.events.publish_deferred(task_id, "result", _ResultEvent(record)) or record.last_seq
+        )
         self.events.close(task_id)
         self._publish_feed(record, status, record.last_seq)
         self.store.save_task(record)
@@ -685,16 +687,7 @@ class ControlPlane:
 
     def _publish_feed(self, record: TaskRecord, status: TaskStatus, task_seq: int) -> None:
         self.events.publish_feed(
-            TaskEvent(
-                task_id=record.task_id,
-                kind="status",
-                status=status,
-                data={
-                    "service": record.service,
-                    "session_id": record.session_id,
-                    "task_seq": task_seq,
-                },
-            )
+            FeedStatus(record.task_id, status, record.service, record.session_id, task_seq)
         )
 
     def subscribe(self, task_id: str, after: int = 0) -> Subscription:
@@ -743,3 +736,19 @@ class ControlPlane:
             await self._dispatch(task, state, wait=True)
         except NoConsumer as exc:
             await self._end(task.task_id, TaskStatus.FAILED, error=str(exc))
+
+
+class _ResultEvent(Deferred):
+    """A task's `result` event, written from its (terminal, so final) record when read."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, record: TaskRecord) -> None:
+        self.record = record
+
+    def json(self, seq: int) -> str:
+        event = ControlPlane._result_event(self.record)
+        event.seq = seq
+        if self.record.finished_at is not None:
+            event.at = self.record.finished_at
+        return event.model_dump_json()

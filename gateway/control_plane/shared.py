@@ -306,7 +306,7 @@ class SharedControlPlane(ControlPlane):
         if self._stopped:
             return
         if message.action == ActionTypes.COMPLETED_TASK:
-            result = TaskResult.model_validate(message.data)
+            result = message.body_as(TaskResult)
             if not result.status.is_terminal:  # it would end the task and leave it running
                 logger.warning(
                     "refused completed_task for %s with the non-terminal status %s from %s",
@@ -317,7 +317,7 @@ class SharedControlPlane(ControlPlane):
                 return
             await self._end(result.task_id, result.status, result=result, error=result.error)
         elif message.action == ActionTypes.TASK_STREAM:
-            self._record_event(TaskEvent.model_validate(message.data))
+            self._record_event(message.body_as(TaskEvent))
         else:
             raise ValueError(f"the control plane does not handle {message.action!r}")
 

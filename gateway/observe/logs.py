@@ -87,12 +87,35 @@ class _WriterHandler(logging.Handler):
         while True:
             self._wake.wait()
             self._wake.clear()
-            while self._records:
-                self.writer.handle(self._records.popleft())
-            self.writer.flush()
+            self._write_batch()
             if self._stopping:
                 return
             time.sleep(self.WRITE_EVERY)
+
+    def _write_batch(self) -> None:
+        """Format what is queued and write it with one `write` and one `flush`: the stream
+        handler's own `emit` flushes after every line, a system call per task at full load."""
+        records = self._records
+        stream = getattr(self.writer, "stream", None)
+        if stream is None:  # any other handler: one record at a time, its own way
+            while records:
+                self.writer.handle(records.popleft())
+            self.writer.flush()
+            return
+        lines = []
+        while records:
+            record = records.popleft()
+            try:
+                lines.append(self.writer.format(record) + "\n")
+            except Exception:
+                self.writer.handleError(record)
+        if not lines:
+            return
+        try:
+            stream.write("".join(lines))
+            stream.flush()
+        except Exception:  # a closed or broken stream: logging must never stop the gateway
+            pass
 
     def close(self) -> None:
         """Write what is left and stop the thread."""

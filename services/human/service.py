@@ -325,7 +325,7 @@ class HumanService(BaseService):
 
     async def process_message(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.NEW_TASK:
-            task = self._accept(NewTask.model_validate(message.data).task)
+            task = self._accept(message.body_as(NewTask).task)
             if task is None:
                 return  # created over REST already, or delivered twice
             await self.report_status(task.task_id, TaskStatus.WAITING_FOR_HUMAN)

@@ -341,7 +341,7 @@ class ToolService(BaseService):
                 self._calls.traces[tool_call.id_] = message.trace  # a worker picks it up
             await self.submit_call(tool_call)
         elif message.action == ActionTypes.NEW_TASK:
-            task = NewTask.model_validate(message.data).task
+            task = message.body_as(NewTask).task
             self.spawn(task, lambda: self.execute_task(task))
         else:
             raise ValueError(f"{self.service_name} does not handle {message.action!r}")

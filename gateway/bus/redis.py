@@ -139,6 +139,9 @@ class RedisBus(MessageBus):
         self._done_waiters: dict[str, list[anyio.Event]] = {}
         self._event_waiters: dict[str, anyio.Event] = {}
         self._advert_changed = anyio.Event()
+        self.on_notice: Callable[[str], None] | None = None  # notices to every replica
+        self._notices: list[str] = []
+        self._notices_dirty = anyio.Event()
         self._idle = anyio.Event()
         self._receiving: anyio.CancelScope | None = None
         self._stop_receiving = False
@@ -168,6 +171,7 @@ class RedisBus(MessageBus):
         self.healthy = True
         task_group.start_soon(self._inbox_loop, name="redis-inbox")
         task_group.start_soon(self._notification_loop, name="redis-notifications")
+        task_group.start_soon(self._notice_loop, name="redis-notices")
         task_group.start_soon(self._heartbeat_loop, name="redis-heartbeat")
 
     def start_streams(self, task_group: TaskGroup) -> None:
@@ -328,19 +332,22 @@ class RedisBus(MessageBus):
     async def _notification_loop(self) -> None:
         """Our `note` channel: `d<task id>` (it ended), `e<task id>` (it has new events), sent
         only for tasks this replica registered to watch (see gateway.store.redis)."""
-        channel = self.key("note", self.replica_id)
+        channel, everyone = self.key("note", self.replica_id), self.key("all")
         backoff = _Backoff()
         while True:
             pubsub = self._listener.pubsub()
             try:
-                await pubsub.subscribe(channel)
+                await pubsub.subscribe(channel, everyone)
                 self._wake_all()  # anything that ended while we were not listening
                 backoff.reset()
                 async for item in pubsub.listen():
                     if item.get("type") != "message":
                         continue
                     note = item["data"]
-                    if note.startswith("d"):
+                    if item["channel"] == everyone:
+                        if self.on_notice is not None:
+                            self.on_notice(note)
+                    elif note.startswith("d"):
                         self.wake_done(note[1:])
                     else:
                         self._wake_events(note[1:])
@@ -351,6 +358,25 @@ class RedisBus(MessageBus):
                 with anyio.CancelScope(shield=True):
                     with contextlib.suppress(Exception):
                         await pubsub.aclose()
+
+    def tell_all(self, notice: str) -> None:
+        """Send `notice` to every replica (this one included), soon; e.g. a session was
+        deleted or reset, so that they drop what they cache of it."""
+        self._notices.append(notice)
+        self._notices_dirty.set()
+
+    async def _notice_loop(self) -> None:
+        while True:
+            await self._notices_dirty.wait()
+            self._notices_dirty = anyio.Event()
+            batch, self._notices = self._notices, []
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for notice in batch:
+                        pipe.publish(self.key("all"), notice)
+                    await pipe.execute()
+            except RedisError as exc:  # their caches are refreshed when a task runs there
+                logger.warning("%d notice(s) to the other replicas lost: %s", len(batch), exc)
 
     def _lost(self, exc: BaseException) -> None:
         if self.healthy:

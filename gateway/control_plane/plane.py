@@ -325,6 +325,15 @@ class ControlPlane:
     async def find_session(self, session_id: str) -> SessionRecord:
         return self.session(session_id)
 
+    async def session_tasks(self, session: SessionRecord) -> list[TaskRecord]:
+        """The session's tasks still known, in submission order."""
+        records = (self.tasks.get(t) or self.store.load_task(t) for t in session.task_ids)
+        return [record for record in records if record is not None]
+
+    async def open_feed(self, after: int = 0, keep: Callable[[str], bool] | None = None) -> Any:
+        """The aggregate feed (every task's status changes) after position `after`."""
+        return self.events.subscribe_feed(after, keep)
+
     async def new_session(self) -> SessionRecord:
         """A new session, committed before it is answered (a store that cannot write: 503)."""
         record = self.create_session()

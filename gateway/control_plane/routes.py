@@ -287,7 +287,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             def keep(raw: str) -> bool:
                 return json.loads(raw).get("data", {}).get("service") == needle
 
-        return sse_response(cp.events.subscribe_feed(after, keep))
+        return sse_response(await cp.open_feed(after, keep))
 
     async def send_task_event(request: Request, body: EventSend) -> Response:
         """Send an event into a running workflow (validated against its event types)."""
@@ -306,13 +306,28 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
 
     async def list_sessions(request: Request, query: CompatPageQuery) -> dict[str, Any]:
         """Reference form: id -> SessionDefinition, oldest first (paged by limit/offset)."""
-        return {
-            s.session_id: s.definition().model_dump(mode="json")
-            for s in cp.sessions.page(query.limit, query.offset)
-        }
+        stored = await cp.store.list_sessions(False, query.offset, query.limit)
+        sessions = stored[0] if stored is not None else cp.sessions.page(query.limit, query.offset)
+        return {s.session_id: s.definition().model_dump(mode="json") for s in sessions}
 
     async def page_sessions(request: Request, query: CursorQuery) -> SessionPage:
         """Sessions, newest first, paged: the `{items, total}` form of every list."""
+        after = None
+        if query.after is not None:
+            value, ident = cursor.decode(query.after)
+            if not isinstance(value, (int, float)):
+                raise ApiError(422, "`after` belongs to another list; start again without it")
+            after = (float(value), ident)
+        stored = await cp.store.list_sessions(
+            query.descending, query.offset, query.limit + 1, after
+        )
+        if stored is not None:  # a shared store: every replica's sessions
+            records, total = stored
+            items = records[: query.limit]
+            following = None
+            if len(records) > query.limit:
+                following = cursor.encode(items[-1].created_at, items[-1].session_id)
+            return SessionPage(items=items, total=total, next=following)
         page = paginate_after(cp.sessions.all(), query, lambda s: (s.created_at, s.session_id))
         return SessionPage(items=page.items, total=page.total, next=page.next)
 
@@ -343,21 +358,16 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
     async def list_session_tasks(request: Request) -> list[SessionTaskInfo]:
         """The session's tasks in submission order, each with its status."""
         session = await cp.find_session(_path(request, "session_id"))
-        infos = []
-        for task_id in session.task_ids:
-            record = cp.tasks.get(task_id) or cp.store.load_task(task_id)
-            if record is not None:
-                infos.append(
-                    SessionTaskInfo(**record.definition().model_dump(), status=record.status)
-                )
-        return infos
+        return [
+            SessionTaskInfo(**record.definition().model_dump(), status=record.status)
+            for record in await cp.session_tasks(session)
+        ]
 
     async def current_task(request: Request) -> Response:
         """The oldest task of the session that has not ended, or null."""
         session = await cp.find_session(_path(request, "session_id"))
-        for task_id in session.task_ids:
-            record = cp.tasks.get(task_id)
-            if record is not None and not record.is_terminal:
+        for record in await cp.session_tasks(session):
+            if not record.is_terminal:
                 return JSONResponse(record.definition().model_dump(mode="json"))
         return JSONResponse(None)
 

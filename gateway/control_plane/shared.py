@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -28,6 +28,7 @@ from gateway.bus.redis import RedisBus
 from gateway.control_plane.plane import ControlPlane
 from gateway.control_plane.registry import RegisteredService
 from gateway.control_plane.sessions import SessionRecord
+from gateway.control_plane.shared_feed import SharedEventHub
 from gateway.control_plane.tasks import TaskRecord
 from gateway.messages import (
     ActionTypes,
@@ -57,11 +58,21 @@ class SharedControlPlane(ControlPlane):
 
     bus: RedisBus
     store: RedisStore
+    events: SharedEventHub
 
     def __init__(self, bus: RedisBus, *, store: RedisStore, **kwargs: Any) -> None:
         super().__init__(bus, store=store, **kwargs)
         bus.hooks = self
         bus.on_discovery = self._sync_registry
+        bus.on_notice = self._on_notice
+        local = self.events
+        self.events = SharedEventHub(
+            store,
+            replay_size=local.replay_size,
+            retain_closed=local.retain_closed,
+            feed_size=local.feed.size,
+        )
+        store.feed_size = max(store.feed_size, local.feed.size)
         # Progress events are written behind the services' backs (ordered, batched) so a task
         # never waits on Redis to say it runs; its end waits until they are written.
         self._events: list[TaskEvent] = []
@@ -84,6 +95,8 @@ class SharedControlPlane(ControlPlane):
         await self.bus.connect(task_group)
         await self.store.open(task_group)
         task_group.start_soon(self._event_writer, name="redis-event-writer")
+        task_group.start_soon(self.events.follow_loop, name="redis-feed-follower")
+        task_group.start_soon(self.events.write_loop, name="redis-feed-writer")
 
     async def recover(self) -> None:
         """Nothing to replay here: unfinished tasks wait in their streams, whoever died."""
@@ -153,6 +166,56 @@ class SharedControlPlane(ControlPlane):
             return record
         cached.task_ids, cached.state = record.task_ids, record.state
         return cached
+
+    async def session_tasks(self, session: SessionRecord) -> list[TaskRecord]:
+        try:
+            return await self.store.fetch_tasks(session.task_ids)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+
+    async def open_feed(self, after: int = 0, keep: Callable[[str], bool] | None = None) -> Any:
+        """The deployment's feed: every replica's tasks (see gateway.control_plane.shared_feed)."""
+        return await self.events.open_feed(after, keep)
+
+    async def delete_session(self, session_id: str) -> list[str]:
+        """Delete a session for every replica: it goes from Redis first (no task joins it
+        afterwards), then its unfinished tasks end `cancelled` wherever they run (the replicas
+        running them are told to stop), and every replica forgets what it caches of it."""
+        await self.find_session(session_id)
+        try:
+            task_ids = await self.store.remove_session(session_id)
+            tasks = await self.store.fetch_tasks(task_ids)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        unfinished = [task for task in tasks if not task.is_terminal]
+        reason = f"cancelled: session {session_id!r} was deleted"
+        # Newest first: a queued task leaves its lane before the running one's end moves it.
+        for task in reversed(unfinished):
+            await self._end(task.task_id, TaskStatus.CANCELLED, error=reason)
+        for task in unfinished:
+            await self._tell_stop(task)
+        self._forget_session(session_id, deleted=True)
+        self.bus.tell_all(f"x{session_id}")
+        return [task.task_id for task in unfinished]
+
+    def reset_session(self, session_id: str) -> list[str]:
+        services = super().reset_session(session_id)  # contexts deleted in Redis (soon)
+        self.bus.tell_all(f"r{session_id}")  # and the other replicas forget their copies
+        return services
+
+    def _on_notice(self, notice: str) -> None:
+        """A notice to every replica: `x<session>` deleted, `r<session>` reset."""
+        if notice[:1] in ("x", "r"):
+            self._forget_session(notice[1:], deleted=notice[0] == "x")
+
+    def _forget_session(self, session_id: str, deleted: bool) -> None:
+        if deleted:
+            self.sessions.delete(session_id)
+        self.store.forget_cached(session_id)
+        for service in self.registry.local_services():
+            forget = getattr(service, "forget_session", None)
+            if forget is not None:
+                forget(session_id)
 
     async def new_session(self) -> SessionRecord:
         record = self.sessions.create()

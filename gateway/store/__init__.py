@@ -71,6 +71,13 @@ class Store:
         no task list (the control plane's table is then the list)."""
         return None
 
+    async def list_sessions(
+        self, descending: bool, offset: int, limit: int, after: tuple[float, str] | None = None
+    ) -> tuple[list[SessionRecord], int] | None:
+        """A page of the sessions a shared store keeps (ordered by creation, then id) and how
+        many there are; None: the control plane's table is the list (one process)."""
+        return None
+
     def unfinished_tasks(self) -> list[TaskRecord]:
         return []
 

@@ -41,8 +41,20 @@ from redis.exceptions import NoScriptError
 
 from gateway.control_plane.sessions import SessionRecord
 from gateway.control_plane.tasks import TaskRecord
-from gateway.messages import QueueMessage, TaskEvent, TaskResult, TaskStatus
-from gateway.store import Store
+from gateway.messages import QueueMessage, TaskEvent, TaskResult, TaskStatus, new_id
+from gateway.store import Store, TaskFilter
+from gateway.store.redis_lua import (
+    EVENT,
+    EVENTS_TTL,
+    FEED,
+    FINISH,
+    FINISHED_TTL,
+    LIST_TASKS,
+    STATUS,
+    SUBMIT,
+    TERMINAL,
+    WATCH,
+)
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -50,133 +62,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("gateway.store.redis")
 
-GROUP = "workers"  # one consumer group per service stream
-FINISHED_TTL = 86_400  # seconds a finished task's record and events stay readable
-EVENTS_TTL = 86_400  # bound on the event stream of a task that never ends
 CONTEXT_CACHE_SIZE = 4096
-
-_TERMINAL = "completed failed cancelled timed_out"
-
-SUBMIT = """
-local p, id, svc, sid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local tkey = p .. 'task:' .. id
-if redis.call('EXISTS', tkey) == 1 then return 'exists' end
-local stream = p .. 'stream:' .. svc
-if redis.call('XLEN', stream) >= tonumber(ARGV[5]) then return 'full' end
-if sid ~= '' and redis.call('EXISTS', p .. 'session:' .. sid) == 0 then return 'nosession' end
-redis.call('HSET', tkey, 'task_id', id, 'service', svc, 'session_id', sid, 'input', ARGV[9],
-  'status', 'pending', 'created_at', ARGV[8], 'msg', ARGV[6], 'trace', ARGV[11])
-local ekey = p .. 'ev:' .. id
-redis.call('HSET', tkey, 'seq', 1)
-redis.call('XADD', ekey, '*', 'e', ARGV[7], 's', 1)
-redis.call('EXPIRE', ekey, ARGV[10])
-redis.call('EXPIRE', tkey, ARGV[10])
-if sid ~= '' then
-  redis.call('RPUSH', p .. 'session:' .. sid .. ':tasks', id)
-  if redis.call('RPUSH', p .. 'lane:' .. sid .. ':' .. svc, id) > 1 then return 'queued' end
-end
-local entry = redis.call('XADD', stream, '*', 'm', ARGV[6])
-redis.call('HSET', tkey, 'entry', entry)
-if ARGV[12] ~= '' then
-  local got = redis.pcall('XREADGROUP', 'GROUP', 'workers', ARGV[12], 'COUNT', 1,
-    'STREAMS', stream, '>')
-  if type(got) == 'table' and got[1] then
-    local e = got[1][2][1]
-    if e[1] == entry then return {'ok', entry} end
-    return {'ok', e[1], e[2][2]}
-  end
-end
-return 'ok'
-"""
-
-FINISH = """
-local p, id = ARGV[1], ARGV[2]
-local tkey = p .. 'task:' .. id
-local cur = redis.call('HGET', tkey, 'status')
-if not cur then return 'unknown' end
-if string.find(ARGV[9], cur, 1, true) then return 'ended' end
-redis.call('HSET', tkey, 'status', ARGV[3], 'result', ARGV[4], 'error', ARGV[5],
-  'finished_at', ARGV[6])
-redis.call('HDEL', tkey, 'msg')
-redis.call('EXPIRE', tkey, ARGV[8])
-local svc = redis.call('HGET', tkey, 'service')
-local stream = p .. 'stream:' .. svc
-local entry = redis.call('HGET', tkey, 'entry')
-if entry then
-  redis.pcall('XACK', stream, 'workers', entry)
-  redis.call('XDEL', stream, entry)
-end
-local ekey = p .. 'ev:' .. id
-redis.call('XADD', ekey, '*', 'e', ARGV[7], 's', redis.call('HINCRBY', tkey, 'seq', 1))
-redis.call('EXPIRE', ekey, ARGV[8])
-local sid = redis.call('HGET', tkey, 'session_id')
-if sid and sid ~= '' then
-  local lane = p .. 'lane:' .. sid .. ':' .. svc
-  if redis.call('LINDEX', lane, 0) == id then
-    redis.call('LPOP', lane)
-    while true do
-      local nxt = redis.call('LINDEX', lane, 0)
-      if not nxt then break end
-      local nkey = p .. 'task:' .. nxt
-      if redis.call('HGET', nkey, 'status') == 'pending' then
-        local msg = redis.call('HGET', nkey, 'msg')
-        redis.call('HSET', nkey, 'entry', redis.call('XADD', stream, '*', 'm', msg))
-        break
-      end
-      redis.call('LPOP', lane)
-    end
-  else
-    redis.call('LREM', lane, 1, id)
-  end
-end
-local wkey = p .. 'watch:' .. id
-for _, r in ipairs(redis.call('SMEMBERS', wkey)) do
-  redis.call('PUBLISH', p .. 'note:' .. r, 'd' .. id)
-end
-redis.call('DEL', wkey)
-return redis.call('HGETALL', tkey)
-"""
-
-STATUS = """
-local p, id = ARGV[1], ARGV[2]
-local tkey = p .. 'task:' .. id
-local cur = redis.call('HGET', tkey, 'status')
-if not cur or string.find(ARGV[6], cur, 1, true) then return 0 end
-redis.call('HSET', tkey, 'status', ARGV[3])
-if ARGV[3] == 'running' then redis.call('HSETNX', tkey, 'started_at', ARGV[4]) end
-local seq = redis.call('HINCRBY', tkey, 'seq', 1)
-redis.call('XADD', p .. 'ev:' .. id, 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[5], 's', seq)
-for _, r in ipairs(redis.call('SMEMBERS', p .. 'watch:' .. id)) do
-  redis.call('PUBLISH', p .. 'note:' .. r, 'e' .. id)
-end
-return 1
-"""
-
-EVENT = """
-local p, id = ARGV[1], ARGV[2]
-local tkey = p .. 'task:' .. id
-local cur = redis.call('HGET', tkey, 'status')
-if not cur or string.find(ARGV[5], cur, 1, true) then return 0 end
-local seq = redis.call('HINCRBY', tkey, 'seq', 1)
-redis.call('XADD', p .. 'ev:' .. id, 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3], 's', seq)
-for _, r in ipairs(redis.call('SMEMBERS', p .. 'watch:' .. id)) do
-  redis.call('PUBLISH', p .. 'note:' .. r, 'e' .. id)
-end
-return 1
-"""
-
-WATCH = """
-local p, id = ARGV[1], ARGV[2]
-local tkey = p .. 'task:' .. id
-local fields = redis.call('HGETALL', tkey)
-local status = redis.call('HGET', tkey, 'status')
-if status and not string.find(ARGV[5], status, 1, true) then
-  local wkey = p .. 'watch:' .. id
-  redis.call('SADD', wkey, ARGV[3])
-  redis.call('EXPIRE', wkey, ARGV[4])
-end
-return fields
-"""
+FEED_MAXLEN = 1024  # entries the aggregate feed stream keeps (about; trimmed with MAXLEN ~)
 
 
 class SubmitRefused(Exception):
@@ -203,17 +90,26 @@ class RedisStore(Store):
 
     durable = True
 
-    def __init__(self, client: Redis, namespace: str, replay_size: int = 256) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        namespace: str,
+        replay_size: int = 256,
+        feed_size: int = FEED_MAXLEN,
+    ) -> None:
         self.client = client
         self.prefix = f"gw:{namespace}:"
         self.replay_size = max(1, replay_size)
+        self.feed_size = max(1, feed_size)
         self._submit = client.register_script(SUBMIT)
         self._finish = client.register_script(FINISH)
         self._status = client.register_script(STATUS)
         self._event = client.register_script(EVENT)
         self._watch = client.register_script(WATCH)
+        self._feed = client.register_script(FEED)
+        self._list_tasks = client.register_script(LIST_TASKS)
         self._contexts: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._pending_contexts: dict[tuple[str, str], str] = {}
+        self._pending_contexts: dict[tuple[str, str], str | None] = {}  # None: delete it
         self._pending_sessions: dict[str, SessionRecord | None] = {}
         self._flush_lock = anyio.Lock()
         self._dirty = anyio.Event()
@@ -258,7 +154,10 @@ class RedisStore(Store):
             try:
                 async with self.client.pipeline(transaction=True) as pipe:
                     for (sid, service), payload in contexts.items():
-                        pipe.hset(self.key("ctx", sid), service, payload)
+                        if payload is None:
+                            pipe.hdel(self.key("ctx", sid), service)
+                        else:
+                            pipe.hset(self.key("ctx", sid), service, payload)
                     for sid, record in sessions.items():
                         if record is None:
                             pipe.delete(
@@ -266,9 +165,11 @@ class RedisStore(Store):
                                 self.key("session", sid, "tasks"),
                                 self.key("ctx", sid),
                             )
+                            pipe.zrem(self.key("sessions"), sid)
                         else:
                             body = record.model_dump_json(include={"state", "created_at"})
                             pipe.set(self.key("session", sid), body)
+                            pipe.zadd(self.key("sessions"), {sid: record.created_at}, nx=True)
                     await pipe.execute()
             except BaseException:
                 # Put them back under anything recorded since (newer values win).
@@ -294,6 +195,16 @@ class RedisStore(Store):
         self._remember_context((session_id, service), payload)
         self._dirty.set()
 
+    def delete_context(self, session_id: str, service: str) -> None:
+        self._contexts.pop((session_id, service), None)
+        self._pending_contexts[(session_id, service)] = None
+        self._dirty.set()
+
+    def forget_cached(self, session_id: str) -> None:
+        """Another replica deleted or reset this session: drop what is cached of it here."""
+        for key in [k for k in self._contexts if k[0] == session_id]:
+            del self._contexts[key]
+
     def load_context(self, session_id: str, service: str) -> str | None:
         """From the cache `prefetch_session` filled when the task was received."""
         return self._contexts.get((session_id, service))
@@ -306,7 +217,51 @@ class RedisStore(Store):
 
     async def create_session(self, record: SessionRecord) -> None:
         body = record.model_dump_json(include={"state", "created_at"})
-        await self.client.set(self.key("session", record.session_id), body)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self.key("session", record.session_id), body)
+            pipe.zadd(self.key("sessions"), {record.session_id: record.created_at})
+            await pipe.execute()
+
+    async def list_sessions(
+        self, descending: bool, offset: int, limit: int, after: tuple[float, str] | None = None
+    ) -> tuple[list[SessionRecord], int]:
+        """A page of every session of the deployment (ordered by creation, then id) and how
+        many there are; `after` is a cursor position (created_at, session_id)."""
+        index = self.key("sessions")
+        start = offset
+        if after is not None:
+            start += await self._position_after(index, after, descending)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.zcard(index)
+            pipe.zrange(index, start, start + limit - 1, desc=descending)
+            total, ids = await pipe.execute()
+        if not ids:
+            return [], total
+        async with self.client.pipeline(transaction=False) as pipe:
+            for sid in ids:
+                pipe.get(self.key("session", sid))
+                pipe.lrange(self.key("session", sid, "tasks"), 0, -1)
+            replies = await pipe.execute()
+        records = []
+        for sid, body, task_ids in zip(ids, replies[::2], replies[1::2], strict=True):
+            if body is not None:  # deleted meanwhile
+                records.append(SessionRecord(session_id=sid, task_ids=task_ids, **json.loads(body)))
+        return records, total
+
+    async def _position_after(self, index: str, after: tuple[float, str], desc: bool) -> int:
+        """How many members of `index` sort before-or-at cursor (score, id) in this order."""
+        score, ident = after
+        held = await self.client.zscore(index, ident)
+        if held is not None and held == score:
+            rank = await (self.client.zrevrank if desc else self.client.zrank)(index, ident)
+            if rank is not None:
+                return rank + 1
+        ties = await self.client.zrangebyscore(index, score, score)
+        if desc:
+            before = await self.client.zcount(index, f"({score!r}", "+inf")
+            return before + sum(1 for m in ties if m > ident)
+        before = await self.client.zcount(index, "-inf", f"({score!r}")
+        return before + sum(1 for m in ties if m < ident)
 
     async def fetch_session(self, session_id: str) -> SessionRecord | None:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -321,6 +276,7 @@ class RedisStore(Store):
     async def prefetch_contexts(self, session_id: str) -> None:
         """Load a session's saved contexts into the cache before one of its tasks runs here."""
         saved = await self.client.hgetall(self.key("ctx", session_id))
+        self.forget_cached(session_id)  # Redis is the truth: a reset elsewhere drops them
         for service, payload in saved.items():
             self._remember_context((session_id, service), payload)
 
@@ -349,6 +305,9 @@ class RedisStore(Store):
                 EVENTS_TTL,
                 json.dumps(record.trace) if record.trace else "",  # its trace, with tracing on
                 take_as,
+                self.feed_size,
+                repr(record.created_at - FINISHED_TTL),  # finished before this: past retention
+                repr(record.created_at - FINISHED_TTL - EVENTS_TTL),  # records surely gone
             ]
         )
         if isinstance(outcome, list):
@@ -377,7 +336,8 @@ class RedisStore(Store):
                 repr(finished_at),
                 event.model_dump_json(),
                 FINISHED_TTL,
-                _TERMINAL,
+                TERMINAL,
+                self.feed_size,
             ]
         )
         if not isinstance(outcome, list):  # "ended" (the first terminal state stands), "unknown"
@@ -392,9 +352,9 @@ class RedisStore(Store):
             raw = event.model_dump_json()
             if event.kind == "status" and event.status is not None:
                 args = [self.prefix, event.task_id, event.status.value, repr(event.at), raw]
-                calls.append((self._status, [*args, _TERMINAL, self.replay_size]))
+                calls.append((self._status, [*args, TERMINAL, self.replay_size, self.feed_size]))
             else:
-                args = [self.prefix, event.task_id, raw, self.replay_size, _TERMINAL]
+                args = [self.prefix, event.task_id, raw, self.replay_size, TERMINAL]
                 calls.append((self._event, args))
         if len(calls) == 1:  # the common case: no pipeline to set up
             script, args = calls[0]
@@ -422,16 +382,88 @@ class RedisStore(Store):
         fields = await self.client.hgetall(self.key("task", task_id))
         return _record(fields) if fields else None
 
+    async def fetch_tasks(self, task_ids: list[str]) -> list[TaskRecord]:
+        """The records of these tasks that still exist, in this order, in one round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(self.key("task", task_id))
+            replies = await pipe.execute()
+        return [_record(fields) for fields in replies if fields]
+
+    async def remove_session(self, session_id: str) -> list[str]:
+        """Delete a session at once, for every replica (no task can join it any more), and
+        answer the ids of its tasks, read in the same transaction."""
+        self.delete_session(session_id)  # drops cached and unwritten contexts
+        self._pending_sessions.pop(session_id, None)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.lrange(self.key("session", session_id, "tasks"), 0, -1)
+            pipe.delete(
+                self.key("session", session_id),
+                self.key("session", session_id, "tasks"),
+                self.key("ctx", session_id),
+            )
+            pipe.zrem(self.key("sessions"), session_id)
+            task_ids, *_ = await pipe.execute()
+        return task_ids
+
     async def watch_task(self, task_id: str, replica: str) -> TaskRecord | None:
         """The task's record; if it has not ended, `replica` is notified (on its `note`
         channel) of its next events and of its end. Registering and reading are one atomic
         step, so an end cannot slip in between unseen."""
-        fields = await self._watch(args=[self.prefix, task_id, replica, EVENTS_TTL, _TERMINAL])
+        fields = await self._watch(args=[self.prefix, task_id, replica, EVENTS_TTL, TERMINAL])
         if not fields:
             return None
         if isinstance(fields, list):
             fields = dict(zip(fields[::2], fields[1::2], strict=True))
         return _record(fields)
+
+    async def list_tasks(self, query: TaskFilter) -> tuple[list[TaskRecord], int]:
+        """A page of the deployment's tasks (every replica's) and how many match, from the
+        indexes the scripts keep; the same order and cursor as in one process."""
+        sort = {"created_at": "created", "started_at": "started", "finished_at": "finished"}
+        filters = []
+        if query.status is not None:
+            filters.append(f"st:{query.status}")
+        if query.service is not None:
+            filters.append(f"svc:{query.service}")
+        if query.session_id is not None:
+            filters.append(f"sess:{query.session_id}")
+        after_score, after_id = ("", "") if query.after is None else query.after
+        reply = await self._list_tasks(
+            args=[
+                self.prefix,
+                sort[query.sort],
+                "1" if query.descending else "0",
+                query.limit,
+                query.offset,
+                repr(float(after_score)) if query.after is not None else "",
+                after_id,
+                new_id(),  # its own temporary key for an intersection
+                *filters,
+            ]
+        )
+        total, pages = int(reply[0]), reply[1:]
+        records = []
+        for fields in pages:
+            if fields:  # else it expired between the index read and now
+                if isinstance(fields, list):
+                    fields = dict(zip(fields[::2], fields[1::2], strict=True))
+                records.append(_record(fields))
+        return records, total
+
+    async def append_feed(self, event: TaskEvent) -> None:
+        """Add an entry that is not a task's status change (a human queue's) to the feed."""
+        await self._feed(args=[self.prefix, event.model_dump_json(), self.feed_size])
+
+    async def read_feed(self, after: int, count: int) -> list[tuple[int, TaskEvent]]:
+        """Feed entries after position `after` (oldest first), as (position, event)."""
+        entries = await self.client.xrange(self.key("feed"), min=f"({after}-0", count=count)
+        return [feed_entry(entry_id, fields) for entry_id, fields in entries]
+
+    async def feed_tail(self, count: int) -> list[tuple[int, TaskEvent]]:
+        """The latest `count` feed entries, oldest first."""
+        entries = await self.client.xrevrange(self.key("feed"), count=count)
+        return [feed_entry(entry_id, fields) for entry_id, fields in reversed(entries)]
 
     async def task_status(self, task_id: str) -> str | None:
         return await self.client.hget(self.key("task", task_id), "status")
@@ -444,6 +476,26 @@ class RedisStore(Store):
             event = TaskEvent.model_validate_json(fields["e"])
             events.append((entry_id, event.model_copy(update={"seq": int(fields["s"])})))
         return events
+
+
+def feed_entry(entry_id: str, fields: dict[str, str]) -> tuple[int, TaskEvent]:
+    """A feed stream entry as (position, event): a status change written by a script in
+    compact fields, or any other event as JSON (`j`)."""
+    position = int(entry_id.split("-", 1)[0])
+    if "j" in fields:
+        return position, TaskEvent.model_validate_json(fields["j"])
+    event = TaskEvent(
+        task_id=fields["t"],
+        kind="status",
+        status=TaskStatus(fields["s"]),
+        at=float(fields["a"]),
+        data={
+            "service": fields["v"],
+            "session_id": fields["x"] or None,
+            "task_seq": int(fields["q"]),
+        },
+    )
+    return position, event
 
 
 def _sent_input(raw: str) -> Any:

@@ -19,7 +19,8 @@ reached by reference; Redis carries only what leaves the process (as JSON, valid
   gateway.store.redis). A missed notification is harmless: waiters re-check the record when they
   register and every time the connection comes back. Pub/sub costs one connection per replica
   whatever the number of waiters, which is why it is used rather than a blocking read per
-  waiter.
+  waiter. The same connection hears the few notices meant for every replica (`all`: a session
+  was deleted or reset, drop what is cached of it).
 
 The heartbeat/claim job is a bounded periodic job by nature (claims are about elapsed time);
 everything else blocks on reads.

@@ -113,9 +113,8 @@ async def test_first_terminal_state_wins_and_the_backlog_is_bounded() -> None:
         assert taken.value.reason == "exists"
 
         first = records[0].task_id
-        done = TaskEvent(task_id=first, kind="result", status=TaskStatus.COMPLETED)
-        ended = await store.finish(first, TaskStatus.COMPLETED, None, None, 1.0, done)
-        again = await store.finish(first, TaskStatus.FAILED, None, "duplicate", 2.0, done)
+        ended = await store.finish(first, TaskStatus.COMPLETED, None, None, 1.0)
+        again = await store.finish(first, TaskStatus.FAILED, None, "duplicate", 2.0)
         assert ended is not None and ended.status is TaskStatus.COMPLETED and again is None
         record = await store.fetch_task(first)
         assert record is not None and record.status is TaskStatus.COMPLETED

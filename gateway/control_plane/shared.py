@@ -247,11 +247,11 @@ class SharedControlPlane(ControlPlane):
             session_id=task.session_id,
             input=task.input if sent is None else sent,  # shown back as it was sent
         )
-        message = QueueMessage(
+        message = QueueMessage.carrying(  # its JSON goes to Redis; a local take gets the object
+            NewTask(task=task, state=state or {}),
             publisher_id=self.publisher_id,
             type=target,
             action=ActionTypes.NEW_TASK,
-            data=NewTask(task=task, state=state or {}).model_dump(mode="json"),
         )
         event = TaskEvent(task_id=task.task_id, kind="status", status=TaskStatus.PENDING)
         if self.tracing is not None:
@@ -392,21 +392,11 @@ class SharedControlPlane(ControlPlane):
         error: str | None = None,
     ) -> None:
         finished_at = time.time()
-        event = TaskEvent(
-            task_id=task_id,
-            kind="result",
-            status=status,
-            data={
-                "status": status.value,
-                "result": result.model_dump(mode="json") if result is not None else None,
-                "error": error,
-            },
-        )
         record = None
         try:
             await self.store.flush()  # contexts saved by the task land before the lane moves
             await self._flush_events()  # and its progress before its result
-            record = await self.store.finish(task_id, status, result, error, finished_at, event)
+            record = await self.store.finish(task_id, status, result, error, finished_at)
         except RedisError as exc:
             # Not stored, so not acknowledged: the entry is taken over and the task runs again.
             logger.warning("end of task %s not stored (%s); it will run again", task_id, exc)

@@ -323,26 +323,50 @@ class RedisStore(Store):
         result: TaskResult | None,
         error: str | None,
         finished_at: float,
-        event: TaskEvent,
     ) -> TaskRecord | None:
-        """The terminal transition: the ended record if this call ended the task, else None."""
-        outcome = await self._finish(
+        """The terminal transition: the ended record if this call ended the task, else None.
+
+        The result is serialized once: its `result` event embeds the same JSON text."""
+        result_json = result.model_dump_json() if result is not None else ""
+        event = (
+            f'{{"task_id":{json.dumps(task_id)},"kind":"result","name":"","data":'
+            f'{{"status":"{status.value}","result":{result_json or "null"},'
+            f'"error":{json.dumps(error)}}},"status":"{status.value}","at":{finished_at!r},'
+            '"seq":null}'
+        )
+        reply = await self._finish(
             args=[
                 self.prefix,
                 task_id,
                 status.value,
-                result.model_dump_json() if result is not None else "",
+                result_json,
                 error or "",
                 repr(finished_at),
-                event.model_dump_json(),
+                event,
                 FINISHED_TTL,
                 TERMINAL,
                 self.feed_size,
             ]
         )
-        if not isinstance(outcome, list):  # "ended" (the first terminal state stands), "unknown"
+        if not isinstance(reply, list):  # "ended" (the first terminal state stands), "unknown"
             return None
-        return _record(dict(zip(outcome[::2], outcome[1::2], strict=True)))
+        service, session_id, sent, created_at, started_at, seq, trace = reply
+        headers = json.loads(trace) if trace else None
+        return TaskRecord(
+            task_id=task_id,
+            service=service,
+            session_id=session_id or None,
+            input=_sent_input(sent or ""),
+            status=status,
+            result=result,
+            error=error,
+            created_at=float(created_at or 0.0),
+            started_at=float(started_at) if started_at else None,
+            finished_at=finished_at,
+            last_seq=int(seq or 0),
+            trace=headers,
+            trace_id=trace_id_of(headers),
+        )
 
     async def write_events(self, events: list[TaskEvent]) -> None:
         """Progress of running tasks, in order, in one round trip: status changes move a task

@@ -159,7 +159,8 @@ if sid and sid ~= '' then
 end
 notify(p, id, 'd')
 redis.call('DEL', p .. 'watch:' .. id)
-return redis.call('HGETALL', tkey)
+return redis.call('HMGET', tkey, 'service', 'session_id', 'input', 'created_at', 'started_at',
+  'seq', 'trace')
 """
 )
 

@@ -40,16 +40,20 @@ from gateway.messages import (
     TaskResult,
     TaskStatus,
 )
-from gateway.store.redis import RedisStore, SubmitRefused
+from gateway.store.redis import RedisStore, SubmitRefused, write_refusal
 from gateway.web.errors import ApiError
 
 logger = logging.getLogger("gateway.control_plane.shared")
 
 RETRY_AFTER = {"Retry-After": "1"}
+WRITE_RETRY = {"Retry-After": "5"}  # a full or read-only Redis needs an operator, not a blink
 MAX_PENDING_EVENTS = 100_000
 
 
 def _unavailable(exc: BaseException) -> ApiError:
+    refused = write_refusal(exc)
+    if refused is not None:  # reachable, but it takes no writes: say why, and nothing was kept
+        return ApiError(503, f"{refused}; nothing was stored, retry later", headers=WRITE_RETRY)
     return ApiError(503, f"the shared store (Redis) is unavailable: {exc}", headers=RETRY_AFTER)
 
 
@@ -268,7 +272,8 @@ class SharedControlPlane(ControlPlane):
         except SubmitRefused as refused:
             raise self._refusal(refused.reason, task, entry) from None
         except RedisError as exc:
-            self.bus.healthy = False
+            if write_refusal(exc) is None:  # else reads still work: the connection is fine
+                self.bus.healthy = False
             raise _unavailable(exc) from None
         finally:
             if take_as and (submitted is None or submitted.taken is None):
@@ -399,8 +404,10 @@ class SharedControlPlane(ControlPlane):
             record = await self.store.finish(task_id, status, result, error, finished_at)
         except RedisError as exc:
             # Not stored, so not acknowledged: the entry is taken over and the task runs again.
-            logger.warning("end of task %s not stored (%s); it will run again", task_id, exc)
-            self.bus.healthy = False
+            why = write_refusal(exc) or str(exc)
+            logger.warning("end of task %s not stored (%s); it will run again", task_id, why)
+            if write_refusal(exc) is None:
+                self.bus.healthy = False
             return
         finally:
             # Without a record from this call the task ended elsewhere (the first terminal state

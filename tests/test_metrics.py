@@ -211,7 +211,7 @@ async def test_sse_subscriber_gauge_follows_open_streams() -> None:
 
 
 async def test_task_logs_carry_task_id_and_service(caplog) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.control_plane.plane")
+    caplog.set_level(logging.DEBUG, logger="gateway.control_plane.plane")
     async with gateway_client({"services": SERVICES}) as client:
         done = await submit(client, "echo", {"message": "hi"})
         failed = await submit(client, "boom")
@@ -222,6 +222,8 @@ async def test_task_logs_carry_task_id_and_service(caplog) -> None:
     assert set(ended) >= {done, failed}
     assert (ended[done].service, ended[done].status) == ("echo", "completed")
     assert (ended[failed].service, ended[failed].status) == ("boom", "failed")
+    # only tasks that did not complete are logged at INFO
+    assert ended[failed].levelno == logging.INFO and ended[done].levelno == logging.DEBUG
 
     line = JsonFormatter().format(ended[failed])
     entry = json.loads(line)

@@ -419,7 +419,8 @@ class SharedControlPlane(ControlPlane):
         while len(self._ended) > self.tasks.retain_finished:
             self._ended.popitem(last=False)
         self.bus.wake_done(task_id)  # waiters here need not wait for the notification
-        logger.info(
+        logger.log(  # as ControlPlane._end: completed tasks only at DEBUG
+            logging.DEBUG if status is TaskStatus.COMPLETED else logging.INFO,
             "task ended",
             extra={"task_id": task_id, "service": record.service, "status": status.value},
         )

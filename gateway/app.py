@@ -212,14 +212,9 @@ def create_app(
     runtime.control_plane.on_task_end.append(metrics.task_ended)
     tokens = load_tokens(config)
 
-    routes: list[BaseRoute] = [
-        Route("/", info),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics_endpoint(metrics, runtime.control_plane.tasks.active_count)),
-        Mount("/control_plane", routes=control_plane_routes(runtime.control_plane)),
-        *protocol_routes(runtime, config),
-    ]
+    # Services first: Starlette tries routes in order, and their `/run` is the busiest path.
+    # (No prefix overlaps another route's: the config refuses such prefixes.)
+    routes: list[BaseRoute] = []
     for service in runtime.services.values():
         service_routes = service.routes()
         if service.service_name not in runtime.hosted:
@@ -233,6 +228,14 @@ def create_app(
             if not service_routes:
                 continue
         routes.append(Mount(service.mount_prefix, routes=service_routes, name=service.service_name))
+    routes += [
+        Route("/", info),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint(metrics, runtime.control_plane.tasks.active_count)),
+        Mount("/control_plane", routes=control_plane_routes(runtime.control_plane)),
+        *protocol_routes(runtime, config),
+    ]
 
     def document() -> dict[str, Any]:
         return build_openapi(routes, title=config.name, version=__version__, auth=bool(tokens))

@@ -26,13 +26,14 @@ def new_id() -> str:
 # Message ids only need to be unique: a random per-process prefix and a counter cost a fraction
 # of a uuid4 (which reads os.urandom), and a task sends several messages. Ids of tasks, sessions
 # and other things clients hold stay uuid4.
-_MESSAGE_PREFIX = uuid.uuid4().hex[:20]
+_MESSAGE_PREFIX = "{0[0]}-{0[1]}-{0[2]}-{0[3]}-".format(
+    (lambda h: (h[:8], h[8:12], h[12:16], h[16:20]))(uuid.uuid4().hex)
+)
 _message_counter = itertools.count()
 
 
 def new_message_id() -> str:
-    p = _MESSAGE_PREFIX
-    return f"{p[:8]}-{p[8:12]}-{p[12:16]}-{p[16:20]}-{next(_message_counter):012x}"
+    return f"{_MESSAGE_PREFIX}{next(_message_counter):012x}"
 
 
 class ActionTypes(StrEnum):

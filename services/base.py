@@ -213,9 +213,12 @@ class BaseService(BaseModel, ABC):
     # -- bus --------------------------------------------------------------------------------
     @property
     def service_host(self) -> ServiceHost:
-        if self._host is None:
+        # Read from the private dict: `self._host` goes through pydantic's `__getattr__`, and
+        # this runs several times per task.
+        host = self.__pydantic_private__["_host"]
+        if host is None:
             raise RuntimeError(f"service {self.service_name!r} is not started")
-        return self._host
+        return host
 
     @property
     def bus(self) -> MessageBus:

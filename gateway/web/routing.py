@@ -120,7 +120,12 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise validation_error(exc, "body") from None
 
 
+_NO_QUERY: dict[str, Any] = {}
+
+
 def parse_query(request: Request, model: type[M]) -> M:
+    if not request.scope.get("query_string"):  # the usual case: every field at its default
+        return model.model_validate(_NO_QUERY)
     try:
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:

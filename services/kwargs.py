@@ -94,8 +94,7 @@ class KwargsService(BaseService):
 
     def routes(self) -> list[BaseRoute]:
         return [
-            *self.common_routes(),
-            api_route(
+            api_route(  # first: Starlette tries a mount's routes in order
                 "/run",
                 self._run_http,
                 methods=["POST"],
@@ -106,6 +105,7 @@ class KwargsService(BaseService):
                 summary=self.run_summary,
                 errors=(400, 404, 409, 415, 422, 503),
             ),
+            *self.common_routes(),
         ]
 
     async def _run_http(self, request: Request, body: KwargsRunRequest, query: RunQuery) -> Any:

@@ -74,8 +74,8 @@ class ControlPlane:
         self._lanes: dict[LaneKey, deque[str]] = {}
         self._lane_busy: dict[LaneKey, str] = {}  # lane -> the task holding it
         self._task_group: TaskGroup | None = None
+        # Set when the last active task ends; only `drain` waits on it, each time on a new one.
         self._idle = anyio.Event()
-        self._idle.set()
         self.on_task_end: list[Callable[[TaskRecord], None]] = []
         self.tracing: Any = None  # gateway.observe.tracing.Tracing when tracing is on
         self.remote = RemoteAccess(None)  # service tokens and allow list (set by the app)
@@ -129,7 +129,6 @@ class ControlPlane:
                 self.tasks.add(record)
                 if self.tracing is not None:  # continues the trace the record carries
                     self.tracing.start_task(record)
-                self._idle = anyio.Event()
                 # A run parked at shutdown while it waited for a person goes on from there.
                 state = {"resume_parked": True} if resumable else None
                 await self._route(record.definition(), state, wait=True)
@@ -390,8 +389,6 @@ class ControlPlane:
         )
         if self.tracing is not None:
             self.tracing.start_task(record)
-        if self._idle.is_set():
-            self._idle = anyio.Event()
         if self.store.durable:
             # Committed before it can run: a task the store refused must never have started.
             await self._commit_new(record, session)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.requests import Request
@@ -21,6 +23,8 @@ class GatewayMetrics:
         self.events = events
         self.store = store or Store()
         self._failed_commits_seen = 0
+        self._ended: dict[tuple[str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
         self.registry = CollectorRegistry()
         self.tasks = Counter(
             "gateway_tasks_total",
@@ -59,9 +63,17 @@ class GatewayMetrics:
         )
 
     def task_ended(self, record: TaskRecord) -> None:
-        self.tasks.labels(record.service, record.status.value).inc()
+        # `labels()` validates and locks on every call: look each labelled child up once.
+        key = (record.service, record.status.value)
+        counter = self._ended.get(key)
+        if counter is None:
+            counter = self._ended[key] = self.tasks.labels(*key)
+        counter.inc()
         if record.finished_at is not None:
-            self.latency.labels(record.service).observe(record.finished_at - record.created_at)
+            latency = self._latency.get(record.service)
+            if latency is None:
+                latency = self._latency[record.service] = self.latency.labels(record.service)
+            latency.observe(record.finished_at - record.created_at)
 
     def refresh(self, active: int) -> None:
         """Gauges are read at scrape time, so the hot path pays nothing for them."""

@@ -124,9 +124,9 @@ _NO_QUERY: dict[str, Any] = {}
 
 
 def parse_query(request: Request, model: type[M]) -> M:
-    if not request.scope.get("query_string"):  # the usual case: every field at its default
-        return model.model_validate(_NO_QUERY)
     try:
+        if not request.scope.get("query_string"):  # the usual case: no query to parse
+            return model.model_validate(_NO_QUERY)
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:
         raise validation_error(exc, "query") from None

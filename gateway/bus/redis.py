@@ -98,6 +98,14 @@ class TaskHooks(Protocol):
 STREAM_SLOT, LOCAL_SLOT, NO_SLOT = "stream", "local", ""
 
 
+@dataclass(frozen=True)
+class Take:
+    """A local take reserved at submission: our consumer name, and whether it starts at once."""
+
+    consumer: str
+    starts: bool
+
+
 @dataclass
 class _Flight:
     service: str
@@ -134,6 +142,10 @@ class RedisBus(MessageBus):
         self._hosted: dict[str, dict[str, Any]] = {}  # service -> its advertised definition
         self._slots: dict[str, anyio.Semaphore] = {}
         self._local_room: dict[str, int] = {}  # service -> tasks it may still take at submit
+        self._concurrency: dict[str, int] = {}  # service -> its max_concurrent_tasks
+        self._busy: dict[str, int] = {}  # service -> its tasks in flight here
+        self._starting: dict[str, int] = {}  # service -> takes that start at once, undelivered
+        self._started = anyio.Event()  # set when one of those is delivered
         self._inflight: dict[str, _Flight] = {}
         self._remote: dict[str, dict[str, Any]] = {}  # service -> {definition, replicas}
         self._owners: dict[str, str] = {}  # reply address -> replica id
@@ -159,6 +171,8 @@ class RedisBus(MessageBus):
         self._hosted[service] = definition
         self._slots[service] = anyio.Semaphore(prefetch)
         self._local_room[service] = local
+        self._concurrency[service] = local
+        self._busy[service] = self._starting[service] = 0
 
     async def connect(self, task_group: TaskGroup) -> None:
         """Check Redis, advertise, learn the others, start the loops that do not run tasks."""
@@ -264,28 +278,58 @@ class RedisBus(MessageBus):
         return BusUnavailable(f"the message transport (Redis) is unavailable: {exc}")
 
     # -- taking tasks at submission ---------------------------------------------------------
-    def reserve_local(self, service: str) -> str:
-        """Our consumer name if a task submitted here may be taken here at once (we host its
-        service, we receive, it has room), with a place reserved for it; else "".
+    def reserve_local(self, service: str, accepts: bool = True) -> Take | None:
+        """A place for a task submitted here to be taken here at once (we host its service,
+        we receive, it has room), or None.
 
         The stream loop's slots are spoken for by its pending blocking read, so local takes
-        have their own bound (the service's concurrency): they start at once, and the blocking
-        read leaves the backlog to idle replicas as before."""
+        have their own bound (the service's concurrency), and the blocking read leaves the
+        backlog to idle replicas as before. The take `starts` when the service (`accepts`
+        work, i.e. is not paused) has a free slot for it counting every task in flight here:
+        the submit script then records it `running` itself (no separate status write), and
+        other deliveries to the service wait until it is delivered, so nothing takes its slot."""
         room = self._local_room.get(service, 0)
         if room <= 0 or self._stop_receiving or not self.healthy:
-            return ""
+            return None
         self._local_room[service] = room - 1
-        return self.replica_id
+        starts = accepts and (
+            self._busy[service] + self._starting[service] < self._concurrency[service]
+        )
+        if starts:
+            self._starting[service] += 1
+        return Take(self.replica_id, starts)
 
-    def unreserve_local(self, service: str) -> None:
+    def unreserve_local(self, service: str, take: Take) -> None:
+        """The submit script did not hand us an entry after all."""
         self._local_room[service] += 1
+        self._started_one(service, take)
 
     async def receive_taken(
-        self, service: str, entry_id: str, message: QueueMessage | None, raw: str | None
+        self,
+        service: str,
+        entry_id: str,
+        message: QueueMessage | None,
+        raw: str | None,
+        take: Take,
     ) -> None:
         """Run an entry the submit script read for us: `message` when it is the submitted
         task itself (passed on as the object, never re-parsed), else its `raw` JSON."""
-        await self._receive(service, entry_id, {"m": raw or ""}, LOCAL_SLOT, message)
+        try:
+            fields = {"m": raw or ""}
+            await self._receive(service, entry_id, fields, LOCAL_SLOT, message, take.starts)
+        finally:
+            self._started_one(service, take)
+
+    def _started_one(self, service: str, take: Take) -> None:
+        if take.starts:
+            self._starting[service] -= 1
+            started, self._started = self._started, anyio.Event()
+            started.set()
+
+    async def _after_starts(self, service: str) -> None:
+        """Wait while takes that start at once are still to be delivered to `service`."""
+        while self._starting.get(service):
+            await self._started.wait()
 
     def runs_here(self, task_id: str) -> bool:
         """Whether this replica works on `task_id` now (its end then wakes waiters here)."""
@@ -434,6 +478,7 @@ class RedisBus(MessageBus):
         fields: dict[str, str],
         slot: str,
         message: QueueMessage | None = None,
+        starting: bool = False,
     ) -> None:
         stream = self.key("stream", service)
         if message is None:
@@ -455,6 +500,7 @@ class RedisBus(MessageBus):
             self._release(service, slot)
             return
         self._inflight[task_id] = _Flight(service, entry_id, slot)
+        self._busy[service] = self._busy.get(service, 0) + 1
         try:
             if self.hooks is not None:
                 await self.hooks.before_task(message)
@@ -462,6 +508,8 @@ class RedisBus(MessageBus):
             logger.warning("could not prepare task %s (%s); it will be retried", task_id, exc)
             self.settle(task_id, abandoned=True)
             return
+        if not starting:
+            await self._after_starts(service)  # a take that starts at once has its slot
         await self._deliver_locally(message)
 
     async def _deliver_locally(self, message: QueueMessage) -> None:
@@ -477,6 +525,7 @@ class RedisBus(MessageBus):
             self.wake_done(task_id)
         flight = self._inflight.pop(task_id, None)
         if flight is not None:
+            self._busy[flight.service] -= 1
             self._release(flight.service, flight.slot)
             if not self._inflight:
                 self._idle.set()

@@ -87,6 +87,9 @@ class SharedControlPlane(ControlPlane):
         # Ended tasks this process saw end (a terminal record never changes): answers waiters
         # here without another read.
         self._ended: OrderedDict[str, TaskRecord] = OrderedDict()
+        # Tasks the submit script recorded running (taken here with a free slot): the first
+        # `running` their service reports is already in Redis.
+        self._started_by_take: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def register_local(self, definition: ServiceDefinition, service: Any, max_queued: int) -> None:
@@ -262,11 +265,16 @@ class SharedControlPlane(ControlPlane):
             self.tracing.start_task(record)
             message.trace = record.trace
         outcome = "refused"
-        take_as = self.bus.reserve_local(target)
+        take = self.bus.reserve_local(target, getattr(entry.service, "running", True))
         submitted = None
         try:
             submitted = await self.store.submit(
-                record, message, entry.max_queued_tasks, event, take_as
+                record,
+                message,
+                entry.max_queued_tasks,
+                event,
+                take.consumer if take is not None else "",
+                time.time() if take is not None and take.starts else None,
             )
             outcome = "pending"
         except SubmitRefused as refused:
@@ -276,18 +284,20 @@ class SharedControlPlane(ControlPlane):
                 self.bus.healthy = False
             raise _unavailable(exc) from None
         finally:
-            if take_as and (submitted is None or submitted.taken is None):
-                self.bus.unreserve_local(target)
+            if take is not None and (submitted is None or submitted.taken is None):
+                self.bus.unreserve_local(target, take)
             # The task may end in another replica, where this span object is not: here it
             # covers the acceptance, and the run (in whichever replica) is its child.
             if self.tracing is not None:
                 self.tracing.end_task(record.task_id, outcome, None)
-        if submitted.taken is not None:
+        if submitted.taken is not None and take is not None:
             # Read for us by the submit script: start it here. Shielded, so that a client
             # going away now cannot leave the entry idle until it is claimed back.
             own = message if submitted.raw is None else None
+            if submitted.running:  # recorded running already: its service's report is not
+                self._started_by_take.add(task.task_id)
             with anyio.CancelScope(shield=True):
-                await self.bus.receive_taken(target, submitted.taken, own, submitted.raw)
+                await self.bus.receive_taken(target, submitted.taken, own, submitted.raw, take)
         return record
 
     @staticmethod
@@ -385,7 +395,11 @@ class SharedControlPlane(ControlPlane):
                 return
             await self._end(result.task_id, result.status, result=result, error=result.error)
         elif message.action == ActionTypes.TASK_STREAM:
-            self._record_event(message.body_as(TaskEvent))
+            event = message.body_as(TaskEvent)
+            if event.status is TaskStatus.RUNNING and event.task_id in self._started_by_take:
+                self._started_by_take.discard(event.task_id)  # the submit script wrote it
+                return
+            self._record_event(event)
         else:
             raise ValueError(f"the control plane does not handle {message.action!r}")
 
@@ -397,6 +411,7 @@ class SharedControlPlane(ControlPlane):
         error: str | None = None,
     ) -> None:
         finished_at = time.time()
+        self._started_by_take.discard(task_id)
         record = None
         try:
             await self.store.flush()  # contexts saved by the task land before the lane moves

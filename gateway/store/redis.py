@@ -83,6 +83,7 @@ class Submitted:
     outcome: str
     taken: str | None = None
     raw: str | None = None
+    running: bool = False  # recorded running by the script (the taker starts it at once)
 
 
 class RedisStore(Store):
@@ -288,9 +289,17 @@ class RedisStore(Store):
         max_queued: int,
         event: TaskEvent,
         take_as: str = "",
+        starts_at: float | None = None,
     ) -> Submitted:
         """Run the submit script; raises SubmitRefused unless the task was accepted. With
-        `take_as` (a consumer name) the script also reads the next entry for that consumer."""
+        `take_as` (a consumer name) the script also reads the next entry for that consumer;
+        with `starts_at` too, a task so taken is recorded running from then."""
+        running = ""
+        if starts_at is not None:
+            event = TaskEvent(
+                task_id=record.task_id, kind="status", status=TaskStatus.RUNNING, at=starts_at
+            )
+            running = event.model_dump_json()
         outcome = await self._submit(
             args=[
                 self.prefix,
@@ -308,10 +317,13 @@ class RedisStore(Store):
                 self.feed_size,
                 repr(record.created_at - FINISHED_TTL),  # finished before this: past retention
                 repr(record.created_at - FINISHED_TTL - EVENTS_TTL),  # records surely gone
+                repr(starts_at) if starts_at is not None else "",
+                running,
             ]
         )
         if isinstance(outcome, list):
-            return Submitted("ok", outcome[1], outcome[2] if len(outcome) > 2 else None)
+            raw = outcome[2] or None if len(outcome) > 2 else None
+            return Submitted("ok", outcome[1], raw, running=len(outcome) > 3)
         if outcome not in ("ok", "queued"):
             raise SubmitRefused(outcome)
         return Submitted(outcome)

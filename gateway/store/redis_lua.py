@@ -56,7 +56,7 @@ end
 
 # ARGV: prefix, id, service, session, max queued, message, pending event, created_at, input,
 # events ttl, trace, consumer to take it for ('' = none), feed maxlen, finished-before cutoff,
-# created-before cutoff.
+# created-before cutoff, started_at if the taker starts it at once ('' = no), running event.
 SUBMIT = (
     _HELPERS
     + f"""
@@ -102,6 +102,15 @@ if ARGV[12] ~= '' then
     'STREAMS', stream, '>')
   if type(got) == 'table' and got[1] then
     local e = got[1][2][1]
+    if e[1] == entry and ARGV[16] ~= '' then
+      -- the submitting replica starts it at once: recorded running in this same step
+      redis.call('HSET', tkey, 'status', 'running', 'started_at', ARGV[16], 'seq', 2)
+      redis.call('XADD', ekey, '*', 'e', ARGV[17], 's', 2)
+      restatus(p, id, 'pending', 'running', created)
+      redis.call('ZADD', p .. 'tix:started', ARGV[16], id)
+      feed(p, ARGV[13], id, 'running', svc, sid, 2, ARGV[16])
+      return {{'ok', entry, '', 'running'}}
+    end
     if e[1] == entry then return {{'ok', entry}} end
     return {{'ok', e[1], e[2][2]}}
   end

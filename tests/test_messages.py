@@ -147,3 +147,31 @@ def test_service_definition_ignores_unknown_fields_from_older_peers() -> None:
     definition = ServiceDefinition.model_validate({"service_name": "x", "legacy": 1})
     assert definition.service_name == "x"
     assert "legacy" not in definition.model_dump()
+
+
+def test_a_carrying_message_hands_over_its_body_and_makes_data_only_when_read() -> None:
+    result = TaskResult(task_id="t-1", result="ok", output={"n": 1})
+    message = QueueMessage.carrying(
+        result, type="control_plane", action=ActionTypes.COMPLETED_TASK, publisher_id="echo"
+    )
+    # in the process: the very object, no JSON made
+    assert message.body_as(TaskResult) is result
+    assert "data" not in message.__dict__
+    # leaving the process: the same wire shape as a message built from a dict
+    wire = json.loads(message.model_dump_json())
+    assert wire["data"] == result.model_dump(mode="json")
+    assert wire["action"] == "completed_task" and wire["publisher_id"] == "echo"
+    assert message.data == result.model_dump(mode="json")
+    # and what comes back in is validated, as anything from outside
+    back = QueueMessage.model_validate(wire)
+    assert back.body_as(TaskResult) == result and back.body_as(TaskResult) is not result
+    forged = QueueMessage.model_validate({**wire, "data": {"task_id": 5, "status": "nope"}})
+    with pytest.raises(ValidationError):
+        forged.body_as(TaskResult)
+
+
+def test_a_carrying_message_of_another_model_is_validated_as_the_asked_one() -> None:
+    message = QueueMessage.carrying(TaskEvent(task_id="t-1"), type="x")
+    with pytest.raises(ValidationError):  # a TaskEvent's fields are not a TaskResult
+        message.body_as(NewTask)
+    assert message.model_copy().data["task_id"] == "t-1"

@@ -25,6 +25,7 @@ from gateway.messages import (
     TaskEvent,
     TaskStatus,
 )
+from gateway.store import TaskFilter
 from gateway.store.redis import RedisStore, SubmitRefused
 from tests.conftest import free_port, gateway_client
 from tests.redis_helpers import REDIS_URL, SECRET, clean_namespace, redis_config
@@ -179,4 +180,23 @@ async def test_a_task_delivered_too_often_is_given_up_and_dead_lettered() -> Non
         dead = await client.xrange(store.key("dead", "echo"))
         assert [f["entry"] for _, f in dead] == [entry_id]
         assert await client.xlen(stream) == 0
+        await client.aclose()
+
+
+async def test_finished_tasks_past_retention_leave_the_lists_with_their_records() -> None:
+    with clean_namespace() as namespace:
+        client = redis.asyncio.Redis.from_url(REDIS_URL, decode_responses=True)
+        store = RedisStore(client, namespace)
+        pending = TaskEvent(task_id="x", kind="status", status=TaskStatus.PENDING)
+        old, message = _task(store)
+        await store.submit(old, message, 100, pending)
+        await store.finish(old.task_id, TaskStatus.COMPLETED, None, None, 1.0)  # long ago
+        for _ in range(8):  # a retention batch runs about every 8 submissions
+            await store.submit(*_task(store), 100, pending)
+        assert await store.fetch_task(old.task_id) is None
+        assert not await client.exists(store.key("ev", old.task_id))
+        records, total = await store.list_tasks(TaskFilter(service="echo", limit=100))
+        assert total == 8 and old.task_id not in {r.task_id for r in records}
+        for index in ("created", "started", "finished", "st:completed", "svc:echo"):
+            assert await client.zscore(store.key("tix", index), old.task_id) is None, index
         await client.aclose()

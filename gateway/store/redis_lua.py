@@ -22,14 +22,17 @@ GROUP = "workers"  # one consumer group per service stream
 FINISHED_TTL = 86_400  # seconds a finished task's record and events stay readable
 EVENTS_TTL = 86_400  # bound on the event stream (and record) of a task that never ends
 TERMINAL = "completed failed cancelled timed_out"
-TRIM_BATCH = 16  # expired tasks removed per submission (amortized retention)
+TRIM_BATCH = 32  # expired tasks removed per retention batch
+TRIM_EVERY = 8  # submissions between retention batches (amortized: no sweeper)
 
 # Shared by the scripts below (each one is sent with these functions in front of it).
 _HELPERS = """
-local function feed(p, maxlen, id, status, svc, sid, seq, at)
-  local n = redis.call('INCR', p .. 'feed:n')
+local function feed_at(p, maxlen, n, id, status, svc, sid, seq, at)
   redis.call('XADD', p .. 'feed', 'MAXLEN', '~', maxlen, n .. '-0', 't', id, 's', status,
     'v', svc, 'x', sid, 'q', seq, 'a', at)
+end
+local function feed(p, maxlen, id, status, svc, sid, seq, at)
+  feed_at(p, maxlen, redis.call('INCR', p .. 'feed:n'), id, status, svc, sid, seq, at)
 end
 local function restatus(p, id, old, new, created)
   if old ~= new then
@@ -48,9 +51,9 @@ local function unindex(p, id, svc, sid)
   if sid and sid ~= '' then redis.call('ZREM', p .. 'tix:sess:' .. sid, id) end
 end
 local function notify(p, id, note)
-  for _, r in ipairs(redis.call('SMEMBERS', p .. 'watch:' .. id)) do
-    redis.call('PUBLISH', p .. 'note:' .. r, note .. id)
-  end
+  local watchers = redis.call('SMEMBERS', p .. 'watch:' .. id)
+  for _, r in ipairs(watchers) do redis.call('PUBLISH', p .. 'note:' .. r, note .. id) end
+  return #watchers
 end
 """
 
@@ -66,56 +69,68 @@ if redis.call('EXISTS', tkey) == 1 then return 'exists' end
 local stream = p .. 'stream:' .. svc
 if redis.call('XLEN', stream) >= tonumber(ARGV[5]) then return 'full' end
 if sid ~= '' and redis.call('EXISTS', p .. 'session:' .. sid) == 0 then return 'nosession' end
-for _, old in ipairs(redis.call('ZRANGE', p .. 'tix:finished', '(0', '(' .. ARGV[14],
-    'BYSCORE', 'LIMIT', 0, {TRIM_BATCH})) do
-  local f = redis.call('HMGET', p .. 'task:' .. old, 'service', 'session_id')
-  unindex(p, old, f[1], f[2])
-  redis.call('DEL', p .. 'task:' .. old, p .. 'ev:' .. old)
-end
-for _, old in ipairs(redis.call('ZRANGE', p .. 'tix:created', '-inf', '(' .. ARGV[15],
-    'BYSCORE', 'LIMIT', 0, {TRIM_BATCH})) do
-  local f = redis.call('HMGET', p .. 'task:' .. old, 'service', 'session_id')
-  unindex(p, old, f[1], f[2])
-end
 local created = ARGV[8]
-redis.call('HSET', tkey, 'task_id', id, 'service', svc, 'session_id', sid, 'input', ARGV[9],
-  'status', 'pending', 'created_at', created, 'msg', ARGV[6], 'trace', ARGV[11], 'seq', 1)
-local ekey = p .. 'ev:' .. id
-redis.call('XADD', ekey, '*', 'e', ARGV[7], 's', 1)
-redis.call('EXPIRE', ekey, ARGV[10])
-redis.call('EXPIRE', tkey, ARGV[10])
-redis.call('ZADD', p .. 'tix:created', created, id)
-redis.call('ZADD', p .. 'tix:started', 0, id)
-redis.call('ZADD', p .. 'tix:finished', 0, id)
-redis.call('ZADD', p .. 'tix:st:pending', created, id)
-redis.call('ZADD', p .. 'tix:svc:' .. svc, created, id)
-feed(p, ARGV[13], id, 'pending', svc, sid, 1, created)
+local queued = false
 if sid ~= '' then
-  redis.call('ZADD', p .. 'tix:sess:' .. sid, created, id)
   redis.call('RPUSH', p .. 'session:' .. sid .. ':tasks', id)
-  if redis.call('RPUSH', p .. 'lane:' .. sid .. ':' .. svc, id) > 1 then return 'queued' end
+  queued = redis.call('RPUSH', p .. 'lane:' .. sid .. ':' .. svc, id) > 1
+  redis.call('ZADD', p .. 'tix:sess:' .. sid, created, id)
 end
-local entry = redis.call('XADD', stream, '*', 'm', ARGV[6])
-redis.call('HSET', tkey, 'entry', entry)
-if ARGV[12] ~= '' then
-  local got = redis.pcall('XREADGROUP', 'GROUP', '{GROUP}', ARGV[12], 'COUNT', 1,
-    'STREAMS', stream, '>')
-  if type(got) == 'table' and got[1] then
-    local e = got[1][2][1]
-    if e[1] == entry and ARGV[16] ~= '' then
-      -- the submitting replica starts it at once: recorded running in this same step
-      redis.call('HSET', tkey, 'status', 'running', 'started_at', ARGV[16], 'seq', 2)
-      redis.call('XADD', ekey, '*', 'e', ARGV[17], 's', 2)
-      restatus(p, id, 'pending', 'running', created)
-      redis.call('ZADD', p .. 'tix:started', ARGV[16], id)
-      feed(p, ARGV[13], id, 'running', svc, sid, 2, ARGV[16])
-      return {{'ok', entry, '', 'running'}}
+local entry, taken, other, running = false, false, false, false
+if not queued then
+  entry = redis.call('XADD', stream, '*', 'm', ARGV[6])
+  if ARGV[12] ~= '' then
+    local got = redis.pcall('XREADGROUP', 'GROUP', '{GROUP}', ARGV[12], 'COUNT', 1,
+      'STREAMS', stream, '>')
+    if type(got) == 'table' and got[1] then
+      local e = got[1][2][1]
+      taken = e[1]
+      if taken == entry then running = ARGV[16] ~= '' else other = e[2][2] end
     end
-    if e[1] == entry then return {{'ok', entry}} end
-    return {{'ok', e[1], e[2][2]}}
   end
 end
-return 'ok'
+-- one write per structure, with the status it ends this step in
+local status, seq = 'pending', 1
+if running then status, seq = 'running', 2 end
+local fields = {{'task_id', id, 'service', svc, 'session_id', sid, 'input', ARGV[9],
+  'status', status, 'created_at', created, 'msg', ARGV[6], 'trace', ARGV[11], 'seq', seq}}
+if entry then fields[#fields + 1] = 'entry'; fields[#fields + 1] = entry end
+if running then fields[#fields + 1] = 'started_at'; fields[#fields + 1] = ARGV[16] end
+redis.call('HSET', tkey, unpack(fields))
+redis.call('EXPIRE', tkey, ARGV[10])
+local ekey = p .. 'ev:' .. id
+redis.call('XADD', ekey, '*', 'e', ARGV[7], 's', 1)
+if running then redis.call('XADD', ekey, '*', 'e', ARGV[17], 's', 2) end
+redis.call('EXPIRE', ekey, ARGV[10])
+redis.call('ZADD', p .. 'tix:created', created, id)
+redis.call('ZADD', p .. 'tix:started', running and ARGV[16] or 0, id)
+redis.call('ZADD', p .. 'tix:finished', 0, id)
+redis.call('ZADD', p .. 'tix:st:' .. status, created, id)
+redis.call('ZADD', p .. 'tix:svc:' .. svc, created, id)
+local n = redis.call('INCRBY', p .. 'feed:n', seq)
+feed_at(p, ARGV[13], n - seq + 1, id, 'pending', svc, sid, 1, created)
+if running then feed_at(p, ARGV[13], n, id, 'running', svc, sid, 2, ARGV[16]) end
+-- retention, a batch about every {TRIM_EVERY} submissions: finished tasks past it go whole
+if math.floor(n / {TRIM_EVERY}) ~= math.floor((n - seq) / {TRIM_EVERY}) then
+  for _, old in ipairs(redis.call('ZRANGE', p .. 'tix:finished', '(0', '(' .. ARGV[14],
+      'BYSCORE', 'LIMIT', 0, {TRIM_BATCH})) do
+    local f = redis.call('HMGET', p .. 'task:' .. old, 'service', 'session_id')
+    unindex(p, old, f[1], f[2])
+    redis.call('DEL', p .. 'task:' .. old, p .. 'ev:' .. old)
+  end
+  for _, old in ipairs(redis.call('ZRANGE', p .. 'tix:created', '-inf', '(' .. ARGV[15],
+      'BYSCORE', 'LIMIT', 0, {TRIM_BATCH})) do
+    local f = redis.call('HMGET', p .. 'task:' .. old, 'service', 'session_id')
+    unindex(p, old, f[1], f[2])
+  end
+end
+if queued then return 'queued' end
+if not taken then return 'ok' end
+if taken == entry then
+  if running then return {{'ok', entry, '', 'running'}} end
+  return {{'ok', entry}}
+end
+return {{'ok', taken, other}}
 """
 )
 
@@ -126,16 +141,18 @@ FINISH = (
     + """
 local p, id = ARGV[1], ARGV[2]
 local tkey = p .. 'task:' .. id
-local cur = redis.call('HGET', tkey, 'status')
+local f = redis.call('HMGET', tkey, 'status', 'service', 'entry', 'session_id', 'created_at',
+  'seq', 'input', 'started_at', 'trace')
+local cur = f[1]
 if not cur then return 'unknown' end
 if string.find(ARGV[9], cur, 1, true) then return 'ended' end
+local svc, entry, sid, created = f[2], f[3], f[4] or '', f[5]
+local seq = (tonumber(f[6]) or 0) + 1
 redis.call('HSET', tkey, 'status', ARGV[3], 'result', ARGV[4], 'error', ARGV[5],
-  'finished_at', ARGV[6])
+  'finished_at', ARGV[6], 'seq', seq)
 redis.call('HDEL', tkey, 'msg')
 redis.call('EXPIRE', tkey, ARGV[8])
-local f = redis.call('HMGET', tkey, 'service', 'entry', 'session_id', 'created_at')
-local svc, entry, sid = f[1], f[2], f[3]
-restatus(p, id, cur, ARGV[3], f[4])
+restatus(p, id, cur, ARGV[3], created)
 redis.call('ZADD', p .. 'tix:finished', ARGV[6], id)
 local stream = p .. 'stream:' .. svc
 if entry then
@@ -143,11 +160,10 @@ if entry then
   redis.call('XDEL', stream, entry)
 end
 local ekey = p .. 'ev:' .. id
-local seq = redis.call('HINCRBY', tkey, 'seq', 1)
 redis.call('XADD', ekey, '*', 'e', ARGV[7], 's', seq)
 redis.call('EXPIRE', ekey, ARGV[8])
-feed(p, ARGV[10], id, ARGV[3], svc, sid or '', seq, ARGV[6])
-if sid and sid ~= '' then
+feed(p, ARGV[10], id, ARGV[3], svc, sid, seq, ARGV[6])
+if sid ~= '' then
   local lane = p .. 'lane:' .. sid .. ':' .. svc
   if redis.call('LINDEX', lane, 0) == id then
     redis.call('LPOP', lane)
@@ -166,10 +182,8 @@ if sid and sid ~= '' then
     redis.call('LREM', lane, 1, id)
   end
 end
-notify(p, id, 'd')
-redis.call('DEL', p .. 'watch:' .. id)
-return redis.call('HMGET', tkey, 'service', 'session_id', 'input', 'created_at', 'started_at',
-  'seq', 'trace')
+if notify(p, id, 'd') > 0 then redis.call('DEL', p .. 'watch:' .. id) end
+return {svc, sid, f[7] or '', created or '', f[8] or '', seq, f[9] or ''}
 """
 )
 

@@ -410,18 +410,23 @@ class RedisBus(MessageBus):
         self._notices.append(notice)
         self._notices_dirty.set()
 
+    async def send_notices(self) -> None:
+        """Publish the notices queued so far now (raises RedisError if they could not be)."""
+        batch, self._notices = self._notices, []
+        if batch:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for notice in batch:
+                    pipe.publish(self.key("all"), notice)
+                await pipe.execute()
+
     async def _notice_loop(self) -> None:
         while True:
             await self._notices_dirty.wait()
             self._notices_dirty = anyio.Event()
-            batch, self._notices = self._notices, []
             try:
-                async with self.client.pipeline(transaction=False) as pipe:
-                    for notice in batch:
-                        pipe.publish(self.key("all"), notice)
-                    await pipe.execute()
+                await self.send_notices()
             except RedisError as exc:  # their caches are refreshed when a task runs there
-                logger.warning("%d notice(s) to the other replicas lost: %s", len(batch), exc)
+                logger.warning("notice(s) to the other replicas lost: %s", exc)
 
     def _lost(self, exc: BaseException) -> None:
         if self.healthy:

@@ -296,6 +296,13 @@ class ControlPlane:
                 forget(session_id)
         return services
 
+    async def reset_done(self) -> None:
+        """Return once the reset just made is stored: the next task finds no saved context."""
+        try:
+            await self.store.flush()
+        except StoreUnavailable as exc:
+            raise ApiError(503, str(exc), headers={"Retry-After": "2"}) from None
+
     def merge_session_state(self, session_id: str, patch: dict[str, Any]) -> SessionRecord:
         record = self.session(session_id)
         record.state.update(patch)

@@ -403,7 +403,9 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         stay): the way out when saved state fails its signature check."""
         session_id = _path(request, "session_id")
         await cp.find_session(session_id)
-        return SessionReset(session_id=session_id, services=cp.reset_session(session_id))
+        services = cp.reset_session(session_id)
+        await cp.reset_done()
+        return SessionReset(session_id=session_id, services=services)
 
     sid = "/sessions/{session_id}"
     tid = "/tasks/{task_id}"

@@ -210,6 +210,14 @@ class SharedControlPlane(ControlPlane):
         self.bus.tell_all(f"r{session_id}")  # and the other replicas forget their copies
         return services
 
+    async def reset_done(self) -> None:
+        """The contexts are deleted in Redis and the other replicas told, before answering."""
+        try:
+            await self.store.flush()
+            await self.bus.send_notices()
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+
     def _on_notice(self, notice: str) -> None:
         """A notice to every replica: `x<session>` deleted, `r<session>` reset."""
         if notice[:1] in ("x", "r"):

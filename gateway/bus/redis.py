@@ -25,8 +25,9 @@ reached by reference; Redis carries only what leaves the process (as JSON, valid
 The heartbeat/claim job is a bounded periodic job by nature (claims are about elapsed time);
 everything else blocks on reads.
 
-Over 400 lines on purpose: the receive loops, the heartbeat, take-over and discovery all share
-one replica's in-flight table, slots and adverts; split apart, that state would be passed around.
+About 700 lines on purpose: the receive loops, takes at submission, the heartbeat, take-over,
+discovery and wake-ups all share one replica's in-flight table, slots and adverts; split apart,
+that state would be passed around.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ answers any query; this process keeps only caches and its local waiters. Submitt
 are the store's atomic scripts, which is what keeps "exactly one terminal state" true when a
 task is delivered twice (a replica died, its entry was taken over).
 
-Just over 400 lines: it overrides the whole task life cycle of `ControlPlane` at once (submit,
-wait, cancel, end, events), and splitting those apart would scatter one state machine.
+About 500 lines: it overrides the whole task and session life cycle of `ControlPlane` at once
+(submit, take, wait, cancel, end, delete, reset), and splitting those apart would scatter one
+state machine. Its event streams and feed are in `gateway.control_plane.shared_events`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -28,7 +29,7 @@ from gateway.bus.redis import RedisBus
 from gateway.control_plane.plane import ControlPlane
 from gateway.control_plane.registry import RegisteredService
 from gateway.control_plane.sessions import SessionRecord
-from gateway.control_plane.shared_feed import SharedEventHub
+from gateway.control_plane.shared_events import SharedEventHub, SharedSubscription
 from gateway.control_plane.tasks import TaskRecord
 from gateway.messages import (
     ActionTypes,
@@ -181,7 +182,7 @@ class SharedControlPlane(ControlPlane):
             raise _unavailable(exc) from None
 
     async def open_feed(self, after: int = 0, keep: Callable[[str], bool] | None = None) -> Any:
-        """The deployment's feed: every replica's tasks (see gateway.control_plane.shared_feed)."""
+        """The deployment's feed, every replica's tasks (gateway.control_plane.shared_events)."""
         return await self.events.open_feed(after, keep)
 
     async def delete_session(self, session_id: str) -> list[str]:
@@ -498,78 +499,7 @@ class SharedControlPlane(ControlPlane):
     # -- events ------------------------------------------------------------------------------
     async def open_subscription(self, task_id: str, after: int = 0) -> SharedSubscription:
         await self.find_task(task_id)
-        return SharedSubscription(self, task_id, after)
+        return SharedSubscription(self.store, self.bus, task_id, after)
 
     def subscribe(self, task_id: str, after: int = 0) -> SharedSubscription:  # type: ignore[override]
-        return SharedSubscription(self, task_id, after)
-
-
-class SharedSubscription:
-    """A task's events from its Redis stream: held ones after `after`, then live ones, up to
-    the result. Works on any replica, whichever one runs the task; woken by the notes the
-    store's scripts send to replicas watching the task. Events no longer held (trimmed to
-    `events.replay_size`) are announced by a `gap` event, as in one process."""
-
-    def __init__(self, plane: SharedControlPlane, task_id: str, after: int = 0) -> None:
-        self._plane = plane
-        self._task_id = task_id
-        self._cursor = max(after, 0)
-
-    async def frames(self) -> AsyncIterator[tuple[int, str, str]]:
-        store, bus = self._plane.store, self._plane.bus
-        last = "0-0"
-        watching = False
-        while True:
-            signal = bus.event_signal(self._task_id)
-            batch = await store.read_events(self._task_id, last)
-            for entry_id, event in batch:
-                last = entry_id
-                seq = event.seq or 0
-                if seq <= self._cursor:
-                    continue
-                if seq > self._cursor + 1:
-                    yield self._gap(seq)
-                self._cursor = seq
-                yield seq, event.kind, event.model_dump_json()
-                if event.kind == "result":
-                    return
-            if batch:
-                continue
-            if watching:
-                record = await store.fetch_task(self._task_id)
-            else:  # from now on, its events are announced to this replica
-                record = await store.watch_task(self._task_id, bus.replica_id)
-            if record is None:
-                return
-            if record.is_terminal:  # its result event expired with the stream
-                event = ControlPlane._result_event(record).model_copy(
-                    update={"seq": record.last_seq}
-                )
-                if record.last_seq > self._cursor:
-                    yield record.last_seq, "result", event.model_dump_json()
-                return
-            if not watching:
-                watching = True
-                continue  # events written before the watch began are read, not waited for
-            await signal.wait()
-
-    def _gap(self, first: int) -> tuple[int, str, str]:
-        event = TaskEvent(
-            task_id=self._task_id,
-            kind="gap",
-            name="gap",
-            seq=first - 1,
-            data={
-                "after": self._cursor,
-                "first_available": first,
-                "dropped": first - self._cursor - 1,
-            },
-        )
-        return first - 1, "gap", event.model_dump_json()
-
-    async def __aiter__(self) -> AsyncIterator[TaskEvent]:
-        async for _, _, raw in self.frames():
-            yield TaskEvent.model_validate_json(raw)
-
-    def close(self) -> None:
-        """Nothing to release: the stream is read on demand."""
+        return SharedSubscription(self.store, self.bus, task_id, after)

@@ -13,7 +13,7 @@ the same atomic step, so that they can never disagree with the records:
 - The aggregate feed: one stream `feed` per namespace of every status change, whose entry ids
   are `<n>-0` with `n` from one counter. Positions are therefore the same on every replica, and
   a client can resume `GET /control_plane/events` on any of them (see
-  gateway.control_plane.shared_feed).
+  gateway.control_plane.shared_events).
 """
 
 from __future__ import annotations

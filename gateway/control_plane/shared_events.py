@@ -1,4 +1,5 @@
-"""The aggregate live feed (`GET /control_plane/events`) of a deployment spread over replicas.
+"""Event streams of a deployment spread over replicas: a task's own stream, read from Redis on
+any replica (`SharedSubscription`), and the aggregate live feed (`GET /control_plane/events`).
 
 Why one Redis stream per namespace, and not pub/sub (the wake-ups of single tasks use pub/sub):
 
@@ -21,18 +22,19 @@ queue changes) are appended to the stream by a small writer, so they reach every
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 from redis.exceptions import RedisError
 
-from gateway.bus.redis import BLOCK_MS
+from gateway.bus.redis import BLOCK_MS, RedisBus
 from gateway.control_plane.events import Channel, Subscription, TaskEventHub
+from gateway.control_plane.plane import ControlPlane
 from gateway.messages import TaskEvent
 from gateway.store.redis import RedisStore, feed_entry
 from gateway.web.errors import ApiError
 
-logger = logging.getLogger("gateway.control_plane.shared_feed")
+logger = logging.getLogger("gateway.control_plane.shared_events")
 
 READ_COUNT = 256
 RETRY_DELAY = 1.0  # after a failed read, before the mirror is rebuilt (Redis away)
@@ -126,3 +128,74 @@ class SharedEventHub(TaskEventHub):
     def _append(self, position: int, event: TaskEvent) -> None:
         self.feed.next_seq = position  # positions are the stream's: the same on every replica
         self.feed.append(event)
+
+
+class SharedSubscription:
+    """A task's events from its Redis stream: held ones after `after`, then live ones, up to
+    the result. Works on any replica, whichever one runs the task; woken by the notes the
+    store's scripts send to replicas watching the task. Events no longer held (trimmed to
+    `events.replay_size`) are announced by a `gap` event, as in one process."""
+
+    def __init__(self, store: RedisStore, bus: RedisBus, task_id: str, after: int = 0) -> None:
+        self._store, self._bus = store, bus
+        self._task_id = task_id
+        self._cursor = max(after, 0)
+
+    async def frames(self) -> AsyncIterator[tuple[int, str, str]]:
+        store, bus = self._store, self._bus
+        last = "0-0"
+        watching = False
+        while True:
+            signal = bus.event_signal(self._task_id)
+            batch = await store.read_events(self._task_id, last)
+            for entry_id, event in batch:
+                last = entry_id
+                seq = event.seq or 0
+                if seq <= self._cursor:
+                    continue
+                if seq > self._cursor + 1:
+                    yield self._gap(seq)
+                self._cursor = seq
+                yield seq, event.kind, event.model_dump_json()
+                if event.kind == "result":
+                    return
+            if batch:
+                continue
+            if watching:
+                record = await store.fetch_task(self._task_id)
+            else:  # from now on, its events are announced to this replica
+                record = await store.watch_task(self._task_id, bus.replica_id)
+            if record is None:
+                return
+            if record.is_terminal:  # its result event expired with the stream
+                event = ControlPlane._result_event(record).model_copy(
+                    update={"seq": record.last_seq}
+                )
+                if record.last_seq > self._cursor:
+                    yield record.last_seq, "result", event.model_dump_json()
+                return
+            if not watching:
+                watching = True
+                continue  # events written before the watch began are read, not waited for
+            await signal.wait()
+
+    def _gap(self, first: int) -> tuple[int, str, str]:
+        event = TaskEvent(
+            task_id=self._task_id,
+            kind="gap",
+            name="gap",
+            seq=first - 1,
+            data={
+                "after": self._cursor,
+                "first_available": first,
+                "dropped": first - self._cursor - 1,
+            },
+        )
+        return first - 1, "gap", event.model_dump_json()
+
+    async def __aiter__(self) -> AsyncIterator[TaskEvent]:
+        async for _, _, raw in self.frames():
+            yield TaskEvent.model_validate_json(raw)
+
+    def close(self) -> None:
+        """Nothing to release: the stream is read on demand."""

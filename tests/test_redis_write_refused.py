@@ -17,7 +17,7 @@ import pytest
 import redis
 from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
-from gateway.store.redis import write_refusal
+from gateway.bus.redis import write_refusal
 from tests.redis_helpers import (
     PrivateRedis,
     clean_namespace,
@@ -87,6 +87,9 @@ async def test_out_of_memory_refuses_new_work_and_loses_no_accepted_task(tmp_pat
                         assert len(results) == 1  # exactly one terminal state
                     again = await client.post("/control_plane/tasks", json=body)
                     assert again.status_code == 202, again.text
+                log = replica.log()
+                assert "lost Redis" not in log, log  # it answered all along: never "lost"
+                assert "adverts and take-overs wait" in log, log
             finally:
                 stop(replica)
     finally:

@@ -45,7 +45,7 @@ from anyio.abc import TaskGroup
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 
 from gateway.bus import BusUnavailable, Consumer, NoConsumer
 from gateway.bus.memory import MessageBus
@@ -82,6 +82,21 @@ async def check_reachable(url: str) -> None:
         raise BusUnavailable(f"cannot reach Redis at {url}: {exc or type(exc).__name__}") from None
     finally:
         await client.aclose()
+
+
+def write_refusal(exc: BaseException) -> str | None:
+    """Why Redis refused a write while it is reachable (None for anything else): out of
+    memory (`maxmemory`), unable to persist (`MISCONF`), or a read-only replica. Such a write
+    is refused whole (a script stops at its first refused write, before changing anything), so
+    the caller only has to refuse its own work and keep nothing."""
+    text = str(exc)
+    if isinstance(exc, OutOfMemoryError) or text.startswith("OOM"):
+        return "Redis is out of memory (its maxmemory is reached) and refuses writes"
+    if text.startswith("MISCONF"):
+        return "Redis cannot persist to disk (MISCONF) and refuses writes"
+    if isinstance(exc, ReadOnlyError) or text.startswith("READONLY"):
+        return "Redis is a read-only replica (bus.url must name the primary) and refuses writes"
+    return None
 
 
 class TaskHooks(Protocol):
@@ -139,6 +154,7 @@ class RedisBus(MessageBus):
         self._listener = connect(url, listener=True)
         self.hooks: TaskHooks | None = None
         self.healthy = False
+        self._refusing = False  # Redis answers but refuses writes (see write_refusal)
         self.on_discovery: Callable[[dict[str, dict[str, Any]]], None] | None = None
         self._hosted: dict[str, dict[str, Any]] = {}  # service -> its advertised definition
         self._slots: dict[str, anyio.Semaphore] = {}
@@ -581,17 +597,30 @@ class RedisBus(MessageBus):
         while True:
             with anyio.move_on_after(self.heartbeat):
                 await self._advert_changed.wait()
-            try:
-                await self._advertise()
-                await self._keep_inflight()
-                await self._discover()
-                for service in self._hosted:
-                    await self._claim_idle(service)
+            failed: BaseException | None = None
+            # Keeping our entries first: a Redis that refuses some writes must not let a
+            # running task look idle and be taken over.
+            for step in (self._keep_inflight, self._advertise, self._discover, self._claim_all):
+                try:
+                    await step()
+                except (RedisError, OSError) as exc:
+                    failed = exc
+                    if write_refusal(exc) is None:
+                        break  # the connection: the next steps would fail the same way
+                except Exception:  # never let one bad entry stop heartbeats and take-overs
+                    logger.exception("heartbeat of replica %s failed", self.replica_id)
+            refused = write_refusal(failed) if failed is not None else None
+            if failed is None:
                 self.healthy = True
-            except (RedisError, OSError) as exc:
-                self._lost(exc)
-            except Exception:  # never let one bad entry stop heartbeats and take-overs
-                logger.exception("heartbeat of replica %s failed", self.replica_id)
+            elif refused is None:
+                self._lost(failed)
+            elif not self._refusing:  # reachable: say why once, not "lost"
+                logger.warning("%s; adverts and take-overs wait for it", refused)
+            self._refusing = refused is not None
+
+    async def _claim_all(self) -> None:
+        for service in self._hosted:
+            await self._claim_idle(service)
 
     async def _advertise(self) -> None:
         self._advert_changed = anyio.Event()

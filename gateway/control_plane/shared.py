@@ -25,7 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.bus import BusUnavailable, NoConsumer
-from gateway.bus.redis import RedisBus
+from gateway.bus.redis import RedisBus, write_refusal
 from gateway.control_plane.plane import ControlPlane
 from gateway.control_plane.registry import RegisteredService
 from gateway.control_plane.sessions import SessionRecord
@@ -41,7 +41,7 @@ from gateway.messages import (
     TaskResult,
     TaskStatus,
 )
-from gateway.store.redis import RedisStore, SubmitRefused, write_refusal
+from gateway.store.redis import RedisStore, SubmitRefused
 from gateway.web.errors import ApiError
 
 logger = logging.getLogger("gateway.control_plane.shared")

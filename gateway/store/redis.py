@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
-from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError
+from redis.exceptions import NoScriptError
 
 from gateway.control_plane.sessions import SessionRecord
 from gateway.control_plane.tasks import TaskRecord
@@ -512,21 +512,6 @@ class RedisStore(Store):
             event = TaskEvent.model_validate_json(fields["e"])
             events.append((entry_id, event.model_copy(update={"seq": int(fields["s"])})))
         return events
-
-
-def write_refusal(exc: BaseException) -> str | None:
-    """Why Redis refused a write while it is reachable (None for anything else): out of
-    memory (`maxmemory`), unable to persist (`MISCONF`), or a read-only replica. Such a write
-    is refused whole (a script stops at its first refused write, before changing anything), so
-    the caller only has to refuse its own work and keep nothing."""
-    text = str(exc)
-    if isinstance(exc, OutOfMemoryError) or text.startswith("OOM"):
-        return "Redis is out of memory (its maxmemory is reached) and refuses writes"
-    if text.startswith("MISCONF"):
-        return "Redis cannot persist to disk (MISCONF) and refuses writes"
-    if isinstance(exc, ReadOnlyError) or text.startswith("READONLY"):
-        return "Redis is a read-only replica (bus.url must name the primary) and refuses writes"
-    return None
 
 
 def feed_entry(entry_id: str, fields: dict[str, str]) -> tuple[int, TaskEvent]:

@@ -20,7 +20,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway import __version__
-from gateway.config import ConfigError, GatewayConfig, build_services, load_config
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    build_services,
+    check_mounts,
+    load_config,
+)
 from gateway.control_plane.remote import RemoteAccess, internal_paths
 from gateway.control_plane.routes import routes as control_plane_routes
 from gateway.observe.logs import configure_logging
@@ -182,6 +188,17 @@ def create_app(
         remote = load_remote_access(config, runtime.services.values())
     runtime.control_plane.remote = remote
     runtime.control_plane.states.max_state_bytes = config.max_state_bytes
+    # The config checked the prefixes it names; a custom service may bring its own `prefix`
+    # (or be a workflow service, which mounts the protocol's routes): check what is mounted.
+    # Service mounts are tried first, so one that slipped through would hide our routes.
+    try:
+        check_mounts(
+            {name: service.mount_prefix for name, service in runtime.services.items()},
+            config.protocols.llama_agents,
+            any(isinstance(s, WorkflowService) for s in runtime.services.values()),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{config.source_path or '<config>'}: {exc}") from None
 
     async def info(request: Request) -> Response:
         return JSONResponse(

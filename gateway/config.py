@@ -296,27 +296,11 @@ class GatewayConfig(_Strict):
                 f"sessions and contexts (got bus.kind {self.bus.kind}, "
                 f"store.kind {self.store.kind})"
             )
-        prefixes: dict[str, str] = {}
-        for name, entry in self.services.items():
-            prefix = entry.prefix or f"/services/{name}"
-            if prefix in prefixes:
-                raise ValueError(
-                    f"service {name!r}: prefix {prefix!r} is already used by {prefixes[prefix]!r}"
-                )
-            for built_in in BUILT_IN_PATHS:
-                if _under(prefix, built_in):
-                    raise ValueError(
-                        f"service {name!r}: prefix {prefix!r} would shadow the gateway's own "
-                        f"{built_in} (built-in paths: {', '.join(BUILT_IN_PATHS)})"
-                    )
-            for other, other_name in prefixes.items():
-                if _under(prefix, other) or _under(other, prefix):
-                    raise ValueError(
-                        f"service {name!r}: prefix {prefix!r} overlaps {other!r} of service "
-                        f"{other_name!r} (one would hide the other's routes)"
-                    )
-            prefixes[prefix] = name
-        self._check_protocol_paths(prefixes)
+        check_mounts(
+            {name: entry.prefix or f"/services/{name}" for name, entry in self.services.items()},
+            self.protocols.llama_agents,
+            any(isinstance(e, WorkflowEntry) for e in self.services.values()),
+        )
         for name, entry in self.services.items():
             refs: list[tuple[str, str]] = []
             if isinstance(entry, AgentEntry):
@@ -332,26 +316,57 @@ class GatewayConfig(_Strict):
                     )
         return self
 
-    def _check_protocol_paths(self, service_prefixes: dict[str, str]) -> None:
-        """The protocol's routes must not hide (or be hidden by) the gateway's own paths or a
-        service's: under `/ui` they would even be served without a token."""
-        settings = self.protocols.llama_agents
-        if not settings.enabled or not any(
-            isinstance(e, WorkflowEntry) for e in self.services.values()
-        ):
-            return
-        where = f"protocols.llama_agents.prefix {settings.prefix!r}"
-        for root in _protocol_roots(settings):
-            for built_in in BUILT_IN_PATHS:
-                if _under(root, built_in) or _under(built_in, root):
-                    raise ValueError(
-                        f"{where}: its route {root} would clash with the gateway's own {built_in}"
-                    )
-            for prefix, name in service_prefixes.items():
-                if _under(root, prefix) or _under(prefix, root):
-                    raise ValueError(
-                        f"{where}: its route {root} overlaps prefix {prefix!r} of service {name!r}"
-                    )
+
+def check_mounts(
+    service_prefixes: dict[str, str], protocol: LlamaAgentsProtocol, workflows: bool
+) -> None:
+    """Refuse service prefixes (name -> prefix) that would hide, or be hidden by, the gateway's
+    own paths, each other, or the llama-agents protocol's routes (mounted when `workflows`).
+
+    Run on the config's prefixes, and again on the services' actual mount prefixes once they
+    are built: a custom service may bring its own `prefix`, which no config entry shows.
+    """
+    prefixes: dict[str, str] = {}
+    for name, prefix in service_prefixes.items():
+        if prefix in prefixes:
+            raise ValueError(
+                f"service {name!r}: prefix {prefix!r} is already used by {prefixes[prefix]!r}"
+            )
+        for built_in in BUILT_IN_PATHS:
+            if _under(prefix, built_in) or _under(built_in, prefix):
+                raise ValueError(
+                    f"service {name!r}: prefix {prefix!r} would shadow the gateway's own "
+                    f"{built_in} (built-in paths: {', '.join(BUILT_IN_PATHS)})"
+                )
+        for other, other_name in prefixes.items():
+            if _under(prefix, other) or _under(other, prefix):
+                raise ValueError(
+                    f"service {name!r}: prefix {prefix!r} overlaps {other!r} of service "
+                    f"{other_name!r} (one would hide the other's routes)"
+                )
+        prefixes[prefix] = name
+    _check_protocol_paths(protocol, workflows, prefixes)
+
+
+def _check_protocol_paths(
+    settings: LlamaAgentsProtocol, workflows: bool, service_prefixes: dict[str, str]
+) -> None:
+    """The protocol's routes must not hide (or be hidden by) the gateway's own paths or a
+    service's: under `/ui` they would even be served without a token."""
+    if not settings.enabled or not workflows:
+        return
+    where = f"protocols.llama_agents.prefix {settings.prefix!r}"
+    for root in _protocol_roots(settings):
+        for built_in in BUILT_IN_PATHS:
+            if _under(root, built_in) or _under(built_in, root):
+                raise ValueError(
+                    f"{where}: its route {root} would clash with the gateway's own {built_in}"
+                )
+        for prefix, name in service_prefixes.items():
+            if _under(root, prefix) or _under(prefix, root):
+                raise ValueError(
+                    f"{where}: its route {root} overlaps prefix {prefix!r} of service {name!r}"
+                )
 
 
 def _protocol_roots(settings: LlamaAgentsProtocol) -> list[str]:

@@ -132,6 +132,23 @@ class StuckService(_Minimal):
         self.spawn(definition, work)
 
 
+class SquattingService(_Minimal):
+    """Brings its own prefix, the control plane's: no config entry shows it."""
+
+    prefix: str | None = "/control_plane"
+
+    async def process_message(self, message: QueueMessage) -> None:
+        return None
+
+
+def workflow_service() -> BaseService:
+    """A custom entry that is a workflow service (the llama-agents protocol then mounts)."""
+    from examples.echo import workflow
+    from services.workflow import WorkflowService
+
+    return WorkflowService(service_name="echo", workflow=workflow)
+
+
 class BrokenHandlerService(_Minimal):
     """Its bus handler raises before any work is spawned (a bug in a service's handler)."""
 

@@ -19,6 +19,7 @@ import yaml
 from workflows import Context, Workflow, step
 from workflows.events import Event, InputRequiredEvent, StartEvent, StopEvent
 
+from gateway.app import build_app
 from gateway.config import BUILT_IN_PATHS, ConfigError, load_config, parse_config
 from tests.conftest import ROOT, gateway_client
 
@@ -67,6 +68,31 @@ def test_prefixes_that_hide_each_other_are_refused() -> None:
     assert "overlaps" in message and "'a'" in message
     # a name that merely starts like a built-in is fine
     parse_config({"services": {"docsbot": {**ECHO, "prefix": "/docsbot"}}})
+
+
+@pytest.mark.parametrize(
+    ("entry", "clash"),
+    [
+        # a custom service whose own `prefix` is the control plane's: services are mounted
+        # first, so it answered every /control_plane request (404 for /control_plane/services)
+        ({"type": "custom", "source": "tests.fixtures_faults:SquattingService"}, "would shadow"),
+        # a custom entry that is a workflow service mounts the llama-agents protocol, whose
+        # /workflows/{name}/run its prefix hid (the config checked only `type: workflow`)
+        (
+            {
+                "type": "custom",
+                "source": "tests.fixtures_faults:workflow_service",
+                "prefix": "/workflows",
+            },
+            "overlaps prefix '/workflows'",
+        ),
+    ],
+)
+def test_a_prefix_only_the_built_service_shows_is_refused_too(entry: dict, clash: str) -> None:
+    config = parse_config({"services": {"mine": entry}})  # nothing in the entry to refuse
+    with pytest.raises(ConfigError) as caught:
+        build_app(config)
+    assert clash in str(caught.value) and "'mine'" in str(caught.value)
 
 
 def test_no_services_is_refused() -> None:

@@ -10,9 +10,17 @@ import itertools
 import time
 import uuid
 from enum import StrEnum
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+)
 
 CONTROL_PLANE_NAME = "control_plane"
 # Client-chosen ids (tasks, sessions, human tasks): safe in paths, logs and keys.
@@ -123,7 +131,7 @@ class QueueMessage(BaseModel):
             **fields,
         }
         object.__setattr__(message, "__dict__", values)
-        object.__setattr__(message, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(message, "__pydantic_fields_set__", {"data", *fields})
         object.__setattr__(message, "__pydantic_extra__", None)
         object.__setattr__(message, "__pydantic_private__", {"_body": body})
         return message
@@ -145,13 +153,35 @@ class QueueMessage(BaseModel):
             return data
         return super().__getattr__(name)  # type: ignore[misc]
 
-    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
-        self.data  # noqa: B018 - made now if it is still only a `body`
-        return super().model_dump(**kwargs)
+    # Whatever writes the message (model_dump, model_dump_json, a model or TypeAdapter it is
+    # part of, pydantic_core.to_json) goes through this, and pydantic reads `__dict__` itself:
+    # without `data` there it would leave the payload out without a word. Out of the process
+    # only; in it nothing writes a message.
+    @model_serializer(mode="wrap")
+    def _with_data(self, write: SerializerFunctionWrapHandler):  # no return type: same schema
+        if "data" not in self.__dict__:
+            self.data  # noqa: B018 - made now if it is still only a `body`
+        return write(self)
 
-    def model_dump_json(self, **kwargs: Any) -> str:
+    def __repr_args__(self) -> Any:
         self.data  # noqa: B018
-        return super().model_dump_json(**kwargs)
+        return super().__repr_args__()
+
+    def __iter__(self) -> Any:
+        self.data  # noqa: B018
+        return super().__iter__()
+
+    # A new `data` is the payload from then on: `body_as` must not answer the old object.
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "data":
+            self.__pydantic_private__["_body"] = None
+        super().__setattr__(name, value)
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        if update and "data" in update:
+            copied.__pydantic_private__["_body"] = None
+        return copied
 
 
 class ChatMessage(BaseModel):

@@ -12,8 +12,8 @@ import anyio
 import httpx
 import pytest
 
-from gateway.control_plane.events import TaskEventHub
-from gateway.messages import TaskEvent
+from gateway.control_plane.events import FeedStatus, TaskEventHub
+from gateway.messages import TaskEvent, TaskStatus
 from tests.conftest import RunningServer, running_server
 from tests.fixtures_sessions import SseReader, submit, wait_result
 
@@ -195,3 +195,39 @@ async def test_live_feed_reconnect_no_loss_no_repeat_and_a_gap_past_the_bound(se
     assert kind == "gap"
     assert gap["data"]["after"] == last and gap["data"]["dropped"] > 0
     assert behind.events[1][1]["seq"] == gap["data"]["first_available"]
+
+
+async def test_an_event_kept_unwritten_is_written_once_however_many_read_it() -> None:
+    # Status changes and results are kept unwritten until read; each reader (every open web
+    # console follows the feed) wrote them again, where they used to be written once.
+    written: list[int] = []
+
+    class Counted(FeedStatus):
+        __slots__ = ()
+
+        def json(self, seq: int) -> str:
+            written.append(seq)
+            return super().json(seq)
+
+    hub = TaskEventHub(feed_size=16)
+    for n in range(3):
+        hub.publish_feed(Counted(f"t{n}", TaskStatus.RUNNING, "echo", None, 2))
+    hub.publish(TaskEvent(task_id="t0", kind="status", status=TaskStatus.RUNNING))
+    readers = [hub.subscribe_feed() for _ in range(4)]
+    seen = []
+    with anyio.fail_after(5):
+        for reader in readers:
+            frames = reader.frames()
+            seen.append([await anext(frames) for _ in range(3)])
+            await frames.aclose()
+    assert all(frames == seen[0] for frames in seen)
+    assert json.loads(seen[0][2][2])["data"] == {
+        "service": "echo",
+        "session_id": None,
+        "task_seq": 2,
+    }
+    assert sorted(written) == [1, 2, 3]
+    channel = hub.subscribe("t0")
+    first, again = channel._channel.after(0), channel._channel.after(0)
+    channel.close()
+    assert first == again and first[0][2] is again[0][2]  # the task's status: written once

@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from itertools import islice
 
 import anyio
 
@@ -126,10 +125,16 @@ class Channel:
         """Held entries with seq > cursor (a copy: the log may move while it is written out)."""
         first = self.first_held
         start = max(cursor + 1 - first, 0)
-        return [
-            held if len(held) == 3 and type(held[2]) is str else self._written(held)  # type: ignore[misc]
-            for held in islice(self.entries, start, None)
-        ]
+        entries = self.entries
+        batch: list[Entry] = []
+        for index in range(start, len(entries)):
+            held = entries[index]
+            if len(held) != 3 or type(held[2]) is not str:
+                # Written the first time a reader asks, and kept written: the next readers (each
+                # open console follows the feed) get the same text without writing it again.
+                held = entries[index] = self._written(held)
+            batch.append(held)  # type: ignore[arg-type]
+        return batch
 
     def _written(self, held: Held) -> Entry:
         if len(held) == 3:

@@ -145,3 +145,27 @@ async def test_live_run_stream_true_resumes_by_reposting_its_task_id(server) -> 
             assert again.status_code == 409
     assert _seqs(first + rest) == list(range(1, len(first) + len(rest) + 1))
     assert summary(rest) == ["event:Tick:3", "event:Tick:4", "result:completed"]
+
+
+async def test_a_result_event_is_stamped_with_the_task_end_however_late_it_is_read(
+    tmp_path: Path,
+) -> None:
+    # The result event held in memory is written when read, stamped with the task's end; the
+    # one rebuilt for a task from before a restart was stamped with the time it was read.
+    setup = {
+        "store": {"kind": "sqlite", "path": str(tmp_path / "g.db")},
+        "services": {"echo": {"type": "workflow", "source": "examples.echo:workflow"}},
+    }
+
+    async def result_event(client: httpx.AsyncClient, task_id: str) -> dict:
+        response = await client.get(f"{CP}/tasks/{task_id}/events")
+        return [data for kind, data in parse_sse(response.text.splitlines()) if kind == "result"][0]
+
+    async with gateway_client(setup) as client:
+        task = (await client.post("/services/echo/run", json={"kwargs": {"message": "x"}})).json()
+        held = await result_event(client, task["task_id"])
+    await anyio.sleep(0.05)
+    async with gateway_client(setup) as client:
+        rebuilt = await result_event(client, task["task_id"])
+    assert held["at"] == task["finished_at"]
+    assert rebuilt == held

@@ -685,12 +685,17 @@ class ControlPlane:
 
     @staticmethod
     def _result_event(record: TaskRecord) -> TaskEvent:
-        return TaskEvent(
+        """A task's `result` event, stamped with its end: the same whenever and wherever it is
+        written (held here, rebuilt after a restart or eviction, from Redis)."""
+        event = TaskEvent(
             task_id=record.task_id,
             kind="result",
             status=record.status,
             data=record.view().model_dump(mode="json", include={"result", "error", "status"}),
         )
+        if record.finished_at is not None:
+            event.at = record.finished_at
+        return event
 
     def _publish_status(
         self, record: TaskRecord, status: TaskStatus, event: TaskEvent | None = None
@@ -765,6 +770,4 @@ class _ResultEvent(Deferred):
     def json(self, seq: int) -> str:
         event = ControlPlane._result_event(self.record)
         event.seq = seq
-        if self.record.finished_at is not None:
-            event.at = self.record.finished_at
         return event.model_dump_json()

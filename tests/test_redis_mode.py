@@ -28,6 +28,7 @@ from gateway.messages import (
 from gateway.store import TaskFilter
 from gateway.store.redis import RedisStore, SubmitRefused
 from tests.conftest import free_port, gateway_client
+from tests.fixtures_sessions import parse_sse
 from tests.redis_helpers import REDIS_URL, SECRET, clean_namespace, redis_config
 
 pytestmark = pytest.mark.anyio
@@ -200,3 +201,22 @@ async def test_finished_tasks_past_retention_leave_the_lists_with_their_records(
         for index in ("created", "started", "finished", "st:completed", "svc:echo"):
             assert await client.zscore(store.key("tix", index), old.task_id) is None, index
         await client.aclose()
+
+
+async def test_a_result_event_has_the_fields_it_has_in_one_process() -> None:
+    # The finish script's result event embedded the whole TaskResult as `result` (history,
+    # data, output...), where one process (and the clients, which take `data.result` as the
+    # output) has the task's result: a client following a task got a dict instead of "hi".
+    async def ended(config: dict) -> tuple[dict, dict]:
+        async with gateway_client(config) as client:
+            ran = await client.post("/services/echo/run", json={"kwargs": {"message": "hi"}})
+            task = ran.json()
+            events = await client.get(f"/control_plane/tasks/{task['task_id']}/events")
+            frames = parse_sse(events.text.splitlines())
+            return task, [data for kind, data in frames if kind == "result"][0]
+
+    with clean_namespace() as namespace:
+        task, shared = await ended(redis_config(namespace, {"echo": ECHO}))
+    _, local = await ended({"services": {"echo": ECHO}})
+    assert shared["data"] == local["data"] == {"result": "hi", "error": None, "status": "completed"}
+    assert shared["at"] == task["finished_at"]

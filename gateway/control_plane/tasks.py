@@ -42,6 +42,14 @@ class Task(BaseModel):
     trace_id: str | None = Field(default=None, description="its OpenTelemetry trace (when on)")
 
 
+def shown_result(status: TaskStatus, outcome: TaskResult | None) -> Any:
+    """A task's `result` as our API shows it: the output (else the result text) of a completed
+    task, None otherwise."""
+    if outcome is None or status is not TaskStatus.COMPLETED:
+        return None
+    return outcome.output if outcome.output is not None else (outcome.result or None)
+
+
 def encode_input(value: Any) -> str:
     """The text a service receives: strings as they are, anything else as JSON."""
     return value if isinstance(value, str) else json.dumps(value)
@@ -90,9 +98,7 @@ class TaskRecord:
     def view(self) -> Task:
         """Our API's shape of this task (`result` is the output, whatever the service type)."""
         outcome = self.result
-        value = None
-        if outcome is not None and self.status is TaskStatus.COMPLETED:
-            value = outcome.output if outcome.output is not None else (outcome.result or None)
+        value = shown_result(self.status, outcome)
         return Task(
             task_id=self.task_id,
             service=self.service,

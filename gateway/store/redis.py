@@ -37,10 +37,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
+from pydantic_core import to_json
 from redis.exceptions import NoScriptError
 
 from gateway.control_plane.sessions import SessionRecord
-from gateway.control_plane.tasks import TaskRecord
+from gateway.control_plane.tasks import TaskRecord, shown_result
 from gateway.messages import QueueMessage, TaskEvent, TaskResult, TaskStatus, new_id
 from gateway.store import Store, TaskFilter
 from gateway.store.redis_lua import (
@@ -338,11 +339,13 @@ class RedisStore(Store):
     ) -> TaskRecord | None:
         """The terminal transition: the ended record if this call ended the task, else None.
 
-        The result is serialized once: its `result` event embeds the same JSON text."""
+        Its `result` event is written here, as one process writes it (ControlPlane._result_event):
+        `data.result` is what the task shows as its result, not the whole TaskResult."""
         result_json = result.model_dump_json() if result is not None else ""
+        shown = shown_result(status, result)
         event = (
             f'{{"task_id":{json.dumps(task_id)},"kind":"result","name":"","data":'
-            f'{{"status":"{status.value}","result":{result_json or "null"},'
+            f'{{"status":"{status.value}","result":{to_json(shown, inf_nan_mode="null").decode()},'
             f'"error":{json.dumps(error)}}},"status":"{status.value}","at":{finished_at!r},'
             '"seq":null}'
         )

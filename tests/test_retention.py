@@ -129,3 +129,42 @@ def test_under_a_steady_load_the_file_stops_growing(tmp_path: Path) -> None:
     # test's own connections above are closed, so the server's is the last)
     on_disk = db.stat().st_size + sum(p.stat().st_size for p in tmp_path.glob("steady.db-wal"))
     assert on_disk < written / 3, on_disk
+
+
+async def test_a_task_that_takes_a_forgotten_tasks_id_gets_its_own_event_stream() -> None:
+    # Task "a" leaves the task table (retain_finished_tasks) and its id is free again, but its
+    # closed event stream (and result, held unwritten) stayed in the hub: a new task "a" had
+    # its events dropped, and its stream answered the old task's events and result.
+    from tests.fixtures_sessions import parse_sse
+
+    setup = {
+        "retain_finished_tasks": 1,
+        "services": {"echo": {"type": "workflow", "source": "examples.echo:workflow"}},
+    }
+
+    async def run(client: httpx.AsyncClient, message: str, **task: str) -> dict:
+        body = {"service": "echo", "input": {"message": message}, **task}
+        accepted = await client.post(f"{CP}/tasks", json=body)
+        assert accepted.status_code == 202, accepted.text
+        task_id = accepted.json()["task_id"]
+        ended = await client.get(f"{CP}/tasks/{task_id}/result", params={"wait": 10})
+        assert ended.json()["status"] == "completed", ended.text
+        return ended.json()
+
+    apps: list = []
+    async with gateway_client(setup, app_out=apps) as client:
+        hub = apps[0].state.runtime.control_plane.events
+        hub.retain_closed = 3  # streams of ended tasks the hub keeps
+        await run(client, "first", task_id="a")
+        await run(client, "b")  # "a" leaves the table
+        assert (await client.get(f"{CP}/tasks/a")).status_code == 404
+        assert (await run(client, "second", task_id="a"))["result"] == "second"
+        events = await client.get(f"{CP}/tasks/a/events")
+        frames = parse_sse(events.text.splitlines())
+        assert [kind for kind, _ in frames] == ["status", "status", "result"], events.text
+        assert frames[-1][1]["data"]["result"] == "second"
+        assert frames[0][1]["seq"] == 1 and frames[0][1]["status"] == "pending"
+        # the new stream is kept as the latest ended one, not in the old one's place
+        await run(client, "c")
+        await run(client, "d")
+        assert "a" in hub

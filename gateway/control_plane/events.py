@@ -293,9 +293,11 @@ class TaskEventHub:
             self._lost_before.pop(old, None)
 
     def forget(self, task_id: str) -> None:
-        """Drop a channel whose task was never accepted."""
+        """Drop a channel whose task was never accepted, or the stream of an ended task whose
+        id a new task takes (it left the task table): the new one starts its own."""
         channel = self._channels.pop(task_id, None)
         self._lost_before.pop(task_id, None)
+        self._closed_order.pop(task_id, None)
         if channel is not None:
             channel.close()
 

@@ -386,6 +386,8 @@ class ControlPlane:
             )
         if task.agent_id != target:
             task = task.model_copy(update={"agent_id": target})
+        if task.task_id in self.events:  # an ended task's stream, kept past its record
+            self.events.forget(task.task_id)
         record = self.tasks.add(
             TaskRecord(
                 task_id=task.task_id,

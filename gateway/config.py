@@ -328,6 +328,13 @@ def check_mounts(
     """
     prefixes: dict[str, str] = {}
     for name, prefix in service_prefixes.items():
+        if any(segment in (".", "..") for segment in prefix.split("/")):
+            # Served as written, but every client resolves it first: `/x/../control_plane/run`
+            # is sent to /control_plane/run, so the service is out of reach, its paths ours.
+            raise ValueError(
+                f"service {name!r}: prefix {prefix!r} has a '.' or '..' segment (clients "
+                "resolve it to another path)"
+            )
         if prefix in prefixes:
             raise ValueError(
                 f"service {name!r}: prefix {prefix!r} is already used by {prefixes[prefix]!r}"

@@ -95,6 +95,19 @@ def test_a_prefix_only_the_built_service_shows_is_refused_too(entry: dict, clash
     assert clash in str(caught.value) and "'mine'" in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "prefix"),
+    [("echo", "/x/../control_plane"), ("echo", "/x/./y"), ("..", None), (".", None)],
+)
+def test_a_prefix_with_dot_segments_is_refused(name: str, prefix: str | None) -> None:
+    # Starlette matches the path as written, but clients resolve dot segments first: with
+    # prefix /x/../control_plane a POST to its /run went to /control_plane/run, and a service
+    # named '..' (prefix /services/..) was out of reach at /run
+    entry = {**ECHO, "prefix": prefix} if prefix else ECHO
+    message = _refused({"services": {name: entry}})
+    assert "'.' or '..' segment" in message and f"service {name!r}" in message
+
+
 def test_no_services_is_refused() -> None:
     assert "services: none configured" in _refused({"services": {}})
     assert "services: none configured" in _refused({"name": "empty"})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.app import build_app, hosted_services
+from gateway.app import build_app, hosted_services, serving
 from gateway.config import CONFIG_ENV, ConfigError, GatewayConfig, build_services, load_config
 from gateway.observe.logs import configure_logging, flush_logs
 
@@ -68,7 +68,7 @@ def serve(
         # With --reload the child process builds the app; checking the services here still
         # stops a broken config in one line, without opening the store twice.
         hosted = hosted_services(config, services)
-        app = build_services(config) if reload else build_app(config, hosted)
+        app = build_services(config) if reload else serving(build_app(config, hosted))
         if config.bus.kind == "redis":
             check_redis(config)
     except ConfigError as exc:

@@ -8,6 +8,10 @@ Three targets, each its own uvicorn subprocess (same options) on a free loopback
 
 Load comes from `wrk` (apt-get install wrk): one thread, 1 and 16 connections, rounds of
 ROUND_SECONDS that rotate the targets so drift on a shared machine hits all of them alike.
+Each round is served by a fresh pair of server processes (PROCESSES of them in turn): how fast
+one process runs depends on where its code and data land in memory (with ASLR off a given setup
+always lands the same way; with it, the gateway's CPU per request moved by ~40% between
+processes), so a single process is one sample, not the answer.
 Reported for each: the median round by throughput (its throughput and p50) and the worst p99 of
 all rounds, so a bad round shows instead of being picked away; also the server process's CPU
 time per request in the median round (user + system, from /proc: steadier than req/s on a
@@ -50,9 +54,9 @@ RUN_BODY = {"kwargs": {"message": "ping"}}
 TASK_BODY = {"service": "echo", "input": {"message": "ping"}}
 EXPECT = '"result":"ping"'  # in the bare answer, in /run's and in the task record's
 CONNECTIONS = (1, 16)
-ROUNDS = 3  # odd, so there is a median round
+PROCESSES = 3  # odd, so there is a median round: one round per fresh pair of servers
 ROUND_SECONDS = 2
-WARMUP_SECONDS = 1
+WARMUP_SECONDS = 1  # wrk takes whole seconds
 CONFIG = (
     "default_service: echo\n"
     "services:\n"
@@ -174,16 +178,18 @@ def summarise(figures: list[Figure]) -> Figure:
     return rate, p50, max(f[2] for f in figures), cpu
 
 
-def _compare(measure, connections: int) -> dict[str, Figure]:
-    """Each target summarised over ROUNDS rounds, the targets rotating from round to round."""
-    targets = ["bare", "run", "tasks"]
-    for target in targets:
-        measure(target, connections, WARMUP_SECONDS)
-    rounds: dict[str, list[Figure]] = {t: [] for t in targets}
-    for n in range(ROUNDS):
-        for target in targets[n % 3 :] + targets[: n % 3]:
-            rounds[target].append(measure(target, connections, ROUND_SECONDS))
-    return {target: summarise(figures) for target, figures in rounds.items()}
+TARGETS = ("bare", "run", "tasks")
+
+
+def _round(measure, connections: int, n: int, warm_up: bool) -> dict[str, Figure]:
+    """One round of every target (after a warm-up of fresh servers), the order rotating
+    with `n`."""
+    targets = list(TARGETS)
+    if warm_up:
+        for target in targets:
+            measure(target, connections, WARMUP_SECONDS)
+    order = targets[n % 3 :] + targets[: n % 3]
+    return {target: measure(target, connections, ROUND_SECONDS) for target in order}
 
 
 def run() -> list[Row]:
@@ -192,63 +198,69 @@ def run() -> list[Row]:
         warn_no_wrk()
     client = "wrk" if use_wrk else "httpx (client-bound)"
     rows: list[Row] = []
+    rounds = {c: {t: [] for t in TARGETS} for c in CONNECTIONS}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         apps = (
             gateway_app("gateway", CONFIG, folder),
             UvicornApp("bare", ("bench.roundtrip:bare_app",)),
         )
-        with serve(folder, *apps) as bases:
-            measure = _wrk_measure(folder, bases) if use_wrk else _python_measure(bases)
-            for connections in CONNECTIONS:
-                got = _compare(measure, connections)
-                bare, gw, tasks = got["bare"], got["run"], got["tasks"]
-                c = f"c={connections} ({client})"
-                p50_goal = "<= 1.2 ms" if connections == 1 else ""
+        for n in range(PROCESSES):
+            with serve(folder, *apps) as bases:
+                measure = _wrk_measure(folder, bases) if use_wrk else _python_measure(bases)
+                for connections in CONNECTIONS:
+                    warm_up = connections == CONNECTIONS[0]
+                    for target, figure in _round(measure, connections, n, warm_up).items():
+                        rounds[connections][target].append(figure)
+        for connections in CONNECTIONS:
+            got = {t: summarise(f) for t, f in rounds[connections].items()}
+            bare, gw, tasks = got["bare"], got["run"], got["tasks"]
+            c = f"c={connections} ({client})"
+            p50_goal = "<= 1.2 ms" if connections == 1 else ""
+            rows += [
+                Row(
+                    f"roundtrip {c} /run throughput (median round)",
+                    gw[0],
+                    bare[0],
+                    "req/s",
+                    GOALS["run"],
+                ),
+                Row(
+                    f"roundtrip {c} /run p50 (median round)",
+                    gw[1],
+                    bare[1],
+                    "ms",
+                    p50_goal,
+                    False,
+                ),
+                Row(f"roundtrip {c} /run p99 (worst round)", gw[2], bare[2], "ms", "", False),
+                Row(
+                    f"roundtrip {c} tasks + long-poll throughput (median round)",
+                    tasks[0],
+                    bare[0],
+                    "tasks/s",
+                    GOALS["tasks"],
+                ),
+            ]
+            if use_wrk:  # the server's CPU per request: steadier than req/s when shared
                 rows += [
                     Row(
-                        f"roundtrip {c} /run throughput (median round)",
-                        gw[0],
-                        bare[0],
-                        "req/s",
-                        GOALS["run"],
-                    ),
-                    Row(
-                        f"roundtrip {c} /run p50 (median round)",
-                        gw[1],
-                        bare[1],
-                        "ms",
-                        p50_goal,
+                        f"roundtrip {c} /run server CPU (median round)",
+                        gw[3],
+                        bare[3],
+                        "µs/req",
+                        "",
                         False,
                     ),
-                    Row(f"roundtrip {c} /run p99 (worst round)", gw[2], bare[2], "ms", "", False),
                     Row(
-                        f"roundtrip {c} tasks + long-poll throughput (median round)",
-                        tasks[0],
-                        bare[0],
-                        "tasks/s",
-                        GOALS["tasks"],
+                        f"roundtrip {c} tasks + long-poll server CPU (median round)",
+                        tasks[3],
+                        bare[3],
+                        "µs/task",
+                        "",
+                        False,
                     ),
                 ]
-                if use_wrk:  # the server's CPU per request: steadier than req/s when shared
-                    rows += [
-                        Row(
-                            f"roundtrip {c} /run server CPU (median round)",
-                            gw[3],
-                            bare[3],
-                            "µs/req",
-                            "",
-                            False,
-                        ),
-                        Row(
-                            f"roundtrip {c} tasks + long-poll server CPU (median round)",
-                            tasks[3],
-                            bare[3],
-                            "µs/task",
-                            "",
-                            False,
-                        ),
-                    ]
     return rows
 
 

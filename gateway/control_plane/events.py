@@ -83,9 +83,7 @@ class Channel:
 
     def append(self, event: TaskEvent) -> int:
         """Number the event, keep it, wake readers; never waits."""
-        seq = self.next_seq
-        self.next_seq = seq + 1
-        event.seq = seq
+        seq = event.seq = self.next_seq
         if (
             event.kind == "status"
             and event.status is not None
@@ -94,19 +92,18 @@ class Channel:
             and not event.data
             and event.envelope is None
         ):
-            self.entries.append((seq, "status", event.status, event.at))
-        else:
-            self.entries.append((seq, event.kind, event.model_dump_json()))
-        if len(self.entries) > self.size:
-            del self.entries[0]
-        self._notify()
-        return seq
+            return self._keep((seq, "status", event.status, event.at))
+        return self._keep((seq, event.kind, event.model_dump_json()))
 
     def append_deferred(self, kind: str, event: Deferred) -> int:
         """Number and keep an event that is written only if read; never waits."""
-        seq = self.next_seq
+        return self._keep((self.next_seq, kind, event))
+
+    def _keep(self, held: Held) -> int:
+        """Keep `held` (numbered `next_seq`) within the bound and wake readers."""
+        seq = held[0]
         self.next_seq = seq + 1
-        self.entries.append((seq, kind, event))
+        self.entries.append(held)
         if len(self.entries) > self.size:
             del self.entries[0]
         self._notify()

@@ -34,8 +34,9 @@ def new_id() -> str:
 # Message ids only need to be unique: a random per-process prefix and a counter cost a fraction
 # of a uuid4 (which reads os.urandom), and a task sends several messages. Ids of tasks, sessions
 # and other things clients hold stay uuid4.
-_MESSAGE_PREFIX = "{0[0]}-{0[1]}-{0[2]}-{0[3]}-".format(
-    (lambda h: (h[:8], h[8:12], h[12:16], h[16:20]))(uuid.uuid4().hex)
+_PROCESS_HEX = uuid.uuid4().hex
+_MESSAGE_PREFIX = (
+    f"{_PROCESS_HEX[:8]}-{_PROCESS_HEX[8:12]}-{_PROCESS_HEX[12:16]}-{_PROCESS_HEX[16:20]}-"
 )
 _message_counter = itertools.count()
 

@@ -318,8 +318,8 @@ async def _lifespan(runtime: Runtime, app: Starlette) -> AsyncIterator[None]:
             # What exists once the gateway has started (modules, config, services, their
             # runtimes) lives as long as the process. Out of the cyclic collector's way, a
             # full collection no longer walks those ~70,000 objects again and again: with 16
-            # runs in flight /run gained about a fifth of its throughput. Start-up's own
-            # garbage is collected first, so none of it is kept.
+            # runs in flight /run gained ~7% throughput and the worst p99 shrank. Start-up's
+            # own garbage is collected first, so none of it is kept.
             gc.collect()
             gc.freeze()
         try:

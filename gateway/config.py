@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.collector import GEN0_THRESHOLD
 from gateway.web.errors import readable
 from services import TYPES
 
@@ -256,6 +257,12 @@ class GatewayConfig(_Strict):
     max_state_bytes: int = Field(default=1_048_576, ge=1)
     body_timeout: float = Field(default=30.0, gt=0, description="seconds a request body may take")
     keep_alive_timeout: float = Field(default=5.0, gt=0, description="idle keep-alive seconds")
+    gc_young_threshold: int = Field(
+        default=GEN0_THRESHOLD,
+        ge=0,
+        description="a served gateway's first garbage-collector threshold (Python's is 700; "
+        "0 leaves it alone); see gateway/collector.py",
+    )
     store: StoreSettings = Field(default_factory=StoreSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
     events: EventSettings = Field(default_factory=EventSettings)

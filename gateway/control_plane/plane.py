@@ -572,35 +572,44 @@ class ControlPlane:
 
     # -- messages from services -------------------------------------------------------------
     async def process_message(self, message: QueueMessage) -> None:
-        if self._stopped:
-            return
+        """A report that came as a bus message (a remote service, or one sent over HTTP)."""
         if message.action == ActionTypes.COMPLETED_TASK:
-            result = message.body_as(TaskResult)
-            if self._refused(result.task_id, message, result.status):
-                return
-            await self._end(result.task_id, result.status, result=result, error=result.error)
+            await self.take_result(message.body_as(TaskResult), message.publisher_id)
         elif message.action == ActionTypes.TASK_STREAM:
-            event = message.body_as(TaskEvent)
-            if self._refused(event.task_id, message):
-                return
-            if event.kind == "status" and event.status is not None:
-                record = self.tasks.set_status(event.task_id, event.status)
-                if record is None:
-                    return
-                self._publish_status(record, event.status, event)
-                self.store.save_task(record)
-            else:
-                record = self.tasks.get(event.task_id)
-                if record is None:
-                    return
-                record.last_seq = self.events.publish(event) or record.last_seq
-            if self.events.has_subscribers(event.task_id):
-                # This handler runs in the publisher's task. A workflow writing a burst of
-                # events would otherwise fill every reader's buffer before any reader runs, and
-                # even fast readers would be dropped as "lagging": let them drain each event.
-                await anyio.lowlevel.checkpoint()
+            await self.take_event(message.body_as(TaskEvent), message.publisher_id)
         else:
             raise ValueError(f"the control plane does not handle {message.action!r}")
+
+    async def take_result(self, result: TaskResult, publisher_id: str | None) -> None:
+        """A service reports a task's end (a service of this process calls this directly)."""
+        if self._stopped:
+            return
+        if self._refused(result.task_id, ActionTypes.COMPLETED_TASK, publisher_id, result.status):
+            return
+        await self._end(result.task_id, result.status, result=result, error=result.error)
+
+    async def take_event(self, event: TaskEvent, publisher_id: str | None) -> None:
+        """A service reports a status change or a progress event of a running task."""
+        if self._stopped:
+            return
+        if self._refused(event.task_id, ActionTypes.TASK_STREAM, publisher_id):
+            return
+        if event.kind == "status" and event.status is not None:
+            record = self.tasks.set_status(event.task_id, event.status)
+            if record is None:
+                return
+            self._publish_status(record, event.status, event)
+            self.store.save_task(record)
+        else:
+            record = self.tasks.get(event.task_id)
+            if record is None:
+                return
+            record.last_seq = self.events.publish(event) or record.last_seq
+        if self.events.has_subscribers(event.task_id):
+            # This runs in the reporting service's task. A workflow writing a burst of events
+            # would otherwise fill every reader's buffer before any reader runs, and even fast
+            # readers would be dropped as "lagging": let them drain each event.
+            await anyio.lowlevel.checkpoint()
 
     def expected_publisher(self, service: str) -> str | None:
         """Who may report on a task of `service`: its local instance, or its remote identity."""
@@ -627,18 +636,18 @@ class ControlPlane:
         return None
 
     def _refused(
-        self, task_id: str, message: QueueMessage, status: TaskStatus | None = None
+        self,
+        task_id: str,
+        action: ActionTypes,
+        publisher_id: str | None,
+        status: TaskStatus | None = None,
     ) -> bool:
-        problem = self.result_problem(task_id, message.publisher_id, status)
+        problem = self.result_problem(task_id, publisher_id, status)
         if problem is None:
             return False
         if problem[0] != 409 and problem[0] != 404:  # late or stray reports are normal
             logger.warning(
-                "refused %s for task %s from %s: %s",
-                message.action,
-                task_id,
-                message.publisher_id,
-                problem[1],
+                "refused %s for task %s from %s: %s", action, task_id, publisher_id, problem[1]
             )
         return True
 

@@ -390,27 +390,33 @@ class SharedControlPlane(ControlPlane):
 
     # -- messages from the services of this process ------------------------------------------
     async def process_message(self, message: QueueMessage) -> None:
-        if self._stopped:
-            return
         if message.action == ActionTypes.COMPLETED_TASK:
-            result = message.body_as(TaskResult)
-            if not result.status.is_terminal:  # it would end the task and leave it running
-                logger.warning(
-                    "refused completed_task for %s with the non-terminal status %s from %s",
-                    result.task_id,
-                    result.status.value,
-                    message.publisher_id,
-                )
-                return
-            await self._end(result.task_id, result.status, result=result, error=result.error)
+            await self.take_result(message.body_as(TaskResult), message.publisher_id)
         elif message.action == ActionTypes.TASK_STREAM:
-            event = message.body_as(TaskEvent)
-            if event.status is TaskStatus.RUNNING and event.task_id in self._started_by_take:
-                self._started_by_take.discard(event.task_id)  # the submit script wrote it
-                return
-            self._record_event(event)
+            await self.take_event(message.body_as(TaskEvent), message.publisher_id)
         else:
             raise ValueError(f"the control plane does not handle {message.action!r}")
+
+    async def take_result(self, result: TaskResult, publisher_id: str | None) -> None:
+        if self._stopped:
+            return
+        if not result.status.is_terminal:  # it would end the task and leave it running
+            logger.warning(
+                "refused completed_task for %s with the non-terminal status %s from %s",
+                result.task_id,
+                result.status.value,
+                publisher_id,
+            )
+            return
+        await self._end(result.task_id, result.status, result=result, error=result.error)
+
+    async def take_event(self, event: TaskEvent, publisher_id: str | None) -> None:
+        if self._stopped:
+            return
+        if event.status is TaskStatus.RUNNING and event.task_id in self._started_by_take:
+            self._started_by_take.discard(event.task_id)  # the submit script wrote it
+            return
+        self._record_event(event)
 
     async def _end(
         self,

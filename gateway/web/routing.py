@@ -7,6 +7,7 @@ return value is serialized, and every failure becomes one JSON error shape:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -16,8 +17,9 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.web.errors import ApiError, validation_error
 
@@ -145,15 +147,28 @@ def parse_query(request: Request, model: type[M]) -> M:
 
 
 # -- responses -----------------------------------------------------------------------------------
-def to_response(value: Any, status_code: int = 200) -> Response:
-    if isinstance(value, Response):
-        return value
+@functools.cache
+def _list_adapter(model: type[BaseModel]) -> TypeAdapter[Any]:
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
+
+
+def json_body(value: Any) -> bytes:
+    """A handler's return value as JSON: models through pydantic, the rest as JSONResponse would."""
     if isinstance(value, BaseModel):
-        return Response(value.model_dump_json(), status_code, media_type="application/json")
+        return value.__pydantic_serializer__.to_json(value)
     if isinstance(value, list) and value and isinstance(value[0], BaseModel):
-        body = TypeAdapter(list[type(value[0])]).dump_json(value)
-        return Response(body, status_code, media_type="application/json")
-    return JSONResponse(value, status_code)
+        return _list_adapter(type(value[0])).dump_json(value)
+    return json.dumps(
+        value, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()
+
+
+async def send_json(send: Send, body: bytes, status_code: int) -> None:
+    """What a Starlette `Response(body, media_type="application/json")` sends, without building
+    one: the same two messages and headers."""
+    headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 # -- routes with metadata ------------------------------------------------------------------------
@@ -175,6 +190,48 @@ class RouteDoc:
     content: dict[str, type[BaseModel] | None] | None = None
 
 
+class _Endpoint:
+    """The ASGI app of an `api_route`: parse the request, call the handler, send its answer.
+
+    An ASGI app, not a Starlette endpoint function: Starlette would wrap that in a second
+    exception-handling layer (the app's ExceptionMiddleware has the same handlers) and answer
+    through a Response object; here a JSON answer is two `send` calls.
+    """
+
+    __slots__ = ("handler", "body", "query", "status_code", "plain")
+
+    def __init__(
+        self,
+        handler: Callable[..., Awaitable[Any]],
+        body: type[BaseModel] | None,
+        query: type[BaseModel] | None,
+        status_code: int,
+    ) -> None:
+        self.handler = handler
+        self.body = body
+        self.query = query
+        self.status_code = status_code
+        # Statuses whose Response carries a Content-Length (no 1xx, 204, 304).
+        self.plain = status_code >= 200 and status_code not in (204, 304)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive, send)
+        kwargs: dict[str, Any] = {}
+        if self.body is not None:
+            kwargs["body"] = await parse_body(request, self.body)
+        if self.query is not None:
+            kwargs["query"] = parse_query(request, self.query)
+        value = await self.handler(request, **kwargs)
+        if isinstance(value, Response):
+            await value(scope, receive, send)
+        elif self.plain:
+            await send_json(send, json_body(value), self.status_code)
+        else:
+            await Response(json_body(value), self.status_code, media_type="application/json")(
+                scope, receive, send
+            )
+
+
 def api_route(
     path: str,
     handler: Callable[..., Awaitable[Any]],
@@ -194,14 +251,7 @@ def api_route(
 ) -> Route:
     """A Starlette Route whose handler receives `(request, body=..., query=...)` parsed."""
 
-    async def endpoint(request: Request) -> Response:
-        kwargs: dict[str, Any] = {}
-        if body is not None:
-            kwargs["body"] = await parse_body(request, body)
-        if query is not None:
-            kwargs["query"] = parse_query(request, query)
-        return to_response(await handler(request, **kwargs), status_code)
-
+    endpoint = _Endpoint(handler, body, query, status_code)
     route = Route(path, endpoint, methods=list(methods), name=name or handler.__name__)
     doc_summary = summary or (handler.__doc__ or handler.__name__).strip().splitlines()[0]
     route.doc = RouteDoc(  # type: ignore[attr-defined]

@@ -42,7 +42,7 @@ from gateway.store.memory import MemoryStore
 from gateway.store.signing import load_secret
 from gateway.web.docs import docs_routes
 from gateway.web.errors import EXCEPTION_HANDLERS, error_response
-from gateway.web.middleware import BearerAuth, BodyLimit, Cors, LastResort, ServiceAuth
+from gateway.web.middleware import Cors, Gate, GatewayApp, LastResort
 from gateway.web.openapi import build_openapi
 from gateway.web.ui import ui_routes
 from services.base import BaseService
@@ -262,14 +262,19 @@ def create_app(
     if config.ui.enabled:
         routes.extend(ui_routes())
 
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal error")
-
-    middleware = [
-        Middleware(BodyLimit, max_bytes=config.max_body_bytes, body_timeout=config.body_timeout)
-    ]
-    if config.cors.allow_origins:
+    # The internal endpoints take service tokens, never users' (gateway.control_plane.remote).
+    gate = Middleware(
+        Gate,
+        max_bytes=config.max_body_bytes,
+        body_timeout=config.body_timeout,
+        identify=runtime.control_plane.remote.identify,
+        internal=internal_paths(runtime.services.values()),
+        tokens=tokens or (),
+        open_paths=("/healthz", "/ui"),
+        open_prefixes=("/ui",) if config.ui.enabled else (),
+    )
+    middleware = [gate]
+    if config.cors.allow_origins:  # outside the gate: preflights carry no token
         middleware.insert(
             0,
             Middleware(
@@ -279,29 +284,15 @@ def create_app(
                 allow_headers=["Authorization", "Content-Type"],
             ),
         )
-    # The internal endpoints take service tokens, never users' (gateway.control_plane.remote).
-    internal = internal_paths(runtime.services.values())
-    remote_access = runtime.control_plane.remote
-    middleware.append(Middleware(ServiceAuth, identify=remote_access.identify, paths=internal))
-    if tokens:
-        open_ui = ("/ui",) if config.ui.enabled else ()
-        middleware.append(
-            Middleware(
-                BearerAuth,
-                tokens=tokens,
-                open_paths=("/healthz", "/ui", *internal),
-                open_prefixes=open_ui,
-            )
-        )
     if runtime.tracing is not None:  # outermost: the server span covers everything else
         traced, options = runtime.tracing.asgi_middleware()
         middleware.insert(0, Middleware(traced, **options))
     # Outermost: whatever escapes everything else still answers in the JSON error shape.
     middleware.insert(0, Middleware(LastResort))
-    app = Starlette(
+    app = GatewayApp(
         routes=routes,
         middleware=middleware,
-        exception_handlers={**EXCEPTION_HANDLERS, Exception: unexpected},
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lambda app: _lifespan(runtime, app),
     )
     app.state.runtime = runtime

@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: bearer-token auth, request-body size limit, CORS.
+"""Pure-ASGI middleware: the gate (body limits, service and bearer tokens), CORS, last resort.
 
 All answer with the gateway's one JSON error shape and never buffer streaming responses.
 """
@@ -10,13 +10,15 @@ import json
 import logging
 from collections.abc import Callable, Iterable
 
-import anyio
+from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.contain import describe, is_our_cancellation
+from gateway.web.deadlines import BodyDeadlines, BodyRead
 from gateway.web.errors import ApiError
 
 logger = logging.getLogger("gateway.web")
@@ -38,88 +40,6 @@ async def _send_error(send: Send, status: int, code: str, detail: str, headers=(
     await send({"type": "http.response.body", "body": body})
 
 
-class BearerAuth:
-    """Every route but the open ones needs `Authorization: Bearer <token>`.
-
-    Tokens are compared with `hmac.compare_digest` against every configured token, so the time
-    taken does not reveal which (or how much of one) matched.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        tokens: Iterable[str],
-        open_paths=("/healthz",),
-        open_prefixes: Iterable[str] = (),
-    ) -> None:
-        self.app = app
-        self.tokens = [t.encode() for t in tokens if t]
-        self.open_paths = frozenset(open_paths)
-        # Folders of static files (the console's page asks for the token itself).
-        self.open_prefixes = tuple(p.rstrip("/") + "/" for p in open_prefixes)
-
-    def _open(self, path: str) -> bool:
-        return path in self.open_paths or path.startswith(self.open_prefixes)
-
-    def _valid(self, presented: bytes) -> bool:
-        ok = False
-        for token in self.tokens:
-            ok |= hmac.compare_digest(presented, token)
-        return ok
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._open(scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        headers = [value for name, value in scope["headers"] if name == b"authorization"]
-        if len(headers) > 1:  # which one counts would be a guess: refuse the request
-            await _send_error(
-                send, 400, "bad_request", "several Authorization headers; send exactly one"
-            )
-            return
-        scheme, _, presented = (headers[0] if headers else b"").partition(b" ")
-        if scheme.lower() == b"bearer" and presented and self._valid(presented.strip()):
-            await self.app(scope, receive, send)
-            return
-        await _send_error(
-            send,
-            401,
-            "unauthorized",
-            "a valid bearer token is required (Authorization: Bearer <token>)",
-            [(b"www-authenticate", b"Bearer")],
-        )
-
-
-class ServiceAuth:
-    """The internal endpoints (remote services') need a service token, checked before anything.
-
-    `identify` answers which token a request presents or raises ApiError (403 when remote
-    services are off, 401 for a wrong token, 400 for several Authorization headers); the
-    answer is left in the request state as `service_owner` for the handler.
-    """
-
-    def __init__(
-        self, app: ASGIApp, identify: Callable[[Headers], str], paths: Iterable[str]
-    ) -> None:
-        self.app = app
-        self.identify = identify
-        self.paths = frozenset(paths)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # Those endpoints take POST only; other methods go on to their 405.
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
-            await self.app(scope, receive, send)
-            return
-        try:
-            owner = self.identify(Headers(scope=scope))
-        except ApiError as exc:
-            headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-            await _send_error(send, exc.status, exc.code, str(exc.detail), headers)
-            return
-        scope.setdefault("state", {})["service_owner"] = owner
-        await self.app(scope, receive, send)
-
-
 class Cors(CORSMiddleware):
     """Starlette's CORS, but a refused preflight answers in the gateway's JSON error shape."""
 
@@ -136,72 +56,145 @@ class Cors(CORSMiddleware):
         )
 
 
-class BodyLimit:
-    """Refuse bodies over `max_bytes` with 413, by Content-Length or while streaming in, and
-    bodies still incomplete `body_timeout` seconds after the app began reading them with 408
-    (a client trickling a body in would otherwise hold its connection and handler forever)."""
+class Gate:
+    """Every check a request passes before the routes, in one layer (one call and one receive
+    wrapper per request, not one per check), in this order:
 
-    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout: float | None = None) -> None:
+    - the body limit: over `max_bytes` is 413, by Content-Length or while streaming in, and a
+      body still incomplete `body_timeout` seconds after the app began reading it is 408 (a
+      client trickling a body in would otherwise hold its connection and handler forever);
+    - the internal endpoints (`internal`, POST only: other methods go on to their 405) need a
+      service token: `identify` answers whose it is or raises ApiError (403 when remote
+      services are off, 401 for a wrong token, 400 for several Authorization headers); the
+      answer is left in the request state as `service_owner` for the handler;
+    - with `tokens`, every other path but the open ones needs `Authorization: Bearer <token>`,
+      compared with `hmac.compare_digest` against every token, so that the time taken does not
+      reveal which (or how much of one) matched.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        body_timeout: float | None = None,
+        identify: Callable[[Headers], str],
+        internal: Iterable[str],
+        tokens: Iterable[str] = (),
+        open_paths: Iterable[str] = ("/healthz",),
+        open_prefixes: Iterable[str] = (),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
-        self.body_timeout = body_timeout
+        self._too_big = f"the body is larger than the limit of {max_bytes} bytes"
+        self.deadlines = None if body_timeout is None else BodyDeadlines(body_timeout)
+        self.identify = identify
+        self.internal = frozenset(internal)
+        self.tokens = [t.encode() for t in tokens if t]
+        self.open_paths = frozenset(open_paths)
+        # Folders of static files (the console's page asks for the token itself).
+        self.open_prefixes = tuple(p.rstrip("/") + "/" for p in open_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        refused = self._refusal(scope)
+        if refused is not None:
+            await _send_error(send, *refused)
+            return
+        await self.app(scope, self._limited(receive), send)
+
+    def _refusal(self, scope: Scope) -> tuple[int, str, str, list] | None:
+        """Why the request is refused before it reaches a route, or None."""
+        declared: bytes | None = None
+        authorization: list[bytes] = []
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value  # the last one, as a dict of the headers would keep
+            elif name == b"authorization":
+                authorization.append(value)
         if declared is not None:
             try:
                 too_big = int(declared) > self.max_bytes
             except ValueError:
-                await _send_error(send, 400, "bad_request", "invalid Content-Length header")
-                return
+                return 400, "bad_request", "invalid Content-Length header", []
             if too_big:
-                await _send_error(
-                    send,
-                    413,
-                    "payload_too_large",
-                    f"the body is larger than the limit of {self.max_bytes} bytes",
-                )
-                return
+                return 413, "payload_too_large", self._too_big, []
+        path = scope["path"]
+        if path in self.internal:  # never a bearer token: a service token, on POST
+            if scope["method"] == "POST":
+                return self._service_refusal(scope)
+        elif self.tokens and not self._open(path):
+            return self._bearer_refusal(authorization)
+        return None
+
+    def _service_refusal(self, scope: Scope) -> tuple[int, str, str, list] | None:
+        try:
+            owner = self.identify(Headers(scope=scope))
+        except ApiError as exc:
+            headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+            return exc.status, exc.code, str(exc.detail), headers
+        scope.setdefault("state", {})["service_owner"] = owner
+        return None
+
+    def _open(self, path: str) -> bool:
+        return path in self.open_paths or path.startswith(self.open_prefixes)
+
+    def _bearer_refusal(self, authorization: list[bytes]) -> tuple[int, str, str, list] | None:
+        if len(authorization) > 1:  # which one counts would be a guess: refuse the request
+            return 400, "bad_request", "several Authorization headers; send exactly one", []
+        scheme, _, presented = (authorization[0] if authorization else b"").partition(b" ")
+        if scheme.lower() == b"bearer" and presented and self._valid(presented.strip()):
+            return None
+        detail = "a valid bearer token is required (Authorization: Bearer <token>)"
+        return 401, "unauthorized", detail, [(b"www-authenticate", b"Bearer")]
+
+    def _valid(self, presented: bytes) -> bool:
+        ok = False
+        for token in self.tokens:
+            ok |= hmac.compare_digest(presented, token)
+        return ok
+
+    def _limited(self, receive: Receive) -> Receive:
+        """`receive`, counting the body against the limit and timing it against the deadline."""
+        deadlines = self.deadlines
         received = 0
-        body_done = False
-        deadline: float | None = None
+        read: BodyRead | None = None  # from the first read until the body is complete
 
         async def limited_receive() -> Message:
-            nonlocal received, body_done, deadline
-            if body_done or self.body_timeout is None:
+            nonlocal received, read
+            if deadlines is None or (read is not None and read.done):
                 message = await receive()  # e.g. waiting for a disconnect: never timed
             else:
-                if deadline is None:
-                    deadline = anyio.current_time() + self.body_timeout
-                with anyio.move_on_after(deadline - anyio.current_time()) as late:
-                    message = await receive()
-                if late.cancelled_caught:
-                    raise ApiError(
-                        408, f"the request body did not arrive within {self.body_timeout:g}s"
-                    )
+                if read is None:
+                    read = deadlines.start()
+                try:
+                    message = await read.receive(receive)
+                except BaseException:
+                    read.finish()
+                    raise
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise ApiError(
-                        413, f"the body is larger than the limit of {self.max_bytes} bytes"
-                    )
-                body_done = body_done or not message.get("more_body", False)
-            else:
-                body_done = True
+                    if read is not None:
+                        read.finish()
+                    raise ApiError(413, self._too_big)
+                if message.get("more_body", False):
+                    return message
+            if read is not None:
+                read.finish()
             return message
 
-        await self.app(scope, limited_receive, send)
+        return limited_receive
 
 
 class LastResort:
     """Outermost: an exception nothing else handled still answers 500 in the JSON error shape.
 
-    Starlette's own last handler sees only `Exception`s; this also covers the rest (except our
-    own cancellation) and anything raised by the middleware in between. Once a response has
-    started there is nothing to answer with, so the error goes on to the server.
+    It stands in for Starlette's ServerErrorMiddleware (see GatewayApp) and also covers
+    BaseExceptions (except our own cancellation). Once a response has started there is nothing
+    to answer with, so the error is logged and goes on to the server.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -222,7 +215,7 @@ class LastResort:
         try:
             await self.app(scope, receive, tracking_send)
         except BaseException as exc:
-            if started or is_our_cancellation(exc):
+            if is_our_cancellation(exc):
                 raise
             logger.error(
                 "unhandled %s on %s %s",
@@ -231,4 +224,18 @@ class LastResort:
                 scope.get("path"),
                 exc_info=exc,
             )
+            if started:
+                raise
             await _send_error(send, 500, "internal_error", "internal error")
+
+
+class GatewayApp(Starlette):
+    """Starlette without its outermost ServerErrorMiddleware: LastResort answers every error
+    that one would (and more), so it was one more wrapper of every `send` for nothing."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        handlers = {k: v for k, v in self.exception_handlers.items() if k not in (500, Exception)}
+        app: ASGIApp = ExceptionMiddleware(self.router, handlers=handlers, debug=self.debug)
+        for cls, args, kwargs in reversed(self.user_middleware):
+            app = cls(app, *args, **kwargs)
+        return app

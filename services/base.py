@@ -224,7 +224,7 @@ class BaseService(BaseModel, ABC):
         ).model_dump()
 
     async def _process_message_http(self, request: Request, body: QueueMessage) -> dict:
-        # Remote delivery: the app lets only service tokens through (gateway.web.ServiceAuth).
+        # Remote delivery: the app lets only service tokens through (gateway.web.middleware.Gate).
         try:
             await self.handle_message(body)
         except ValueError as exc:  # an action this service does not take, or malformed data

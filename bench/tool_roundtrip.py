@@ -10,12 +10,14 @@
     the same tool, both under uvicorn in their own subprocess on free loopback ports, driven by
     the same load generator (wrk when installed, else httpx) at concurrency 1 and 32.
 
-    python -m bench.tool_roundtrip
+    python -m bench.tool_roundtrip                # both
+    python -m bench.tool_roundtrip --in-process   # (a) only, a few seconds
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -226,7 +228,14 @@ def run() -> list[Row]:
     return anyio.run(_in_process) + _over_http()
 
 
+def run_in_process() -> list[Row]:
+    return anyio.run(_in_process)
+
+
 def main() -> None:
+    if "--in-process" in sys.argv[1:]:
+        run_and_print("tool round trip: bus vs direct call (in process only)", run_in_process)
+        return
     run_and_print("tool round trip: bus vs direct call; gateway /run vs bare Starlette", run)
 
 

@@ -145,6 +145,12 @@ class QueueMessage(BaseModel):
             return body
         return model.model_validate(self.data)
 
+    def carried(self, model: type[B]) -> B | None:
+        """The payload object if the publisher handed over a `model` (so it never left the
+        process), else None: a receiver that can do more with an in-process caller asks this."""
+        body = self.__pydantic_private__["_body"]
+        return body if isinstance(body, model) else None
+
     def __getattr__(self, name: str) -> Any:
         if name == "data":  # a `carrying` message whose JSON form nobody asked for yet
             body = self.__pydantic_private__["_body"]

@@ -565,7 +565,7 @@ class BaseService(BaseModel, ABC):
 
     def task_as_tool_call(self, message: QueueMessage) -> tuple[TaskDefinition, ToolCall]:
         """A NEW_TOOL_CALL addressed to a whole service, read as a task (service as tool)."""
-        task = TaskDefinition.model_validate(message.data)
+        task = message.body_as(TaskDefinition)  # a ServiceAsTool in this process hands it over
         tool_call = ToolCall(
             id_=task.task_id,
             source_id=message.publisher_id,

@@ -85,18 +85,29 @@ class ToolInfo(BaseModel):
         )
 
 
-def check_arguments(tool: AsyncBaseTool, args: list[Any], kwargs: dict[str, Any]) -> None:
-    """Refuse arguments the tool's schema rejects, with a message naming each problem."""
-    schema = tool.metadata.fn_schema
-    if schema is None or args:
-        return
-    name = tool.metadata.get_name()
-    if schema.model_config.get("extra") != "allow":
-        unexpected = sorted(set(kwargs) - set(schema.model_fields))
-        if unexpected:
-            raise BadArguments(f"tool {name!r} got unexpected argument(s): {', '.join(unexpected)}")
-    try:
-        schema.model_validate(kwargs)
-    except ValidationError as exc:
-        problems = readable(exc, root="arguments")
-        raise BadArguments(f"bad arguments for tool {name!r}: {problems}") from None
+class ArgumentCheck:
+    """A tool's argument check, prepared once per tool: what a call re-read from the schema
+    every time (its fields, whether it takes extras) does not change."""
+
+    __slots__ = ("_name", "_schema", "_names")
+
+    def __init__(self, tool: AsyncBaseTool) -> None:
+        schema = tool.metadata.fn_schema
+        self._name = tool.metadata.get_name()
+        self._schema = schema
+        extra = schema is not None and schema.model_config.get("extra") == "allow"
+        self._names = None if schema is None or extra else frozenset(schema.model_fields)
+
+    def __call__(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """Refuse arguments the tool's schema rejects, with a message naming each problem."""
+        schema = self._schema
+        if schema is None or args:
+            return
+        if self._names is not None and not self._names.issuperset(kwargs):
+            unexpected = ", ".join(sorted(set(kwargs) - self._names))
+            raise BadArguments(f"tool {self._name!r} got unexpected argument(s): {unexpected}")
+        try:
+            schema.model_validate(kwargs)
+        except ValidationError as exc:
+            problems = readable(exc, root="arguments")
+            raise BadArguments(f"bad arguments for tool {self._name!r}: {problems}") from None

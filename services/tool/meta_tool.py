@@ -5,6 +5,11 @@ service (agent, human, workflow). Both publish `NEW_TOOL_CALL` and wait for the 
 `COMPLETED_TOOL_CALL` on a reply inbox shared by every caller on the same bus: replies are pushed
 to an `anyio.Event` per call, nothing polls. A timeout, an unknown service or a full bus become an
 error `ToolOutput`, so an agent sees a readable failure instead of hanging or crashing.
+
+The call travels as a `ToolCall` object (`QueueMessage.carrying`), serialized only by a transport
+that leaves the process. A ToolService in the same process may then run the call within the
+publish itself and answer before it returns (see `services.tool.service`); so the timeout bounds
+the publish and the wait together, and a reply already there is taken without waiting.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import json
 import logging
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
@@ -27,8 +31,11 @@ from gateway.messages import (
     ActionTypes,
     QueueMessage,
     TaskDefinition,
+    ToolCall,
+    ToolCallBundle,
     ToolCallResult,
     new_id,
+    new_message_id,
 )
 
 if TYPE_CHECKING:
@@ -51,10 +58,14 @@ class Reply(NamedTuple):
     is_error: bool
 
 
-@dataclass
 class _Pending:
-    done: anyio.Event = field(default_factory=anyio.Event)
-    reply: Reply | None = None
+    """One call waiting for its reply; the Event is made only if the reply is not there yet."""
+
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.done: anyio.Event | None = None
+        self.reply: Reply | None = None
 
 
 def read_reply(data: dict[str, Any]) -> Reply:
@@ -98,33 +109,40 @@ class ReplyInbox:
         if message.action != ActionTypes.COMPLETED_TOOL_CALL:
             logger.warning("reply inbox %s ignored a %s message", self.id_, message.action)
             return
-        pending = self._pending.get(message.data.get("id_"))  # type: ignore[arg-type]
+        result = message.carried(ToolCallResult)  # in process: the answering service's object
+        call_id = result.id_ if result is not None else message.data.get("id_")
+        pending = self._pending.get(call_id)  # type: ignore[arg-type]
         if pending is None:
-            logger.info("late or unknown tool call result %s dropped", message.data.get("id_"))
+            logger.info("late or unknown tool call result %s dropped", call_id)
             return
-        pending.reply = read_reply(message.data)
-        pending.done.set()
+        if result is not None:
+            pending.reply = Reply(result.result, result.is_error)
+        else:
+            pending.reply = read_reply(message.data)
+        if pending.done is not None:
+            pending.done.set()
 
     async def call(
-        self, service_name: str, call_id: str, data: dict[str, Any], timeout: float | None
+        self, service_name: str, call_id: str, body: BaseModel, timeout: float | None
     ) -> Reply:
-        """Publish NEW_TOOL_CALL to `service_name` and wait for the reply with id `call_id`."""
+        """Publish NEW_TOOL_CALL (`body`) to `service_name`; wait for the reply to `call_id`."""
         if call_id in self._pending:
             raise ValueError(f"tool call {call_id!r} is already in flight")
         pending = self._pending[call_id] = _Pending()
         try:
-            message = QueueMessage(
-                publisher_id=self.id_,
-                type=service_name,
-                action=ActionTypes.NEW_TOOL_CALL,
-                data=data,
+            message = QueueMessage.carrying(
+                body, publisher_id=self.id_, type=service_name, action=ActionTypes.NEW_TOOL_CALL
             )
             if self.bus.tracing is not None:  # here, whatever transport carries it
                 message.trace = self.bus.tracing.carrier()
-            await self.bus.publish(message)
-            with anyio.move_on_after(timeout):
-                await pending.done.wait()
-            if pending.reply is None:
+            # The publish is inside the timeout: a local tool service may run the call in it.
+            with anyio.move_on_after(timeout) as scope:
+                await self.bus.publish(message)
+                if pending.reply is None:
+                    pending.done = anyio.Event()
+                    await pending.done.wait()
+            # Cut short, the reply there (if any) is the call's own `cancelled`: a timeout.
+            if scope.cancelled_caught or pending.reply is None:
                 raise ToolCallTimeout(f"{service_name} did not answer within {timeout}s")
             return pending.reply
         finally:
@@ -142,15 +160,15 @@ async def _call_over_bus(
     service_name: str,
     tool_name: str,
     call_id: str,
-    data: dict[str, Any],
+    body: BaseModel,
     raw_input: dict[str, Any],
     timeout: float | None,
 ) -> ToolOutput:
     tracing = inbox.bus.tracing
     if tracing is None:
-        return await _ask(inbox, service_name, tool_name, call_id, data, raw_input, timeout)
+        return await _ask(inbox, service_name, tool_name, call_id, body, raw_input, timeout)
     with tracing.tool_call(tool_name, service_name) as span:  # the bus message carries it
-        output = await _ask(inbox, service_name, tool_name, call_id, data, raw_input, timeout)
+        output = await _ask(inbox, service_name, tool_name, call_id, body, raw_input, timeout)
         if output.is_error:
             tracing.mark_error(span, str(output.content))
         return output
@@ -161,12 +179,12 @@ async def _ask(
     service_name: str,
     tool_name: str,
     call_id: str,
-    data: dict[str, Any],
+    body: BaseModel,
     raw_input: dict[str, Any],
     timeout: float | None,
 ) -> ToolOutput:
     try:
-        reply = await inbox.call(service_name, call_id, data, timeout)
+        reply = await inbox.call(service_name, call_id, body, timeout)
     except ToolCallTimeout:
         text = f"Error: tool {tool_name!r} of service {service_name!r} timed out after {timeout}s"
         return _error_output(tool_name, raw_input, text)
@@ -243,16 +261,15 @@ class MetaServiceTool(_Unspanned, AsyncBaseTool):
 
     async def _acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
         name = self._metadata.get_name()
-        call_id = new_id()
-        # The ToolCall wire shape as a dict: the tool service validates it on arrival.
-        data = {
-            "id_": call_id,
-            "tool_call_bundle": {"tool_name": name, "tool_args": list(args), "tool_kwargs": kwargs},
-            "source_id": self._inbox.id_,
-        }
+        # Call ids only need to be unique: a message id (random per process, then a counter).
+        call = ToolCall(
+            id_=new_message_id(),
+            tool_call_bundle=ToolCallBundle(tool_name=name, tool_args=args, tool_kwargs=kwargs),
+            source_id=self._inbox.id_,
+        )
         raw_input = {"args": args, "kwargs": kwargs}
         return await _call_over_bus(
-            self._inbox, self.service_name, name, call_id, data, raw_input, self.timeout
+            self._inbox, self.service_name, name, call.id_, call, raw_input, self.timeout
         )
 
 
@@ -312,7 +329,7 @@ class ServiceAsTool(_Unspanned, AsyncBaseTool):
             self.service_name,
             self._metadata.get_name(),
             task.task_id,
-            task.model_dump(mode="json"),
+            task,
             {"input": task.input},
             self.timeout,
         )

@@ -1,11 +1,15 @@
 """ToolService: a list of llama-index tools that other services call over the bus or HTTP.
 
-Every `NEW_TOOL_CALL` runs in its own task in the host's task group, bounded by a
-CapacityLimiter (`max_concurrent_calls`), and always answers its caller (`source_id`) with a
-`COMPLETED_TOOL_CALL`: an unknown tool, bad arguments or a raising tool give an error
-ToolCallResult, never silence. `POST /run` calls a tool directly and answers its output; there,
-requests it cannot serve are HTTP errors (404 unknown tool, 422 bad arguments); a tool that
-raises or times out answers 200 with `is_error` and the error text.
+Every `NEW_TOOL_CALL` runs bounded by a CapacityLimiter (`max_concurrent_calls`) and always
+answers its caller (`source_id`) with a `COMPLETED_TOOL_CALL`: an unknown tool, bad arguments or a
+raising tool give an error ToolCallResult, never silence. A call from another process (or given
+as JSON) goes to a pool worker in the host's task group; a call handed over as an object by a
+caller in this process (a MetaServiceTool) runs in the caller's own task, within its publish,
+because that caller only waits for the answer anyway (`_run_in_delivery`).
+
+`POST /run` calls a tool directly and answers its output; there, requests it cannot serve are
+HTTP errors (404 unknown tool, 422 bad arguments); a tool that raises or times out answers 200
+with `is_error` and the error text.
 
 Size: the service class and the request/response models of its routes; tool adaptation lives in
 `adapt`, the worker pool in `pool`.
@@ -47,13 +51,14 @@ from gateway.web.errors import ApiError
 from gateway.web.routing import api_route
 from services.base import BaseService
 from services.tool.adapt import (
+    ArgumentCheck,
     BadArguments,
     ToolError,
     ToolInfo,
     ToolTimeout,
     UnknownTool,
+    _SyncToolAdapter,
     as_async_tool,
-    check_arguments,
 )
 from services.tool.pool import WorkerPool
 
@@ -68,11 +73,13 @@ REPLY_TIMEOUT = 10.0  # a caller whose inbox stays full this long is not listeni
 class _Calls:
     """A tool service's call bookkeeping as one plain object.
 
-    Pydantic private attributes cost about a microsecond per access and the call path touches
-    these a dozen times per call, so they live here rather than as separate PrivateAttrs.
+    Pydantic private attributes cost over a microsecond per access and the call path touches
+    these a dozen times per call, so they live here rather than as separate PrivateAttrs, and
+    the service reads this object through a property, not as a private attribute itself.
     """
 
     by_name: dict[str, AsyncBaseTool] = field(default_factory=dict)
+    checks: dict[str, ArgumentCheck] = field(default_factory=dict)
     outstanding: dict[str, ToolCall] = field(default_factory=dict)
     http_done: dict[str, anyio.Event] = field(default_factory=dict)
     http_results: OrderedDict[str, ToolCallResult] = field(default_factory=OrderedDict)
@@ -80,6 +87,10 @@ class _Calls:
     pool: WorkerPool | None = None
     bus: MessageBus | None = None
     publisher_id: str = ""
+    # our consumer is delivered to within the publisher's task (the in-memory bus's inline path)
+    inline: bool = False
+    # tools run in a thread anyio cannot abandon: never in a caller's task (see _run_in_delivery)
+    threaded: frozenset[str] = frozenset()
     # trace context of calls waiting for a worker (only filled when tracing is on)
     traces: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -174,7 +185,7 @@ class ToolService(BaseService):
     description: str = "A service that runs tools for other services."
     max_concurrent_calls: int = Field(default=32, ge=1)
 
-    _calls: _Calls = PrivateAttr(default_factory=lambda: _Calls())
+    _call_state: _Calls = PrivateAttr(default_factory=lambda: _Calls())
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -191,7 +202,17 @@ class ToolService(BaseService):
         return tools
 
     def model_post_init(self, context: Any) -> None:
-        self._calls.by_name = {t.metadata.get_name(): t for t in self.tools}
+        calls = self._calls
+        calls.by_name = {t.metadata.get_name(): t for t in self.tools}
+        calls.checks = {name: ArgumentCheck(tool) for name, tool in calls.by_name.items()}
+        calls.threaded = frozenset(
+            name for name, tool in calls.by_name.items() if isinstance(tool, _SyncToolAdapter)
+        )
+
+    @property
+    def _calls(self) -> _Calls:
+        # A property, not a private attribute: pydantic's lookup of those costs ~1.4 µs.
+        return self.__pydantic_private__["_call_state"]
 
     @property
     def tool_names(self) -> list[str]:
@@ -329,8 +350,23 @@ class ToolService(BaseService):
         consumer.inline = not remote
         return consumer
 
+    async def register_to_message_queue(self) -> Consumer:
+        consumer = await super().register_to_message_queue()
+        self._calls.inline = consumer.inline
+        return consumer
+
     async def process_message(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.NEW_TOOL_CALL:
+            tool_call = message.carried(ToolCall)
+            calls = self._calls
+            if (
+                tool_call is not None
+                and calls.inline
+                and tool_call.tool_call_bundle.tool_name not in calls.threaded
+            ):
+                tool_call.source_id = tool_call.source_id or message.publisher_id
+                await self._run_in_delivery(tool_call, message.trace)
+                return
             try:
                 tool_call = ToolCall.model_validate(message.data)
                 tool_call.source_id = tool_call.source_id or message.publisher_id
@@ -368,10 +404,30 @@ class ToolService(BaseService):
         calls.outstanding[tool_call.id_] = tool_call
         await calls.pool.submit(tool_call)
 
+    async def _run_in_delivery(self, tool_call: ToolCall, trace: dict[str, str] | None) -> None:
+        """Run a call handed over in this process right here, in its caller's task.
+
+        The caller (a ReplyInbox) publishes and then only waits for the answer, so running the
+        tool within its publish saves the hand-off to a worker and the wake-up for the answer,
+        two trips round the event loop that cost more than the bus itself. The limiter bounds
+        these calls as it bounds the pool's. The caller's timeout and cancellation now reach
+        the tool; cancelled, it is answered `cancelled` like any call, and anything else it
+        raises fails this call only (`_run_call_in`). Tools run in a thread that anyio cannot
+        abandon (`threaded`) stay with the pool, where they cannot hold a caller past its
+        timeout.
+        """
+        self._calls.outstanding[tool_call.id_] = tool_call
+        carrier = trace if trace is not None and self.service_host.tracing is not None else None
+        with user_code():  # tasks the tool starts are contained, as in a worker
+            await self._run_traced(tool_call, carrier)
+
     async def _run_call(self, tool_call: ToolCall) -> None:
         enter_user_code()  # a pool worker runs nothing but tools
         traces = self._calls.traces
         carrier = traces.pop(tool_call.id_, None) if traces else None
+        await self._run_traced(tool_call, carrier)
+
+    async def _run_traced(self, tool_call: ToolCall, carrier: dict[str, str] | None) -> None:
         if carrier is None:
             await self._run_call_in(tool_call)
             return
@@ -410,39 +466,28 @@ class ToolService(BaseService):
     async def _answer(self, tool_call: ToolCall, text: str, is_error: bool) -> None:
         """COMPLETED_TOOL_CALL to the caller (and kept, for calls started over HTTP)."""
         calls = self._calls
+        result = ToolCallResult(
+            id_=tool_call.id_,
+            tool_message=_tool_message(tool_call, text),
+            result=text,
+            is_error=is_error,
+        )
         done = calls.http_done.pop(tool_call.id_, None)
         if done is not None:
-            calls.http_results[tool_call.id_] = ToolCallResult(
-                id_=tool_call.id_,
-                tool_message=_tool_message(tool_call, text),
-                result=text,
-                is_error=is_error,
-            )
+            calls.http_results[tool_call.id_] = result
             while len(calls.http_results) > RETAINED_HTTP_RESULTS:
                 calls.http_results.popitem(last=False)
             done.set()
         if not tool_call.source_id:
             return
-        # The ToolCallResult wire shape, built as a dict: this is the hot path of every call.
-        data = {
-            "id_": tool_call.id_,
-            "tool_message": {
-                "role": "tool",
-                "content": text,
-                "additional_kwargs": {
-                    "name": tool_call.tool_call_bundle.tool_name,
-                    "tool_call_id": tool_call.id_,
-                },
-            },
-            "result": text,
-            "is_error": is_error,
-        }
         assert calls.bus is not None, "service not started"
-        message = QueueMessage(
+        # Handed over as the object: a caller in this process reads it as is, a transport that
+        # leaves the process writes its JSON.
+        message = QueueMessage.carrying(
+            result,
             publisher_id=calls.publisher_id,
             type=tool_call.source_id,
             action=ActionTypes.COMPLETED_TOOL_CALL,
-            data=data,
         )
         try:  # replies go to a bus inbox, never to a remote control plane: straight to the bus
             await calls.bus.publish(message, timeout=REPLY_TIMEOUT)
@@ -451,33 +496,32 @@ class ToolService(BaseService):
 
     async def run_tool(self, bundle: ToolCallBundle) -> ToolOutput:
         """Run one tool: waits while stopped, bounded by the limiter and `timeout`."""
-        tool = self._calls.by_name.get(bundle.tool_name)
+        calls = self._calls
+        tool = calls.by_name.get(bundle.tool_name)
         if tool is None:
             raise UnknownTool(self._unknown(bundle.tool_name))
-        check_arguments(tool, bundle.tool_args, bundle.tool_kwargs)
+        calls.checks[bundle.tool_name](bundle.tool_args, bundle.tool_kwargs)
         if not self.running:
             await self._wait_until_running()
-        limiter = self._calls.limiter
+        limiter = calls.limiter
         assert limiter is not None, "service not started"
+        # Borrowed per call, not per task: a caller's task may run a call of this service that
+        # makes another (a tool calling a tool), and anyio lends a task one token at most.
+        borrower = object()
         try:
-            limiter.acquire_nowait()  # the common case costs no extra trip round the loop
+            limiter.acquire_on_behalf_of_nowait(borrower)  # no extra trip round the loop
         except anyio.WouldBlock:
-            await limiter.acquire()
+            await limiter.acquire_on_behalf_of(borrower)
         try:
             if self.timeout is None:
-                return await self._call(tool, bundle)
+                return await tool.acall(*bundle.tool_args, **bundle.tool_kwargs)
             with anyio.move_on_after(self.timeout):
-                return await self._call(tool, bundle)
+                return await tool.acall(*bundle.tool_args, **bundle.tool_kwargs)
             raise ToolTimeout(f"tool {bundle.tool_name!r} did not finish within {self.timeout}s")
-        finally:
-            limiter.release()
-
-    @staticmethod
-    async def _call(tool: AsyncBaseTool, bundle: ToolCallBundle) -> ToolOutput:
-        try:
-            return await tool.acall(*bundle.tool_args, **bundle.tool_kwargs)
         except TypeError as exc:
             raise BadArguments(f"bad arguments for tool {bundle.tool_name!r}: {exc}") from exc
+        finally:
+            limiter.release_on_behalf_of(borrower)
 
     async def execute_task(self, task: TaskDefinition) -> TaskResult:
         """A control-plane task whose input is `{"tool": name, "kwargs": {...}}`."""

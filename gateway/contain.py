@@ -78,14 +78,19 @@ def contain(exc: BaseException) -> BaseException:
     return UserCodeError(exc)
 
 
-@contextmanager
-def user_code() -> Iterator[None]:
-    """Mark the current context as running user code: tasks created under it are contained."""
-    token = _IN_USER_CODE.set(True)
-    try:
-        yield
-    finally:
-        _IN_USER_CODE.reset(token)
+class user_code:  # used as a function: `with user_code():`
+    """Mark the current context as running user code: tasks created under it are contained.
+
+    A class, not a generator context manager: it is entered for every tool call.
+    """
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _IN_USER_CODE.set(True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _IN_USER_CODE.reset(self._token)
 
 
 def enter_user_code() -> None:

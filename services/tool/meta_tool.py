@@ -155,25 +155,6 @@ def _error_output(tool_name: str, raw_input: dict[str, Any], text: str) -> ToolO
     )
 
 
-async def _call_over_bus(
-    inbox: ReplyInbox,
-    service_name: str,
-    tool_name: str,
-    call_id: str,
-    body: BaseModel,
-    raw_input: dict[str, Any],
-    timeout: float | None,
-) -> ToolOutput:
-    tracing = inbox.bus.tracing
-    if tracing is None:
-        return await _ask(inbox, service_name, tool_name, call_id, body, raw_input, timeout)
-    with tracing.tool_call(tool_name, service_name) as span:  # the bus message carries it
-        output = await _ask(inbox, service_name, tool_name, call_id, body, raw_input, timeout)
-        if output.is_error:
-            tracing.mark_error(span, str(output.content))
-        return output
-
-
 async def _ask(
     inbox: ReplyInbox,
     service_name: str,
@@ -183,6 +164,8 @@ async def _ask(
     raw_input: dict[str, Any],
     timeout: float | None,
 ) -> ToolOutput:
+    """`inbox.call` and its answer as a ToolOutput; no answer (timeout, no such service, a
+    full bus) is an error output too."""
     try:
         reply = await inbox.call(service_name, call_id, body, timeout)
     except ToolCallTimeout:
@@ -197,6 +180,25 @@ async def _ask(
         raw_output=reply.result,
         is_error=reply.is_error,
     )
+
+
+async def _ask_traced(
+    inbox: ReplyInbox,
+    service_name: str,
+    tool_name: str,
+    call_id: str,
+    body: BaseModel,
+    raw_input: dict[str, Any],
+    timeout: float | None,
+) -> ToolOutput:
+    """`_ask` in a span of its own (the bus message carries its context). Callers pick one
+    of the two rather than one wrapping the other: a frame fewer per untraced call."""
+    tracing = inbox.bus.tracing
+    with tracing.tool_call(tool_name, service_name) as span:
+        output = await _ask(inbox, service_name, tool_name, call_id, body, raw_input, timeout)
+        if output.is_error:
+            tracing.mark_error(span, str(output.content))
+        return output
 
 
 class _Unspanned:
@@ -268,9 +270,9 @@ class MetaServiceTool(_Unspanned, AsyncBaseTool):
             source_id=self._inbox.id_,
         )
         raw_input = {"args": args, "kwargs": kwargs}
-        return await _call_over_bus(
-            self._inbox, self.service_name, name, call.id_, call, raw_input, self.timeout
-        )
+        inbox = self._inbox
+        ask = _ask if inbox.bus.tracing is None else _ask_traced
+        return await ask(inbox, self.service_name, name, call.id_, call, raw_input, self.timeout)
 
 
 class ServiceInput(BaseModel):
@@ -324,7 +326,8 @@ class ServiceAsTool(_Unspanned, AsyncBaseTool):
             extra = json.dumps({"args": list(args), "kwargs": kwargs}, default=str)
             text = f"{text or ''} {extra}".strip()
         task = TaskDefinition(input=str(text or ""))
-        return await _call_over_bus(
+        ask = _ask if self._inbox.bus.tracing is None else _ask_traced
+        return await ask(
             self._inbox,
             self.service_name,
             self._metadata.get_name(),

@@ -345,10 +345,33 @@ class ToolService(BaseService):
 
     # -- bus --------------------------------------------------------------------------------------
     def as_consumer(self, remote: bool = False) -> Consumer:
-        """Inline: handling a message only feeds the bounded worker queue (or spawns a task)."""
+        """Inline: handling a message feeds the bounded worker queue, spawns a task, or runs a
+        call whose caller waits for it anyway (`_deliver`)."""
         consumer = super().as_consumer(remote)
-        consumer.inline = not remote
+        if not remote:
+            consumer.inline = True
+            consumer.handler = self._deliver
         return consumer
+
+    async def _deliver(self, message: QueueMessage) -> None:
+        """The bus's way in: a call handed over in this process runs at once, in the caller's
+        task (`_run_in_delivery`); everything else goes through `handle_message`."""
+        tool_call = message.carried(ToolCall)
+        calls = self._calls
+        if (
+            tool_call is None
+            or message.trace is not None  # traced: handle_message enters its context first
+            or message.action is not ActionTypes.NEW_TOOL_CALL
+            or not calls.inline
+            or tool_call.tool_call_bundle.tool_name in calls.threaded
+        ):
+            await self.handle_message(message)
+            return
+        if not tool_call.source_id:
+            tool_call.source_id = message.publisher_id
+        calls.outstanding[tool_call.id_] = tool_call
+        with user_code():  # tasks the tool starts are contained, as in a worker
+            await self._run_call_in(tool_call)
 
     async def register_to_message_queue(self) -> Consumer:
         consumer = await super().register_to_message_queue()
@@ -405,7 +428,8 @@ class ToolService(BaseService):
         await calls.pool.submit(tool_call)
 
     async def _run_in_delivery(self, tool_call: ToolCall, trace: dict[str, str] | None) -> None:
-        """Run a call handed over in this process right here, in its caller's task.
+        """Run a call handed over in this process right here, in its caller's task (`_deliver`
+        does the same, without tracing, in fewer steps).
 
         The caller (a ReplyInbox) publishes and then only waits for the answer, so running the
         tool within its publish saves the hand-off to a worker and the wake-up for the answer,
@@ -466,11 +490,14 @@ class ToolService(BaseService):
     async def _answer(self, tool_call: ToolCall, text: str, is_error: bool) -> None:
         """COMPLETED_TOOL_CALL to the caller (and kept, for calls started over HTTP)."""
         calls = self._calls
+        name = tool_call.tool_call_bundle.tool_name
+        message = ChatMessage(
+            role="tool",
+            content=text,
+            additional_kwargs={"name": name, "tool_call_id": tool_call.id_},
+        )
         result = ToolCallResult(
-            id_=tool_call.id_,
-            tool_message=_tool_message(tool_call, text),
-            result=text,
-            is_error=is_error,
+            id_=tool_call.id_, tool_message=message, result=text, is_error=is_error
         )
         done = calls.http_done.pop(tool_call.id_, None)
         if done is not None:
@@ -483,14 +510,14 @@ class ToolService(BaseService):
         assert calls.bus is not None, "service not started"
         # Handed over as the object: a caller in this process reads it as is, a transport that
         # leaves the process writes its JSON.
-        message = QueueMessage.carrying(
+        reply = QueueMessage.carrying(
             result,
             publisher_id=calls.publisher_id,
             type=tool_call.source_id,
             action=ActionTypes.COMPLETED_TOOL_CALL,
         )
         try:  # replies go to a bus inbox, never to a remote control plane: straight to the bus
-            await calls.bus.publish(message, timeout=REPLY_TIMEOUT)
+            await calls.bus.publish(reply, timeout=REPLY_TIMEOUT)
         except BusError as exc:
             logger.warning("could not answer tool call %s: %s", tool_call.id_, exc)
 
@@ -539,14 +566,3 @@ class ToolService(BaseService):
     def _unknown(self, name: str) -> str:
         names = ", ".join(self._calls.by_name) or "-"
         return f"unknown tool {name!r}; {self.service_name} has: {names}"
-
-
-def _tool_message(tool_call: ToolCall, text: str) -> ChatMessage:
-    return ChatMessage(
-        role="tool",
-        content=text,
-        additional_kwargs={
-            "name": tool_call.tool_call_bundle.tool_name,
-            "tool_call_id": tool_call.id_,
-        },
-    )

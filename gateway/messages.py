@@ -92,6 +92,7 @@ TraceHeaders = dict[
 
 
 B = TypeVar("B", bound=BaseModel)
+_WANTED: Any = object()  # a publisher's mark: it reads the answer from the message
 
 
 class QueueMessage(BaseModel):
@@ -110,14 +111,24 @@ class QueueMessage(BaseModel):
 
     # The model `data` was made from, when the publisher handed one over (`carrying`).
     _body: BaseModel | None = PrivateAttr(default=None)
+    # An answer handed back on the message itself (`answer_in_delivery`), or _WANTED.
+    _answer: Any = PrivateAttr(default=None)
 
     @classmethod
-    def carrying(cls, body: BaseModel, **fields: Any) -> QueueMessage:
+    def carrying(
+        cls, body: BaseModel, *, answer_in_delivery: bool = False, **fields: Any
+    ) -> QueueMessage:
         """A message whose payload is the model `body` itself.
 
         In one process nobody needs its JSON form: the receiver takes `body` back with
         `body_as` and no dump/validate round trip happens. `data` is made from `body` the
         first time something reads it (a transport that leaves the process, a log line).
+
+        `answer_in_delivery`: the publisher waits for an answer and reads it from this message
+        when `publish` returns (`answered`), so a receiver that produces the answer within the
+        delivery (an inline consumer of the in-memory bus) may hand it back with
+        `answer_here` instead of publishing a reply. Anywhere else (another task, another
+        process: private attributes are never serialized) the reply goes over the bus.
         """
         # Built as `model_construct` would (the fields are ours, not input), in fewer steps:
         # this runs for every task, status change and result.
@@ -134,7 +145,8 @@ class QueueMessage(BaseModel):
         object.__setattr__(message, "__dict__", values)
         object.__setattr__(message, "__pydantic_fields_set__", {"data", *fields})
         object.__setattr__(message, "__pydantic_extra__", None)
-        object.__setattr__(message, "__pydantic_private__", {"_body": body})
+        answer = _WANTED if answer_in_delivery else None
+        object.__setattr__(message, "__pydantic_private__", {"_body": body, "_answer": answer})
         return message
 
     def body_as(self, model: type[B]) -> B:
@@ -150,6 +162,21 @@ class QueueMessage(BaseModel):
         process), else None: a receiver that can do more with an in-process caller asks this."""
         body = self.__pydantic_private__["_body"]
         return body if isinstance(body, model) else None
+
+    def wants_answer_here(self) -> bool:
+        """True if the publisher reads its answer from this message (see `carrying`); only a
+        receiver running within the publisher's `publish` may then use `answer_here`."""
+        return self.__pydantic_private__["_answer"] is _WANTED
+
+    def answer_here(self, answer: Any) -> None:
+        """Hand `answer` back to the publisher on the message (it asked: `wants_answer_here`).
+        It never leaves the process, so it is whatever object the two sides agree on."""
+        self.__pydantic_private__["_answer"] = answer
+
+    def answered(self) -> Any:
+        """The answer a receiver handed back within the delivery, or None."""
+        answer = self.__pydantic_private__["_answer"]
+        return None if answer is _WANTED else answer
 
     def __getattr__(self, name: str) -> Any:
         if name == "data":  # a `carrying` message whose JSON form nobody asked for yet
@@ -186,6 +213,7 @@ class QueueMessage(BaseModel):
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Self:
         copied = super().model_copy(update=update, deep=deep)
+        copied.__pydantic_private__["_answer"] = None  # the publisher reads the original only
         if update and "data" in update:
             copied.__pydantic_private__["_body"] = None
         return copied

@@ -56,6 +56,3 @@ class Consumer:
     handler: Handler
     id_: str = field(default_factory=new_id)
     inline: bool = False
-
-    async def deliver(self, message: QueueMessage) -> None:
-        await self.handler(message)

@@ -215,7 +215,7 @@ class MessageBus:
         stats = message.stats.__dict__  # see `publish`
         stats["process_start_time"] = time.time()
         try:
-            await registration.consumer.deliver(message)
+            await registration.consumer.handler(message)
             registration.delivered += 1
         except BaseException as exc:
             # A handler may be user code (a custom service's process_message): whatever it

@@ -47,12 +47,9 @@ logger = logging.getLogger("services.tool.meta_tool")
 DEFAULT_TOOL_TIMEOUT = 60.0
 
 
-class ToolCallTimeout(TimeoutError):
-    """No COMPLETED_TOOL_CALL arrived in time."""
-
-
 class Reply(NamedTuple):
-    """What a COMPLETED_TOOL_CALL says: the output text and whether it is an error."""
+    """What a COMPLETED_TOOL_CALL says: the output text and whether it is an error. A tool
+    service that runs a call within its caller's publish hands one back on the message."""
 
     result: str
     is_error: bool
@@ -122,31 +119,59 @@ class ReplyInbox:
         if pending.done is not None:
             pending.done.set()
 
-    async def call(
-        self, service_name: str, call_id: str, body: BaseModel, timeout: float | None
-    ) -> Reply:
-        """Publish NEW_TOOL_CALL (`body`) to `service_name`; wait for the reply to `call_id`."""
+    async def ask(
+        self,
+        service_name: str,
+        tool_name: str,
+        call_id: str,
+        body: BaseModel,
+        raw_input: dict[str, Any],
+        timeout: float | None,
+    ) -> ToolOutput:
+        """Publish NEW_TOOL_CALL (`body`) to `service_name` and answer the reply to `call_id`
+        as a ToolOutput; no reply (timeout, no such service, a full bus) is an error output."""
         if call_id in self._pending:
             raise ValueError(f"tool call {call_id!r} is already in flight")
         pending = self._pending[call_id] = _Pending()
         try:
             message = QueueMessage.carrying(
-                body, publisher_id=self.id_, type=service_name, action=ActionTypes.NEW_TOOL_CALL
+                body,
+                answer_in_delivery=True,
+                publisher_id=self.id_,
+                type=service_name,
+                action=ActionTypes.NEW_TOOL_CALL,
             )
             if self.bus.tracing is not None:  # here, whatever transport carries it
                 message.trace = self.bus.tracing.carrier()
-            # The publish is inside the timeout: a local tool service may run the call in it.
+            # The publish is inside the timeout: a local tool service may run the call in it,
+            # and then hands the answer back on the message.
             with anyio.move_on_after(timeout) as scope:
                 await self.bus.publish(message)
-                if pending.reply is None:
+                answer = message.answered()  # a Reply, from a tool service (see Reply)
+                if answer is not None:
+                    pending.reply = answer
+                elif pending.reply is None:
                     pending.done = anyio.Event()
                     await pending.done.wait()
-            # Cut short, the reply there (if any) is the call's own `cancelled`: a timeout.
-            if scope.cancelled_caught or pending.reply is None:
-                raise ToolCallTimeout(f"{service_name} did not answer within {timeout}s")
-            return pending.reply
+        except BusError as exc:
+            text = f"Error: cannot reach {service_name!r}: {exc}"
+            return _error_output(tool_name, raw_input, text)
         finally:
             del self._pending[call_id]
+        reply = pending.reply
+        # Cut short, the reply there (if any) is the call's own `cancelled`: a timeout.
+        if scope.cancelled_caught or reply is None:
+            text = (
+                f"Error: tool {tool_name!r} of service {service_name!r} timed out after {timeout}s"
+            )
+            return _error_output(tool_name, raw_input, text)
+        return ToolOutput(
+            content=reply.result,
+            tool_name=tool_name,
+            raw_input=raw_input,
+            raw_output=reply.result,
+            is_error=reply.is_error,
+        )
 
 
 def _error_output(tool_name: str, raw_input: dict[str, Any], text: str) -> ToolOutput:
@@ -155,69 +180,42 @@ def _error_output(tool_name: str, raw_input: dict[str, Any], text: str) -> ToolO
     )
 
 
-async def _ask(
-    inbox: ReplyInbox,
-    service_name: str,
-    tool_name: str,
-    call_id: str,
-    body: BaseModel,
-    raw_input: dict[str, Any],
-    timeout: float | None,
-) -> ToolOutput:
-    """`inbox.call` and its answer as a ToolOutput; no answer (timeout, no such service, a
-    full bus) is an error output too."""
-    try:
-        reply = await inbox.call(service_name, call_id, body, timeout)
-    except ToolCallTimeout:
-        text = f"Error: tool {tool_name!r} of service {service_name!r} timed out after {timeout}s"
-        return _error_output(tool_name, raw_input, text)
-    except BusError as exc:
-        return _error_output(tool_name, raw_input, f"Error: cannot reach {service_name!r}: {exc}")
-    return ToolOutput(
-        content=reply.result,
-        tool_name=tool_name,
-        raw_input=raw_input,
-        raw_output=reply.result,
-        is_error=reply.is_error,
-    )
-
-
-async def _ask_traced(
-    inbox: ReplyInbox,
-    service_name: str,
-    tool_name: str,
-    call_id: str,
-    body: BaseModel,
-    raw_input: dict[str, Any],
-    timeout: float | None,
-) -> ToolOutput:
-    """`_ask` in a span of its own (the bus message carries its context). Callers pick one
-    of the two rather than one wrapping the other: a frame fewer per untraced call."""
-    tracing = inbox.bus.tracing
-    with tracing.tool_call(tool_name, service_name) as span:
-        output = await _ask(inbox, service_name, tool_name, call_id, body, raw_input, timeout)
-        if output.is_error:
-            tracing.mark_error(span, str(output.content))
-        return output
-
-
 class _Unspanned:
     """`call`/`acall` for the bus tools, defined outside any AsyncBaseTool subclass body.
 
     llama-index's instrumentation mixin wraps `acall` of every tool subclass in a span that
     costs ~40 µs per call (an `inspect.signature` bind). The real tool call is spanned where it
-    runs, in the tool service, so the stand-in skips its own: subclasses implement `_acall`.
+    runs, in the tool service, so the stand-in skips its own: subclasses say what to send
+    (`_request`) and this sends it, in a span of ours when tracing is on.
     """
 
-    async def _acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
+    service_name: str
+    timeout: float | None
+    _inbox: ReplyInbox
+
+    def _request(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, str, BaseModel, dict[str, Any]]:
+        """(tool name, call id, the NEW_TOOL_CALL's body, the ToolOutput's raw_input)."""
         raise NotImplementedError
 
     async def acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
-        return await self._acall(*args, **kwargs)
+        name, call_id, body, raw_input = self._request(args, kwargs)
+        inbox = self._inbox
+        tracing = inbox.bus.tracing
+        if tracing is None:
+            return await inbox.ask(self.service_name, name, call_id, body, raw_input, self.timeout)
+        with tracing.tool_call(name, self.service_name) as span:  # the bus message carries it
+            output = await inbox.ask(
+                self.service_name, name, call_id, body, raw_input, self.timeout
+            )
+            if output.is_error:
+                tracing.mark_error(span, str(output.content))
+            return output
 
     def call(self, *args: Any, **kwargs: Any) -> ToolOutput:
         """Blocking form, for code running in a worker thread of the gateway's event loop."""
-        return anyio.from_thread.run(lambda: self._acall(*args, **kwargs))
+        return anyio.from_thread.run(lambda: self.acall(*args, **kwargs))
 
 
 class MetaServiceTool(_Unspanned, AsyncBaseTool):
@@ -261,7 +259,9 @@ class MetaServiceTool(_Unspanned, AsyncBaseTool):
     def metadata(self) -> ToolMetadata:
         return self._metadata
 
-    async def _acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
+    def _request(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, str, BaseModel, dict[str, Any]]:
         name = self._metadata.get_name()
         # Call ids only need to be unique: a message id (random per process, then a counter).
         call = ToolCall(
@@ -269,10 +269,7 @@ class MetaServiceTool(_Unspanned, AsyncBaseTool):
             tool_call_bundle=ToolCallBundle(tool_name=name, tool_args=args, tool_kwargs=kwargs),
             source_id=self._inbox.id_,
         )
-        raw_input = {"args": args, "kwargs": kwargs}
-        inbox = self._inbox
-        ask = _ask if inbox.bus.tracing is None else _ask_traced
-        return await ask(inbox, self.service_name, name, call.id_, call, raw_input, self.timeout)
+        return name, call.id_, call, {"args": args, "kwargs": kwargs}
 
 
 class ServiceInput(BaseModel):
@@ -318,7 +315,9 @@ class ServiceAsTool(_Unspanned, AsyncBaseTool):
     def metadata(self) -> ToolMetadata:
         return self._metadata
 
-    async def _acall(self, *args: Any, **kwargs: Any) -> ToolOutput:
+    def _request(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, str, BaseModel, dict[str, Any]]:
         text = kwargs.pop("input", None)
         if text is None and args:
             text, args = args[0], args[1:]
@@ -326,13 +325,4 @@ class ServiceAsTool(_Unspanned, AsyncBaseTool):
             extra = json.dumps({"args": list(args), "kwargs": kwargs}, default=str)
             text = f"{text or ''} {extra}".strip()
         task = TaskDefinition(input=str(text or ""))
-        ask = _ask if self._inbox.bus.tracing is None else _ask_traced
-        return await ask(
-            self._inbox,
-            self.service_name,
-            self._metadata.get_name(),
-            task.task_id,
-            task,
-            {"input": task.input},
-            self.timeout,
-        )
+        return self._metadata.get_name(), task.task_id, task, {"input": task.input}

@@ -60,6 +60,7 @@ from services.tool.adapt import (
     _SyncToolAdapter,
     as_async_tool,
 )
+from services.tool.meta_tool import Reply
 from services.tool.pool import WorkerPool
 
 logger = logging.getLogger("services.tool.service")
@@ -371,7 +372,7 @@ class ToolService(BaseService):
             tool_call.source_id = message.publisher_id
         calls.outstanding[tool_call.id_] = tool_call
         with user_code():  # tasks the tool starts are contained, as in a worker
-            await self._run_call_in(tool_call)
+            await self._run_call_in(tool_call, message)
 
     async def register_to_message_queue(self) -> Consumer:
         consumer = await super().register_to_message_queue()
@@ -388,7 +389,7 @@ class ToolService(BaseService):
                 and tool_call.tool_call_bundle.tool_name not in calls.threaded
             ):
                 tool_call.source_id = tool_call.source_id or message.publisher_id
-                await self._run_in_delivery(tool_call, message.trace)
+                await self._run_in_delivery(tool_call, message)
                 return
             try:
                 tool_call = ToolCall.model_validate(message.data)
@@ -427,13 +428,14 @@ class ToolService(BaseService):
         calls.outstanding[tool_call.id_] = tool_call
         await calls.pool.submit(tool_call)
 
-    async def _run_in_delivery(self, tool_call: ToolCall, trace: dict[str, str] | None) -> None:
+    async def _run_in_delivery(self, tool_call: ToolCall, delivery: QueueMessage) -> None:
         """Run a call handed over in this process right here, in its caller's task (`_deliver`
         does the same, without tracing, in fewer steps).
 
         The caller (a ReplyInbox) publishes and then only waits for the answer, so running the
         tool within its publish saves the hand-off to a worker and the wake-up for the answer,
-        two trips round the event loop that cost more than the bus itself. The limiter bounds
+        two trips round the event loop that cost more than the bus itself; the answer is handed
+        back on the delivered message when the caller reads it there. The limiter bounds
         these calls as it bounds the pool's. The caller's timeout and cancellation now reach
         the tool; cancelled, it is answered `cancelled` like any call, and anything else it
         raises fails this call only (`_run_call_in`). Tools run in a thread that anyio cannot
@@ -441,9 +443,10 @@ class ToolService(BaseService):
         timeout.
         """
         self._calls.outstanding[tool_call.id_] = tool_call
+        trace = delivery.trace
         carrier = trace if trace is not None and self.service_host.tracing is not None else None
         with user_code():  # tasks the tool starts are contained, as in a worker
-            await self._run_traced(tool_call, carrier)
+            await self._run_traced(tool_call, carrier, delivery)
 
     async def _run_call(self, tool_call: ToolCall) -> None:
         enter_user_code()  # a pool worker runs nothing but tools
@@ -451,19 +454,27 @@ class ToolService(BaseService):
         carrier = traces.pop(tool_call.id_, None) if traces else None
         await self._run_traced(tool_call, carrier)
 
-    async def _run_traced(self, tool_call: ToolCall, carrier: dict[str, str] | None) -> None:
+    async def _run_traced(
+        self,
+        tool_call: ToolCall,
+        carrier: dict[str, str] | None,
+        delivery: QueueMessage | None = None,
+    ) -> None:
         if carrier is None:
-            await self._run_call_in(tool_call)
+            await self._run_call_in(tool_call, delivery)
             return
         tracing = self.service_host.tracing
         name = tool_call.tool_call_bundle.tool_name
         with tracing.tool_run(carrier, name, self.service_name) as span:
-            error = await self._run_call_in(tool_call)
+            error = await self._run_call_in(tool_call, delivery)
             if error is not None:
                 tracing.mark_error(span, error)
 
-    async def _run_call_in(self, tool_call: ToolCall) -> str | None:
-        """Run one call and answer it; returns the answer if it is an error."""
+    async def _run_call_in(
+        self, tool_call: ToolCall, delivery: QueueMessage | None = None
+    ) -> str | None:
+        """Run one call and answer it (on `delivery`, the message it came in, when its caller
+        reads the answer there); returns the answer if it is an error."""
         try:
             output = await self.run_tool(tool_call.tool_call_bundle)
             text, is_error = output.content, output.is_error
@@ -473,13 +484,14 @@ class ToolService(BaseService):
             if is_our_cancellation(exc):  # shutdown: the caller still hears about it
                 self._calls.outstanding.pop(tool_call.id_, None)
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                    await self._answer(tool_call, "Error: the tool call was cancelled", True)
+                    text = "Error: the tool call was cancelled"
+                    await self._answer(tool_call, text, True, delivery)
                 raise
             # Anything else the tool raised (even SystemExit) fails this call only.
             name = tool_call.tool_call_bundle.tool_name
             text, is_error = f"Error: tool {name!r} raised {describe(exc)}", True
         self._calls.outstanding.pop(tool_call.id_, None)
-        await self._answer(tool_call, text, is_error)
+        await self._answer(tool_call, text, is_error, delivery)
         return text if is_error else None
 
     async def _abandon_call(self, tool_call: ToolCall) -> None:
@@ -487,8 +499,19 @@ class ToolService(BaseService):
         self._calls.outstanding.pop(tool_call.id_, None)
         await self._answer(tool_call, "Error: the tool call was cancelled before it ran", True)
 
-    async def _answer(self, tool_call: ToolCall, text: str, is_error: bool) -> None:
-        """COMPLETED_TOOL_CALL to the caller (and kept, for calls started over HTTP)."""
+    async def _answer(
+        self,
+        tool_call: ToolCall,
+        text: str,
+        is_error: bool,
+        delivery: QueueMessage | None = None,
+    ) -> None:
+        """COMPLETED_TOOL_CALL to the caller (and kept, for calls started over HTTP); handed
+        back on `delivery` when the caller runs this call within its publish and reads the
+        answer there (no second trip over the bus)."""
+        if delivery is not None and delivery.wants_answer_here():
+            delivery.answer_here(Reply(text, is_error))  # nothing else reads it: no wire shape
+            return
         calls = self._calls
         name = tool_call.tool_call_bundle.tool_name
         message = ChatMessage(

@@ -150,12 +150,16 @@ class ReplyInbox:
             # and then hands the answer back on the message. The deadline is armed on the
             # loop's next turn, which comes only if this task waits (for the tool or for the
             # reply): a call answered within the publish never pays for a timer, which costs
-            # more than the rest of the scope. (asyncio's call_soon: anyio has no such hook,
-            # and the gateway runs on asyncio, see gateway.contain.)
+            # more than the rest of the scope. (asyncio's call_soon: anyio has no such hook;
+            # the gateway runs on asyncio, see gateway.contain.)
             with anyio.CancelScope() as scope:
                 if timeout is not None:
-                    loop = asyncio.get_running_loop()
-                    arm = loop.call_soon(_arm, scope, loop.time() + timeout)
+                    try:
+                        loop = asyncio.get_running_loop()
+                    except RuntimeError:  # not on asyncio: the deadline from the start
+                        scope.deadline = anyio.current_time() + timeout
+                    else:
+                        arm = loop.call_soon(_arm, scope, loop.time() + timeout)
                 await self.bus.publish(message)
                 answer = message.answered()  # a Reply, from a tool service (see Reply)
                 if answer is not None:

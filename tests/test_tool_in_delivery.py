@@ -145,6 +145,23 @@ async def test_the_callers_timeout_cancels_the_tool_and_frees_its_slot() -> None
     assert after.content == "1"
 
 
+async def test_calls_started_in_the_same_turn_all_get_their_deadline() -> None:
+    """Deadlines are armed once the loop turns, for every call still in flight."""
+    probe = Probe()
+    async with serving(probe, timeout=0.2) as (runtime, service, tools):
+        outputs: list[ToolOutput] = []
+
+        async def one() -> None:
+            outputs.append(await tools["hold"].acall())
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(one)
+        assert probe.cancelled == 3 and ReplyInbox.for_bus(runtime.bus).outstanding == 0
+    assert [o.is_error and "timed out" in o.content for o in outputs] == [True] * 3
+
+
 async def test_cancelling_the_caller_cancels_the_tool() -> None:
     probe = Probe()
     async with serving(probe) as (runtime, service, tools):

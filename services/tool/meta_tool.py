@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -58,13 +59,16 @@ class Reply(NamedTuple):
 
 
 class _Pending:
-    """One call waiting for its reply; the Event is made only if the reply is not there yet."""
+    """One call waiting for its reply; the Event is made only if the reply is not there yet,
+    the timer of its deadline only if it is still in flight when the loop turns."""
 
-    __slots__ = ("done", "reply")
+    __slots__ = ("done", "reply", "scope", "deadline")
 
     def __init__(self) -> None:
         self.done: anyio.Event | None = None
         self.reply: Reply | None = None
+        self.scope: anyio.CancelScope | None = None  # while in flight, with a deadline
+        self.deadline = math.inf
 
 
 def read_reply(data: dict[str, Any]) -> Reply:
@@ -88,6 +92,7 @@ class ReplyInbox:
         self.bus = bus
         self.id_ = f"tool-replies-{new_id()}"
         self._pending: dict[str, _Pending] = {}
+        self._unarmed: list[_Pending] = []  # calls started since the loop last turned
         bus.register_consumer(
             Consumer(message_type=self.id_, handler=self._on_reply, id_=self.id_, inline=True)
         )
@@ -121,6 +126,15 @@ class ReplyInbox:
         if pending.done is not None:
             pending.done.set()
 
+    def _arm_deadlines(self) -> None:
+        """On the loop's turn after calls started: those still in flight are waiting (for
+        the tool or for the reply), so now their deadlines need timers. One callback per turn
+        for all of them; a call answered within its publish never got to here."""
+        unarmed, self._unarmed = self._unarmed, []
+        for pending in unarmed:
+            if pending.scope is not None:
+                pending.scope.deadline = pending.deadline
+
     async def ask(
         self,
         service_name: str,
@@ -135,7 +149,6 @@ class ReplyInbox:
         if call_id in self._pending:
             raise ValueError(f"tool call {call_id!r} is already in flight")
         pending = self._pending[call_id] = _Pending()
-        arm: asyncio.Handle | None = None
         try:
             message = QueueMessage.carrying(
                 body,
@@ -148,10 +161,10 @@ class ReplyInbox:
                 message.trace = self.bus.tracing.carrier()
             # The publish is inside the timeout: a local tool service may run the call in it,
             # and then hands the answer back on the message. The deadline is armed on the
-            # loop's next turn, which comes only if this task waits (for the tool or for the
-            # reply): a call answered within the publish never pays for a timer, which costs
-            # more than the rest of the scope. (asyncio's call_soon: anyio has no such hook;
-            # the gateway runs on asyncio, see gateway.contain.)
+            # loop's next turn (`_arm_deadlines`), which comes only if this task waits: a call
+            # answered within the publish never pays for a timer, which costs more than the
+            # rest of the scope. (asyncio's call_soon: anyio has no such hook; the gateway runs
+            # on asyncio, see gateway.contain.)
             with anyio.CancelScope() as scope:
                 if timeout is not None:
                     try:
@@ -159,7 +172,10 @@ class ReplyInbox:
                     except RuntimeError:  # not on asyncio: the deadline from the start
                         scope.deadline = anyio.current_time() + timeout
                     else:
-                        arm = loop.call_soon(_arm, scope, loop.time() + timeout)
+                        pending.scope, pending.deadline = scope, loop.time() + timeout
+                        if not self._unarmed:
+                            loop.call_soon(self._arm_deadlines)
+                        self._unarmed.append(pending)
                 await self.bus.publish(message)
                 answer = message.answered()  # a Reply, from a tool service (see Reply)
                 if answer is not None:
@@ -172,8 +188,7 @@ class ReplyInbox:
             return _error_output(tool_name, raw_input, text)
         finally:
             del self._pending[call_id]
-            if arm is not None:
-                arm.cancel()
+            pending.scope = None
         reply = pending.reply
         # Cut short, the reply there (if any) is the call's own `cancelled`: a timeout.
         if scope.cancelled_caught or reply is None:
@@ -182,10 +197,6 @@ class ReplyInbox:
             )
             return _error_output(tool_name, raw_input, text)
         return text_output(tool_name, raw_input, reply.result, reply.is_error)
-
-
-def _arm(scope: anyio.CancelScope, deadline: float) -> None:
-    scope.deadline = deadline  # on an exited scope this does nothing
 
 
 def _error_output(tool_name: str, raw_input: dict[str, Any], text: str) -> ToolOutput:

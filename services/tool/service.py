@@ -357,12 +357,16 @@ class ToolService(BaseService):
 
     async def _deliver(self, message: QueueMessage) -> None:
         """The bus's way in: a call handed over in this process runs at once, in the caller's
-        task (`_run_in_delivery`); everything else goes through `handle_message`."""
+        task (`_run_in_delivery`); everything else goes through `handle_message`.
+
+        Only here: this handler is called within the publisher's `publish` (the consumer is
+        inline), which is what lets the answer go back on the message. `handle_message` may be
+        called from anywhere (`/process_message`, a transport's loop), so it queues for the pool.
+        """
         tool_call = message.carried(ToolCall)
         calls = self._calls
         if (
             tool_call is None
-            or message.trace is not None  # traced: handle_message enters its context first
             or message.action is not ActionTypes.NEW_TOOL_CALL
             or not calls.inline
             or tool_call.tool_call_bundle.tool_name in calls.threaded
@@ -371,7 +375,10 @@ class ToolService(BaseService):
             return
         if not tool_call.source_id:
             tool_call.source_id = message.publisher_id
-        calls.outstanding[tool_call.id_] = tool_call
+        if message.trace is not None:
+            await self._run_in_delivery(tool_call, message)
+            return
+        calls.outstanding[tool_call.id_] = tool_call  # `_run_in_delivery` without tracing
         with user_code():  # tasks the tool starts are contained, as in a worker
             await self._run_call_in(tool_call, message)
 
@@ -382,16 +389,6 @@ class ToolService(BaseService):
 
     async def process_message(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.NEW_TOOL_CALL:
-            tool_call = message.carried(ToolCall)
-            calls = self._calls
-            if (
-                tool_call is not None
-                and calls.inline
-                and tool_call.tool_call_bundle.tool_name not in calls.threaded
-            ):
-                tool_call.source_id = tool_call.source_id or message.publisher_id
-                await self._run_in_delivery(tool_call, message)
-                return
             try:
                 tool_call = ToolCall.model_validate(message.data)
                 tool_call.source_id = tool_call.source_id or message.publisher_id
@@ -430,8 +427,8 @@ class ToolService(BaseService):
         await calls.pool.submit(tool_call)
 
     async def _run_in_delivery(self, tool_call: ToolCall, delivery: QueueMessage) -> None:
-        """Run a call handed over in this process right here, in its caller's task (`_deliver`
-        does the same, without tracing, in fewer steps).
+        """Run a call handed over in this process right here, in its caller's task, in the
+        trace context the message carries (`_deliver` does the same untraced in fewer steps).
 
         The caller (a ReplyInbox) publishes and then only waits for the answer, so running the
         tool within its publish saves the hand-off to a worker and the wake-up for the answer,
@@ -444,10 +441,13 @@ class ToolService(BaseService):
         timeout.
         """
         self._calls.outstanding[tool_call.id_] = tool_call
-        trace = delivery.trace
-        carrier = trace if trace is not None and self.service_host.tracing is not None else None
+        tracing, trace = self.service_host.tracing, delivery.trace
         with user_code():  # tasks the tool starts are contained, as in a worker
-            await self._run_traced(tool_call, carrier, delivery)
+            if tracing is None or trace is None:
+                await self._run_call_in(tool_call, delivery)
+                return
+            with tracing.attached(trace):  # as handle_message would have
+                await self._run_traced(tool_call, trace, delivery)
 
     async def _run_call(self, tool_call: ToolCall) -> None:
         enter_user_code()  # a pool worker runs nothing but tools

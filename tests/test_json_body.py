@@ -1,5 +1,6 @@
 """`decode_json` (one prebuilt decoder, a C-speed duplicate check) answers exactly as the
-plain `json.loads` with the same hooks did: the same value or the same 400 detail."""
+plain `json.loads` with the same hooks did: the same value or the same 400 detail; `read_body`
+reads as `Request.body()` did."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import math
 from typing import Any
 
 import pytest
+from starlette.requests import ClientDisconnect, Request
 
 from gateway.web.errors import ApiError
-from gateway.web.routing import decode_json
+from gateway.web.routing import decode_json, read_body
 
 
 def _reference(raw: bytes) -> Any:
@@ -91,3 +93,33 @@ def test_the_shared_decoder_is_clean_after_a_refused_body() -> None:
     with pytest.raises(ApiError, match="duplicate key 'k'"):
         decode_json(b'{"k": 1, "k": 2}')
     assert decode_json(b'{"k": 1}') == {"k": 1}
+
+
+def _request(*messages: dict[str, Any]) -> Request:
+    pending = list(messages)
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
+    return Request(scope, receive)
+
+
+@pytest.mark.anyio
+async def test_read_body_joins_chunks_and_leaves_them_for_request_body() -> None:
+    request = _request(
+        {"type": "http.request", "body": b'{"a": ', "more_body": True},
+        {"type": "http.request", "body": b"", "more_body": True},
+        {"type": "http.request", "body": b"1}"},
+    )
+    assert await read_body(request) == b'{"a": 1}'
+    assert await request.body() == b'{"a": 1}'  # no second read off `receive`
+
+
+@pytest.mark.anyio
+async def test_read_body_raises_client_disconnect_as_starlette_does() -> None:
+    request = _request(
+        {"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}
+    )
+    with pytest.raises(ClientDisconnect):
+        await read_body(request)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -92,11 +92,33 @@ _DECODER = json.JSONDecoder(
 
 async def read_json(request: Request) -> Any:
     """The request body as JSON, or a 4xx saying what is wrong with it."""
-    content_type = request.headers.get("content-type", "")
+    content_type = ""
+    for name, value in request.scope["headers"]:  # the first, as `request.headers.get` would
+        if name == b"content-type":
+            content_type = value.decode("latin-1")
+            break
     media = content_type.split(";")[0].strip().lower()
     if media and media != "application/json" and not media.endswith("+json"):
         raise ApiError(415, f"expected an application/json body, got {media!r}")
-    return decode_json(await request.body())
+    return decode_json(await read_body(request))
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body, straight off `receive` (`Request.body()` reads it through an async
+    generator), and left where `Request.body()` finds it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":  # what `Request.stream()` raises
+            raise ClientDisconnect()
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._body = body  # Starlette's own cache of the body
+    return body
 
 
 def decode_json(raw: bytes) -> Any:

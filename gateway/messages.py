@@ -7,6 +7,7 @@ all of them round-trip through JSON: nothing here is ever pickled.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import uuid
 from enum import StrEnum
@@ -28,7 +29,14 @@ ID_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID in its usual text form: `str(uuid.uuid4())` in half the time
+    (no UUID object; every task and session gets one)."""
+    h = os.urandom(16).hex()
+    # The version nibble is 4; the variant's two high bits are 10 (RFC 9562): 8, 9, a or b.
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 # Message ids only need to be unique: a random per-process prefix and a counter cost a fraction

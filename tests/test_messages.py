@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -25,6 +26,7 @@ from gateway.messages import (
     ToolCallBundle,
     ToolCallResult,
     WorkflowState,
+    new_id,
 )
 
 TASK = TaskDefinition(input='{"message": "hi"}', session_id="s-1", agent_id="echo")
@@ -228,3 +230,16 @@ def test_every_pydantic_the_project_allows_leaves_an_absent_envelope_out() -> No
     assert not pin.specifier.contains("2.11.10"), pin
     assert pin.specifier.contains(pydantic.VERSION), pin
     assert "envelope" not in json.loads(TaskEvent(task_id="t").model_dump_json())
+
+
+def test_new_id_is_a_random_uuid4_in_its_usual_text_form() -> None:
+    ids = {new_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+    # every hex digit turns up in every random position (the version digit stays 4)
+    for position in (0, 9, 15, 20, 35):
+        assert len({text[position] for text in ids}) == 16
+    assert {text[14] for text in ids} == {"4"} and {text[19] for text in ids} == set("89ab")

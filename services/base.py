@@ -49,7 +49,7 @@ from gateway.messages import (
     new_id,
 )
 from gateway.web.errors import ApiError
-from gateway.web.routing import api_route
+from gateway.web.routing import JsonBytes, api_route
 from gateway.web.sse import sse_response
 
 if TYPE_CHECKING:
@@ -616,7 +616,7 @@ class BaseService(BaseModel, ABC):
         stream: bool = False,
         after: int = 0,
         sent: Any = None,
-    ) -> Task | Response:
+    ) -> JsonBytes | Response:
         """Submit through the control plane (so the task is visible) and wait for its end.
 
         With `stream`, answer at once with the task's Server-Sent Events instead; a re-POST of
@@ -634,5 +634,5 @@ class BaseService(BaseModel, ABC):
             return sse_response(control_plane.subscribe(record.task_id, after))
         record = await control_plane.run(task, self.service_name, wait, sent=sent)
         if not record.is_terminal:
-            return Response(record.view().model_dump_json(), 202, media_type="application/json")
-        return record.view()
+            return Response(record.view_json(), 202, media_type="application/json")
+        return JsonBytes(record.view_json())  # a Task's JSON, without building the Task

@@ -31,7 +31,7 @@ from gateway.store import TaskFilter
 from gateway.web import cursor
 from gateway.web.errors import ApiError
 from gateway.web.paging import CursorPage, CursorQuery, paginate_after
-from gateway.web.routing import api_route
+from gateway.web.routing import JsonBytes, api_route
 from gateway.web.sse import resume_after, sse_response
 
 
@@ -248,22 +248,22 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
         )
         return TaskPage(items=[r.view() for r in page.items], total=page.total, next=page.next)
 
-    async def get_task(request: Request) -> Task:
+    async def get_task(request: Request) -> JsonBytes:
         """A task's status and, once it ended, its result or error."""
-        return (await cp.find_task(_path(request, "task_id"))).view()
+        return JsonBytes((await cp.find_task(_path(request, "task_id"))).view_json())
 
     async def task_result(request: Request, query: WaitQuery) -> Response:
         """Long-poll: answers as soon as the task ends (200), or after `wait` seconds (202)."""
         record = await cp.wait(_path(request, "task_id"), query.wait)
         return Response(
-            record.view().model_dump_json(),
+            record.view_json(),
             200 if record.is_terminal else 202,
             media_type="application/json",
         )
 
-    async def cancel_task(request: Request) -> Task:
+    async def cancel_task(request: Request) -> JsonBytes:
         """Cancel a task that has not ended (409 if it has)."""
-        return (await cp.cancel(_path(request, "task_id"))).view()
+        return JsonBytes((await cp.cancel(_path(request, "task_id"))).view_json())
 
     async def task_events(request: Request, query: EventsQuery) -> Response:
         """Server-Sent Events: what happened so far, then live events, then the result.

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import anyio
 from pydantic import BaseModel, Field, TypeAdapter
 from pydantic.dataclasses import dataclass
+from typing_extensions import TypedDict
 
 from gateway.messages import ChatMessage, TaskDefinition, TaskResult, TaskStatus, TraceHeaders
 
@@ -97,22 +98,28 @@ class TaskRecord:
 
     def view(self) -> Task:
         """Our API's shape of this task (`result` is the output, whatever the service type)."""
+        return Task(**self._view_fields())
+
+    def view_json(self) -> bytes:
+        """`view()` as JSON, the same bytes without building and validating a Task first."""
+        return _view_adapter().dump_json(self._view_fields())
+
+    def _view_fields(self) -> dict[str, Any]:
         outcome = self.result
-        value = shown_result(self.status, outcome)
-        return Task(
-            task_id=self.task_id,
-            service=self.service,
-            session_id=self.session_id,
-            input=self.input,
-            status=self.status,
-            result=value,
-            error=self.error,
-            history=outcome.history if outcome is not None else [],
-            created_at=self.created_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            trace_id=self.trace_id,
-        )
+        return {
+            "task_id": self.task_id,
+            "service": self.service,
+            "session_id": self.session_id,
+            "input": self.input,
+            "status": self.status,
+            "result": shown_result(self.status, outcome),
+            "error": self.error,
+            "history": outcome.history if outcome is not None else [],
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "trace_id": self.trace_id,
+        }
 
     # -- the model API, through one TypeAdapter ------------------------------------------------
     def model_dump(self, **options: Any) -> dict[str, Any]:
@@ -136,6 +143,14 @@ class TaskRecord:
 @functools.cache
 def _adapter() -> TypeAdapter[TaskRecord]:
     return TypeAdapter(TaskRecord)
+
+
+@functools.cache
+def _view_adapter() -> TypeAdapter[Any]:
+    """Task's fields as a TypedDict: a dict of a record's (already validated) values written
+    through it is the JSON of a Task built from them (tests/test_compact_records.py)."""
+    fields = {name: field.annotation for name, field in Task.model_fields.items()}
+    return TypeAdapter(TypedDict("TaskFields", fields))
 
 
 class TaskTable:

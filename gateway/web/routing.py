@@ -174,8 +174,14 @@ def _list_adapter(model: type[BaseModel]) -> TypeAdapter[Any]:
     return TypeAdapter(list[model])  # type: ignore[valid-type]
 
 
+class JsonBytes(bytes):
+    """A handler's answer already written as JSON (e.g. `TaskRecord.view_json()`): sent as is."""
+
+
 def json_body(value: Any) -> bytes:
     """A handler's return value as JSON: models through pydantic, the rest as JSONResponse would."""
+    if isinstance(value, JsonBytes):
+        return value
     if isinstance(value, BaseModel):
         return value.__pydantic_serializer__.to_json(value)
     if isinstance(value, list) and value and isinstance(value[0], BaseModel):

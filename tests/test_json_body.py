@@ -1,6 +1,6 @@
 """`decode_json` (one prebuilt decoder, a C-speed duplicate check) answers exactly as the
 plain `json.loads` with the same hooks did: the same value or the same 400 detail; `read_body`
-reads as `Request.body()` did."""
+reads as `Request.body()` did and `query_dict` as `dict(request.query_params)`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import math
 from typing import Any
 
 import pytest
+from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 
 from gateway.web.errors import ApiError
-from gateway.web.routing import decode_json, read_body
+from gateway.web.routing import decode_json, query_dict, read_body
 
 
 def _reference(raw: bytes) -> Any:
@@ -123,3 +124,20 @@ async def test_read_body_raises_client_disconnect_as_starlette_does() -> None:
     )
     with pytest.raises(ClientDisconnect):
         await read_body(request)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"wait=30",
+        b"stream=true&after=3",
+        b"a=1&a=2&b=&c",
+        b"x=%E2%9C%93&y=a+b&z=%ZZ",
+        b"&&=v&k==",
+        "n=\xe9".encode("latin-1"),
+        b"after=1;after=2",
+    ],
+)
+def test_query_dict_is_dict_of_starlette_query_params(raw: bytes) -> None:
+    assert query_dict(raw) == dict(QueryParams(raw))
+    assert list(query_dict(raw)) == list(dict(QueryParams(raw)))

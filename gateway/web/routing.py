@@ -14,6 +14,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import ClientDisconnect, Request
@@ -160,12 +161,19 @@ _NO_QUERY: dict[str, Any] = {}
 
 
 def parse_query(request: Request, model: type[M]) -> M:
+    raw = request.scope.get("query_string")
     try:
-        if not request.scope.get("query_string"):  # the usual case: no query to parse
+        if not raw:  # the usual case: no query to parse
             return model.model_validate(_NO_QUERY)
-        return model.model_validate(dict(request.query_params))
+        return model.model_validate(query_dict(raw))
     except ValidationError as exc:
         raise validation_error(exc, "query") from None
+
+
+def query_dict(raw: bytes) -> dict[str, str]:
+    """`dict(request.query_params)` (a repeated name keeps its last value) without building
+    Starlette's multidict first: a third of the time."""
+    return dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
 
 
 # -- responses -----------------------------------------------------------------------------------

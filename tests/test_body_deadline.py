@@ -147,3 +147,23 @@ async def test_the_gateway_answers_a_trickled_body_with_the_408_shape() -> None:
             await app_out[0](scope, trickle(b'{"kwargs"'), send)
     assert sent[0]["status"] == 408
     assert json.loads(sent[1]["body"])["error"] == "request_timeout"
+
+
+async def test_a_read_cut_short_by_the_apps_own_scope_keeps_its_deadline() -> None:
+    # e.g. Starlette's `request.is_disconnected()` (a receive in a cancelled scope) before
+    # reading the body: the body read after it must still be cut off at the deadline.
+    outcome: list[Any] = []
+
+    async def app(scope, receive, send) -> None:
+        with anyio.move_on_after(0.01):
+            await receive()
+        try:
+            await read_all(receive)
+        except ApiError as exc:
+            outcome.append(exc.status)
+
+    gate = gate_over(app)
+    with anyio.fail_after(2):
+        await gate(http_scope(), trickle(), lambda m: None)
+    assert outcome == [408]
+    assert gate.deadlines is not None and len(gate.deadlines) == 0

@@ -5,6 +5,7 @@ All answer with the gateway's one JSON error shape and never buffer streaming re
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -171,6 +172,10 @@ class Gate:
                     read = deadlines.start()
                 try:
                     message = await read.receive(receive)
+                except asyncio.CancelledError:
+                    # Someone else's (ours is a 408): the app may read on, e.g. after Starlette's
+                    # `is_disconnected()`, so the deadline stays; dropped once it has passed.
+                    raise
                 except BaseException:
                     read.finish()
                     raise

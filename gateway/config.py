@@ -260,6 +260,7 @@ class GatewayConfig(_Strict):
     gc_young_threshold: int = Field(
         default=GEN0_THRESHOLD,
         ge=0,
+        le=2**31 - 1,  # gc.set_threshold takes a C int
         description="a served gateway's first garbage-collector threshold (Python's is 700; "
         "0 leaves it alone); see gateway/collector.py",
     )

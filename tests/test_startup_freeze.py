@@ -70,3 +70,11 @@ async def test_an_app_built_directly_leaves_the_collector_alone() -> None:
         assert gc.get_freeze_count() == 0
         assert gc.get_threshold() == before
         await _runs(app)
+
+
+async def test_a_young_threshold_the_collector_cannot_take_is_a_config_error() -> None:
+    # gc.set_threshold takes a C int: past it, serving would fail at start-up (OverflowError,
+    # after the freeze, left frozen) instead of the config being refused when read.
+    with pytest.raises(ConfigError, match="gc_young_threshold: Input should be less"):
+        parse_config({**CONFIG, "gc_young_threshold": 2**31}, "test-config")
+    parse_config({**CONFIG, "gc_young_threshold": 2**31 - 1}, "test-config")

@@ -5,7 +5,6 @@ reads as `Request.body()` did and `query_dict` as `dict(request.query_params)`."
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import pytest
@@ -13,7 +12,13 @@ from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect, Request
 
 from gateway.web.errors import ApiError
-from gateway.web.routing import decode_json, query_dict, read_body
+from gateway.web.routing import (
+    _finite_float,
+    _reject_constant,
+    decode_json,
+    query_dict,
+    read_body,
+)
 
 
 def _reference(raw: bytes) -> Any:
@@ -27,21 +32,12 @@ def _reference(raw: bytes) -> Any:
             seen[key] = value
         return seen
 
-    def constant(name: str) -> Any:
-        raise ApiError(400, f"{name} is not valid JSON (RFC 8259 has no NaN or Infinity)")
-
-    def finite(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value):
-            raise ApiError(400, f"the number {text[:40]!r} is out of range")
-        return value
-
     try:
         return json.loads(
             raw.decode("utf-8"),
             object_pairs_hook=pairs_hook,
-            parse_constant=constant,
-            parse_float=finite,
+            parse_constant=_reject_constant,  # unchanged by decode_json: shared
+            parse_float=_finite_float,
         )
     except json.JSONDecodeError as exc:
         raise ApiError(

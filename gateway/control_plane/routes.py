@@ -215,12 +215,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
     async def list_tasks(request: Request, query: TaskListQuery) -> TaskPage:
         """Tasks, newest first, filtered (`status`, `service`, `session_id`) and paged."""
         sort = query.sort
-        after = None
-        if query.after is not None:
-            value, ident = cursor.decode(query.after)
-            if not isinstance(value, (int, float)):
-                raise ApiError(422, "`after` belongs to another list; start again without it")
-            after = (float(value), ident)
+        after = cursor.decode_time(query.after)
         stored = await cp.store.list_tasks(
             TaskFilter(
                 status=query.status.value if query.status else None,
@@ -312,12 +307,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
 
     async def page_sessions(request: Request, query: CursorQuery) -> SessionPage:
         """Sessions, newest first, paged: the `{items, total}` form of every list."""
-        after = None
-        if query.after is not None:
-            value, ident = cursor.decode(query.after)
-            if not isinstance(value, (int, float)):
-                raise ApiError(422, "`after` belongs to another list; start again without it")
-            after = (float(value), ident)
+        after = cursor.decode_time(query.after)
         stored = await cp.store.list_sessions(
             query.descending, query.offset, query.limit + 1, after
         )

@@ -40,6 +40,17 @@ def decode(cursor: str) -> Position:
     return value, ident
 
 
+def decode_time(cursor: str | None) -> tuple[float, str] | None:
+    """The position of a cursor of a list ordered by a time (tasks, sessions), or None for
+    no cursor; 422 for a cursor of another list."""
+    if cursor is None:
+        return None
+    value, ident = decode(cursor)
+    if not isinstance(value, (int, float)):
+        raise ApiError(422, "`after` belongs to another list; start again without it")
+    return float(value), ident
+
+
 def page_after(
     items: Iterable[T],
     position: Callable[[T], Position],

@@ -50,6 +50,18 @@ local function unindex(p, id, svc, sid)
   if svc then redis.call('ZREM', p .. 'tix:svc:' .. svc, id) end
   if sid and sid ~= '' then redis.call('ZREM', p .. 'tix:sess:' .. sid, id) end
 end
+-- The status of a task that has not ended, else nil (unknown or terminal: nothing to record).
+local function live_status(tkey, terminal)
+  local cur = redis.call('HGET', tkey, 'status')
+  if not cur or string.find(terminal, cur, 1, true) then return nil end
+  return cur
+end
+-- Number an event of the task and append it to its stream (the replay, `replay` long).
+local function append_event(p, id, tkey, event, replay)
+  local seq = redis.call('HINCRBY', tkey, 'seq', 1)
+  redis.call('XADD', p .. 'ev:' .. id, 'MAXLEN', '~', replay, '*', 'e', event, 's', seq)
+  return seq
+end
 local function notify(p, id, note)
   local watchers = redis.call('SMEMBERS', p .. 'watch:' .. id)
   for _, r in ipairs(watchers) do redis.call('PUBLISH', p .. 'note:' .. r, note .. id) end
@@ -193,16 +205,15 @@ STATUS = (
     + """
 local p, id = ARGV[1], ARGV[2]
 local tkey = p .. 'task:' .. id
-local cur = redis.call('HGET', tkey, 'status')
-if not cur or string.find(ARGV[6], cur, 1, true) then return 0 end
+local cur = live_status(tkey, ARGV[6])
+if not cur then return 0 end
 redis.call('HSET', tkey, 'status', ARGV[3])
 if ARGV[3] == 'running' and redis.call('HSETNX', tkey, 'started_at', ARGV[4]) == 1 then
   redis.call('ZADD', p .. 'tix:started', ARGV[4], id)
 end
 local f = redis.call('HMGET', tkey, 'service', 'session_id', 'created_at')
 restatus(p, id, cur, ARGV[3], f[3])
-local seq = redis.call('HINCRBY', tkey, 'seq', 1)
-redis.call('XADD', p .. 'ev:' .. id, 'MAXLEN', '~', ARGV[7], '*', 'e', ARGV[5], 's', seq)
+local seq = append_event(p, id, tkey, ARGV[5], ARGV[7])
 feed(p, ARGV[8], id, ARGV[3], f[1], f[2] or '', seq, ARGV[4])
 notify(p, id, 'e')
 return 1
@@ -215,10 +226,8 @@ EVENT = (
     + """
 local p, id = ARGV[1], ARGV[2]
 local tkey = p .. 'task:' .. id
-local cur = redis.call('HGET', tkey, 'status')
-if not cur or string.find(ARGV[5], cur, 1, true) then return 0 end
-local seq = redis.call('HINCRBY', tkey, 'seq', 1)
-redis.call('XADD', p .. 'ev:' .. id, 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[3], 's', seq)
+if not live_status(tkey, ARGV[5]) then return 0 end
+append_event(p, id, tkey, ARGV[3], ARGV[4])
 notify(p, id, 'e')
 return 1
 """
@@ -232,19 +241,21 @@ redis.call('XADD', p .. 'feed', 'MAXLEN', '~', ARGV[3], n .. '-0', 'j', ARGV[2])
 return n
 """
 
-# ARGV: prefix, replica, ttl, terminal statuses.
-WATCH = """
+# ARGV: prefix, id, replica, ttl, terminal statuses.
+WATCH = (
+    _HELPERS
+    + """
 local p, id = ARGV[1], ARGV[2]
 local tkey = p .. 'task:' .. id
 local fields = redis.call('HGETALL', tkey)
-local status = redis.call('HGET', tkey, 'status')
-if status and not string.find(ARGV[5], status, 1, true) then
+if live_status(tkey, ARGV[5]) then
   local wkey = p .. 'watch:' .. id
   redis.call('SADD', wkey, ARGV[3])
   redis.call('EXPIRE', wkey, ARGV[4])
 end
 return fields
 """
+)
 
 # ARGV: prefix, sort index (created|started|finished), '1' = descending, limit, offset,
 # cursor score ('' = none), cursor id, temp key suffix, filter indexes... Answers the total,

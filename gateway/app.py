@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from gateway import __version__
-from gateway.collector import GEN0_THRESHOLD, served_collector
+from gateway.collector import served_collector
 from gateway.config import (
     ConfigError,
     GatewayConfig,
@@ -305,8 +305,7 @@ def create_app(
 async def _lifespan(runtime: Runtime, app: Starlette) -> AsyncIterator[None]:
     async with runtime.running():
         served = getattr(app.state, "served", False)
-        config = getattr(app.state, "config", None)
-        young = config.gc_young_threshold if config is not None else GEN0_THRESHOLD
+        young = app.state.config.gc_young_threshold  # create_app sets the config
         with served_collector(young) if served else nullcontext():
             # Starlette merges whatever a lifespan yields into the request state: yield nothing.
             yield

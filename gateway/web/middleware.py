@@ -21,24 +21,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.contain import describe, is_our_cancellation
 from gateway.web.deadlines import BodyDeadlines, BodyRead
 from gateway.web.errors import ApiError
+from gateway.web.routing import send_json
 
 logger = logging.getLogger("gateway.web")
 
 
 async def _send_error(send: Send, status: int, code: str, detail: str, headers=()) -> None:
-    body = json.dumps({"error": code, "detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, json.dumps({"error": code, "detail": detail}).encode(), status, headers)
 
 
 class Cors(CORSMiddleware):

@@ -11,7 +11,7 @@ import functools
 import json
 import math
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -199,10 +199,13 @@ def json_body(value: Any) -> bytes:
     ).encode()
 
 
-async def send_json(send: Send, body: bytes, status_code: int) -> None:
+async def send_json(
+    send: Send, body: bytes, status_code: int, extra: Iterable[tuple[bytes, bytes]] = ()
+) -> None:
     """What a Starlette `Response(body, media_type="application/json")` sends, without building
-    one: the same two messages and headers."""
+    one: the same two messages and headers (then `extra`)."""
     headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    headers += extra
     await send({"type": "http.response.start", "status": status_code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import os
 import time
-import uuid
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self, TypeVar
 
@@ -42,10 +41,7 @@ _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 # Message ids only need to be unique: a random per-process prefix and a counter cost a fraction
 # of a uuid4 (which reads os.urandom), and a task sends several messages. Ids of tasks, sessions
 # and other things clients hold stay uuid4.
-_PROCESS_HEX = uuid.uuid4().hex
-_MESSAGE_PREFIX = (
-    f"{_PROCESS_HEX[:8]}-{_PROCESS_HEX[8:12]}-{_PROCESS_HEX[12:16]}-{_PROCESS_HEX[16:20]}-"
-)
+_MESSAGE_PREFIX = new_id()[:24]  # the first four groups, dashes included
 _message_counter = itertools.count()
 
 
@@ -160,15 +156,13 @@ class QueueMessage(BaseModel):
     def body_as(self, model: type[B]) -> B:
         """The payload as `model`: the object the publisher handed over, else `data` validated
         (what came from outside the process is checked, as always)."""
-        body = self.__pydantic_private__["_body"]  # not `self._body`: that is a slow lookup
-        if isinstance(body, model):
-            return body
-        return model.model_validate(self.data)
+        body = self.carried(model)
+        return body if body is not None else model.model_validate(self.data)
 
     def carried(self, model: type[B]) -> B | None:
         """The payload object if the publisher handed over a `model` (so it never left the
         process), else None: a receiver that can do more with an in-process caller asks this."""
-        body = self.__pydantic_private__["_body"]
+        body = self.__pydantic_private__["_body"]  # not `self._body`: that is a slow lookup
         return body if isinstance(body, model) else None
 
     def wants_answer_here(self) -> bool:

@@ -309,6 +309,19 @@ class ToolCallResult(BaseModel):
     result: str
     is_error: bool = False
 
+    @classmethod
+    def answering(cls, tool_call: ToolCall, text: str, is_error: bool) -> ToolCallResult:
+        """The answer to `tool_call`, with the tool message an LLM's chat history takes."""
+        message = ChatMessage(
+            role="tool",
+            content=text,
+            additional_kwargs={
+                "name": tool_call.tool_call_bundle.tool_name,
+                "tool_call_id": tool_call.id_,
+            },
+        )
+        return cls(id_=tool_call.id_, tool_message=message, result=text, is_error=is_error)
+
 
 class HumanResponse(BaseModel):
     result: str

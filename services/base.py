@@ -36,7 +36,6 @@ from gateway.control_plane.tasks import Task
 from gateway.messages import (
     CONTROL_PLANE_NAME,
     ActionTypes,
-    ChatMessage,
     QueueMessage,
     ServiceDefinition,
     TaskDefinition,
@@ -538,22 +537,13 @@ class BaseService(BaseModel, ABC):
     async def answer_tool_call(self, tool_call: ToolCall, text: str, is_error: bool) -> None:
         """Send COMPLETED_TOOL_CALL to whoever asked (`source_id`)."""
         assert tool_call.source_id is not None
-        message = ChatMessage(
-            role="tool",
-            content=text,
-            additional_kwargs={
-                "name": tool_call.tool_call_bundle.tool_name,
-                "tool_call_id": tool_call.id_,
-            },
-        )
+        result = ToolCallResult.answering(tool_call, text, is_error)
         try:
             await self.publish(
                 QueueMessage(
                     type=tool_call.source_id,
                     action=ActionTypes.COMPLETED_TOOL_CALL,
-                    data=ToolCallResult(
-                        id_=tool_call.id_, tool_message=message, result=text, is_error=is_error
-                    ).model_dump(mode="json"),
+                    data=result.model_dump(mode="json"),
                 )
             )
         except NoConsumer:  # the caller is gone (or never was): nobody is waiting for this

@@ -37,7 +37,6 @@ from gateway.contain import describe, enter_user_code, is_our_cancellation, user
 from gateway.jsonable import to_jsonable
 from gateway.messages import (
     ActionTypes,
-    ChatMessage,
     NewTask,
     QueueMessage,
     TaskDefinition,
@@ -375,12 +374,7 @@ class ToolService(BaseService):
             return
         if not tool_call.source_id:
             tool_call.source_id = message.publisher_id
-        if message.trace is not None:
-            await self._run_in_delivery(tool_call, message)
-            return
-        calls.outstanding[tool_call.id_] = tool_call  # `_run_in_delivery` without tracing
-        with user_code():  # tasks the tool starts are contained, as in a worker
-            await self._run_call_in(tool_call, message)
+        await self._run_in_delivery(tool_call, message)
 
     async def register_to_message_queue(self) -> Consumer:
         consumer = await super().register_to_message_queue()
@@ -428,7 +422,7 @@ class ToolService(BaseService):
 
     async def _run_in_delivery(self, tool_call: ToolCall, delivery: QueueMessage) -> None:
         """Run a call handed over in this process right here, in its caller's task, in the
-        trace context the message carries (`_deliver` does the same untraced in fewer steps).
+        trace context the message carries.
 
         The caller (a ReplyInbox) publishes and then only waits for the answer, so running the
         tool within its publish saves the hand-off to a worker and the wake-up for the answer,
@@ -514,15 +508,7 @@ class ToolService(BaseService):
             delivery.answer_here(Reply(text, is_error))  # nothing else reads it: no wire shape
             return
         calls = self._calls
-        name = tool_call.tool_call_bundle.tool_name
-        message = ChatMessage(
-            role="tool",
-            content=text,
-            additional_kwargs={"name": name, "tool_call_id": tool_call.id_},
-        )
-        result = ToolCallResult(
-            id_=tool_call.id_, tool_message=message, result=text, is_error=is_error
-        )
+        result = ToolCallResult.answering(tool_call, text, is_error)
         done = calls.http_done.pop(tool_call.id_, None)
         if done is not None:
             calls.http_results[tool_call.id_] = result

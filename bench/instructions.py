@@ -7,13 +7,15 @@ run. This drives the apps in-process (ASGI calls, no sockets), once with WARM + 
 with WARM + MANY requests under `valgrind --tool=callgrind`, and divides the difference by
 MANY - FEW, so start-up and warm-up cancel out. Targets as in bench.roundtrip: the bare endpoint
 (its workflow as a process serving it alone has it: not prepared), the gateway's `/run`, and
-`POST /control_plane/tasks` + long-poll result.
+`POST /control_plane/tasks` + long-poll result; plus the bare endpoint with its workflow prepared
+as the gateway prepares it (services.prepared), so that `/run` minus that row is what the gateway
+itself adds to a run.
 
 Not part of `make bench` (it has no `run()`: it takes a few minutes, as valgrind runs Python
 ~50x slower) and not a measure of time: a path can run fewer instructions and still take longer
 when it misses the caches more. Needs valgrind (`apt-get install valgrind`).
 
-    python -m bench.instructions            # all three targets, two at a time
+    python -m bench.instructions            # all four targets, two runs at a time
     python -m bench.instructions run bare   # some of them
 """
 
@@ -32,7 +34,7 @@ from typing import Any
 
 from bench.common import ROOT, Row, print_rows
 
-TARGETS = ("bare", "run", "tasks")
+TARGETS = ("bare", "prepared", "run", "tasks")
 WARM, FEW, MANY = 100, 100, 400
 CONFIG = {
     "default_service": "echo",
@@ -85,21 +87,25 @@ async def _one(app: Any, target: str) -> None:
         path = f"/control_plane/tasks/{accepted['task_id']}/result"
         answer = await _call(app, "GET", path, query=b"wait=30")
     else:
-        answer = await _call(
-            app, "POST", "/run" if target == "bare" else "/services/echo/run", RUN_BODY
-        )
+        path = "/services/echo/run" if target == "run" else "/run"
+        answer = await _call(app, "POST", path, RUN_BODY)
     if b'"result":"ping"' not in answer:
         raise RuntimeError(f"bad answer: {answer!r}")
 
 
 async def _drive(target: str, count: int) -> None:
-    from bench.roundtrip import _build_bare_app
+    from bench.roundtrip import WORKFLOW, _build_bare_app
     from gateway.app import build_app
     from gateway.collector import served_collector
     from gateway.config import parse_config
 
-    if target == "bare":
+    if target in ("bare", "prepared"):
         app = _build_bare_app()
+        if target == "prepared":
+            from gateway.config import import_object
+            from services.prepared import prepare
+
+            prepare(import_object(WORKFLOW))  # the bare app's own workflow object
         for _ in range(WARM + count):
             await _one(app, target)
         return
@@ -147,7 +153,11 @@ def measure(targets: tuple[str, ...] = TARGETS) -> list[Row]:
         if target == "bare":
             rows.append(Row("bare endpoint (workflow not prepared)", counts[target], None, unit))
         else:
-            name = {"run": "/run", "tasks": "tasks + long-poll"}[target]
+            name = {
+                "prepared": "bare endpoint, workflow prepared",
+                "run": "/run",
+                "tasks": "tasks + long-poll",
+            }[target]
             rows.append(Row(f"{name} vs bare", counts[target], bare, unit, higher_is_better=False))
     return rows
 

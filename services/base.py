@@ -289,6 +289,11 @@ class BaseService(BaseModel, ABC):
     async def process_message(self, message: QueueMessage) -> None:
         """Handle a message addressed to this service; must return quickly (spawn the work)."""
 
+    def task_taker(self) -> Callable[[TaskDefinition, dict[str, Any]], None] | None:
+        """What takes this service's tasks by call from the control plane of its own process,
+        instead of as NEW_TASK messages; None (the default): messages only."""
+        return None
+
     async def publish(self, message: QueueMessage, timeout: float | None = None) -> None:
         """Publish as this service. Results wait for room rather than being dropped."""
         message.publisher_id = self.publisher_id

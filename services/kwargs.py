@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from abc import abstractmethod
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -124,7 +125,7 @@ class KwargsService(BaseService):
     async def process_message(self, message: QueueMessage) -> None:
         if message.action == ActionTypes.NEW_TASK:
             new_task = message.body_as(NewTask)
-            self.spawn(new_task.task, lambda: self.execute(new_task.task, new_task.state))
+            self.take_task(new_task.task, new_task.state)
         elif message.action == ActionTypes.NEW_TOOL_CALL:
             task, tool_call = self.task_as_tool_call(message)
             try:
@@ -134,6 +135,23 @@ class KwargsService(BaseService):
             self.spawn(task, lambda: self.execute(task, {}), tool_call=tool_call)
         else:
             await self.process_other(message)
+
+    def take_task(self, task: TaskDefinition, state: dict[str, Any]) -> None:
+        """Start a task's run (a NEW_TASK message, or a call from the control plane)."""
+        self.spawn(task, lambda: self.execute(task, state))
+
+    def task_taker(self) -> Callable[[TaskDefinition, dict[str, Any]], None] | None:
+        # Only where the bus would deliver inline and NEW_TASK means exactly `take_task`: a
+        # subclass that handles messages its own way gets its tasks as messages, as before.
+        cls = type(self)
+        if (
+            cls.inline_delivery
+            and cls.process_message is KwargsService.process_message
+            and cls.handle_message is BaseService.handle_message
+            and cls._handle_message is BaseService._handle_message
+        ):
+            return self.take_task
+        return None
 
     async def process_other(self, message: QueueMessage) -> None:
         """Actions beyond tasks and tool calls; none by default."""

@@ -77,6 +77,8 @@ class ControlPlane:
         # Set when the last active task ends; only `drain` waits on it, each time on a new one.
         self._idle = anyio.Event()
         self.on_task_end: list[Callable[[TaskRecord], None]] = []
+        # Local services take their tasks by call (`_local_taker`); off where the bus is shared.
+        self.dispatch_by_call = True
         self.tracing: Any = None  # gateway.observe.tracing.Tracing when tracing is on
         self.remote = RemoteAccess(None)  # service tokens and allow list (set by the app)
         self.states = SessionStates(self)  # merges: bounded, serialized off the loop
@@ -493,6 +495,10 @@ class ControlPlane:
     async def _dispatch(
         self, task: TaskDefinition, state: dict | None = None, wait: bool = False
     ) -> None:
+        take = self._local_taker(task.agent_id or "")
+        if take is not None:
+            await self._hand_over(take, task, state or {})
+            return
         message = QueueMessage.carrying(
             NewTask(task=task, state=state or {}),
             publisher_id=self.publisher_id,
@@ -503,6 +509,30 @@ class ControlPlane:
             record = self.tasks.get(task.task_id)
             message.trace = record.trace if record is not None else None
         await self.bus.publish(message, timeout=None if wait else -1.0)
+
+    def _local_taker(self, service: str) -> Callable[[TaskDefinition, dict], None] | None:
+        """How a service of this process takes a task by call, if it does (see
+        `BaseService.task_taker`); None means the task goes over the bus as a message.
+
+        The bus delivered such a service's NEW_TASK inline anyway, as an envelope it unwrapped
+        again in the same task; a call skips the envelope. Not with tracing on (the message
+        carries the task's trace), nor once the service has left the bus (shutdown)."""
+        if not self.dispatch_by_call or self.tracing is not None:
+            return None
+        entry = self.registry.get(service)
+        if entry is None or entry.service is None or not self.bus.has_consumer(service):
+            return None
+        return entry.service.task_taker()
+
+    async def _hand_over(
+        self, take: Callable[[TaskDefinition, dict], None], task: TaskDefinition, state: dict
+    ) -> None:
+        """`take` the task as its NEW_TASK delivery would: what it raises fails that task."""
+        try:
+            take(task, state)
+        except Exception as exc:
+            logger.exception("service %s failed to take task %s", task.agent_id, task.task_id)
+            await self._end(task.task_id, TaskStatus.FAILED, error=describe(exc))
 
     async def cancel(self, task_id: str) -> TaskRecord:
         record = self.task(task_id)

@@ -67,6 +67,7 @@ class SharedControlPlane(ControlPlane):
 
     def __init__(self, bus: RedisBus, *, store: RedisStore, **kwargs: Any) -> None:
         super().__init__(bus, store=store, **kwargs)
+        self.dispatch_by_call = False  # a task goes through Redis, to whichever replica takes it
         bus.hooks = self
         bus.on_discovery = self._sync_registry
         bus.on_notice = self._on_notice

@@ -573,6 +573,10 @@ class BaseService(BaseModel, ABC):
     async def report_status(self, task_id: str, status: TaskStatus) -> None:
         if task_id in self._tool_calls:
             return
+        plane = self._plane_in_process()
+        if plane is not None:
+            await self._to_plane(plane.take_status(task_id, status, self.publisher_id), task_id)
+            return
         await self.publish_event(TaskEvent(task_id=task_id, kind="status", status=status))
 
     async def publish_event(self, event: TaskEvent) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.control_plane.plane import ControlPlane
+from gateway.messages import TaskEvent
 from tests.conftest import gateway_client
 
 pytestmark = pytest.mark.anyio
@@ -32,19 +33,41 @@ async def test_a_local_run_reports_without_a_bus_message() -> None:
     assert stats["cp"]["delivered"] == 0  # three tasks, two reports each: none through the bus
 
 
+async def test_a_status_report_by_call_builds_no_event_until_one_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[Any] = []
+    original = TaskEvent.__init__
+
+    def counting(self: TaskEvent, **fields: Any) -> None:
+        built.append(fields.get("status"))
+        original(self, **fields)
+
+    async with gateway_client(CFG) as client:
+        monkeypatch.setattr(TaskEvent, "__init__", counting)
+        answer = await client.post("/services/echo/run", json={"kwargs": {"message": "hi"}})
+        assert answer.json()["status"] == "completed"
+        assert built == []  # pending and running are kept compact, not as TaskEvents
+        task_id = answer.json()["task_id"]
+        frames = (await client.get(f"/control_plane/tasks/{task_id}/events")).text
+    # written when read, in order, with their numbers
+    assert "id: 1\n" in frames and "id: 2\n" in frames and "id: 3\n" in frames
+    assert frames.index('"pending"') < frames.index('"running"') < frames.index('"result"')
+
+
 async def test_a_control_plane_error_on_a_report_is_logged_and_the_task_still_ends(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    take_event = ControlPlane.take_event
+    take_status = ControlPlane.take_status
     failures: list[str] = []
 
-    async def flaky(self: ControlPlane, event: Any, publisher_id: str | None) -> None:
-        if event.kind == "status" and event.status.value == "running" and not failures:
-            failures.append(event.task_id)
+    async def flaky(self: ControlPlane, task_id: str, status: Any, publisher_id: Any) -> None:
+        if status.value == "running" and not failures:
+            failures.append(task_id)
             raise RuntimeError("the table is on fire")
-        await take_event(self, event, publisher_id)
+        await take_status(self, task_id, status, publisher_id)
 
-    monkeypatch.setattr(ControlPlane, "take_event", flaky)
+    monkeypatch.setattr(ControlPlane, "take_status", flaky)
     caplog.set_level(logging.ERROR, logger="services")
     async with gateway_client(CFG) as client:
         answer = await client.post("/services/echo/run", json={"kwargs": {"message": "hi"}})

@@ -95,6 +95,10 @@ class Channel:
             return self._keep((seq, "status", event.status, event.at))
         return self._keep((seq, event.kind, event.model_dump_json()))
 
+    def append_status(self, status: TaskStatus, at: float) -> int:
+        """`append` of this task's bare status change, without its TaskEvent."""
+        return self._keep((self.next_seq, "status", status, at))
+
     def append_deferred(self, kind: str, event: Deferred) -> int:
         """Number and keep an event that is written only if read; never waits."""
         return self._keep((self.next_seq, kind, event))
@@ -267,6 +271,13 @@ class TaskEventHub:
         if channel.closed:
             return 0
         return channel.append(event)
+
+    def publish_status(self, task_id: str, status: TaskStatus) -> int:
+        """`publish` of a bare status change, kept as what `Channel.append` would keep for it."""
+        channel = self._channel(task_id)
+        if channel.closed:
+            return 0
+        return channel.append_status(status, time.time())
 
     def publish_deferred(self, task_id: str, kind: str, event: Deferred) -> int:
         """`publish` for an event written only if read (0 if the task has ended)."""

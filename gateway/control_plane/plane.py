@@ -625,11 +625,8 @@ class ControlPlane:
         if self._refused(event.task_id, ActionTypes.TASK_STREAM, publisher_id):
             return
         if event.kind == "status" and event.status is not None:
-            record = self.tasks.set_status(event.task_id, event.status)
-            if record is None:
+            if self._set_status(event.task_id, event.status, event) is None:
                 return
-            self._publish_status(record, event.status, event)
-            self.store.save_task(record)
         else:
             record = self.tasks.get(event.task_id)
             if record is None:
@@ -640,6 +637,25 @@ class ControlPlane:
             # would otherwise fill every reader's buffer before any reader runs, and even fast
             # readers would be dropped as "lagging": let them drain each event.
             await anyio.lowlevel.checkpoint()
+
+    async def take_status(self, task_id: str, status: TaskStatus, publisher_id: str | None) -> None:
+        """`take_event` for a bare status change (`running`, `waiting_for_human`, ...) from a
+        service of this process: no event object is built unless a reader asks for it."""
+        if self._stopped:
+            return
+        if self._refused(task_id, ActionTypes.TASK_STREAM, publisher_id):
+            return
+        if self._set_status(task_id, status) is not None and self.events.has_subscribers(task_id):
+            await anyio.lowlevel.checkpoint()  # as in take_event
+
+    def _set_status(
+        self, task_id: str, status: TaskStatus, event: TaskEvent | None = None
+    ) -> TaskRecord | None:
+        record = self.tasks.set_status(task_id, status)
+        if record is not None:
+            self._publish_status(record, status, event)
+            self.store.save_task(record)
+        return record
 
     def expected_publisher(self, service: str) -> str | None:
         """Who may report on a task of `service`: its local instance, or its remote identity."""
@@ -743,8 +759,10 @@ class ControlPlane:
     ) -> None:
         """A status change: on the task's stream and on the aggregate feed."""
         if event is None:
-            event = TaskEvent(task_id=record.task_id, kind="status", status=status)
-        record.last_seq = self.events.publish(event) or record.last_seq
+            seq = self.events.publish_status(record.task_id, status)
+        else:
+            seq = self.events.publish(event)
+        record.last_seq = seq or record.last_seq
         self._publish_feed(record, status, record.last_seq)
 
     def _publish_feed(self, record: TaskRecord, status: TaskStatus, task_seq: int) -> None:

@@ -419,6 +419,12 @@ class SharedControlPlane(ControlPlane):
             return
         self._record_event(event)
 
+    async def take_status(self, task_id: str, status: TaskStatus, publisher_id: str | None) -> None:
+        # Written to Redis as an event, like every other report here.
+        await self.take_event(
+            TaskEvent(task_id=task_id, kind="status", status=status), publisher_id
+        )
+
     async def _end(
         self,
         task_id: str,

@@ -1,24 +1,29 @@
 """The task table: every accepted task, its status, and the events that wake its waiters.
 
-A task reaches exactly one terminal state: `finish` refuses a second one. Waiters block on an
-`anyio.Event` that `finish` sets, so long-polls return the moment a task ends.
+A task reaches exactly one terminal state: `finish` refuses a second one. Each waiter blocks on
+an event of its own that `finish` sets, so long-polls return the moment a task ends; its `wait`
+running out sets it too (one shared loop timer, gateway.control_plane.wakeups).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import functools
 import json
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Annotated, Any
 
 import anyio
+from anyio.lowlevel import checkpoint
 from pydantic import BaseModel, Field, TypeAdapter
 from pydantic.dataclasses import dataclass
 from typing_extensions import TypedDict
 
+from gateway.control_plane.wakeups import Wakeups
 from gateway.messages import ChatMessage, TaskDefinition, TaskResult, TaskStatus, TraceHeaders
 
 
@@ -159,7 +164,9 @@ class TaskTable:
     def __init__(self, retain_finished: int = 10_000) -> None:
         self.retain_finished = retain_finished
         self._records: dict[str, TaskRecord] = {}
-        self._done: dict[str, anyio.Event] = {}
+        # The events of a live task's waiters, each its own, so a deadline wakes just the one.
+        self._done: dict[str, list[Any]] = {}
+        self._wakeups = Wakeups()
         self._finished_order: OrderedDict[str, None] = OrderedDict()
         self._active_by_service: dict[str, int] = {}
 
@@ -239,22 +246,53 @@ class TaskTable:
         record.error = error
         record.finished_at = time.time()
         self._active_by_service[record.service] -= 1
-        event = self._done.pop(task_id, None)
-        if event is not None:
-            event.set()
+        waiters = self._done.pop(task_id, None)
+        if waiters is not None:
+            for event in waiters:
+                event.set()
         self._remember_finished(task_id)
         return record
 
     async def wait(self, task_id: str, timeout: float | None) -> TaskRecord | None:
-        """Block until the task ends or `timeout` passes; returns its record either way."""
+        """Block until the task ends or `timeout` passes; returns its record either way.
+
+        A `timeout` of 0 (or less) only passes a checkpoint (as a cancel scope that has already
+        expired would); None waits until the end. The waiter sleeps on an event of its own:
+        the end of the task sets it, and so does the shared timer at the deadline, with no
+        cancel scope per wait. Whichever way it returns (or is cancelled), it leaves nothing
+        behind.
+        """
         record = self._records.get(task_id)
         if record is not None and not record.is_terminal:
+            if timeout is not None and timeout <= 0:
+                await checkpoint()
+                return self._records.get(task_id)
             # Created on demand: 10,000 waiting tasks nobody waits on cost no events.
-            event = self._done.get(task_id)
-            if event is None:
-                event = self._done[task_id] = anyio.Event()
-            with anyio.move_on_after(timeout):
-                await event.wait()
+            waiters = self._done.get(task_id)
+            if waiters is None:
+                waiters = self._done[task_id] = []
+            loop = _asyncio_loop()
+            entry = None
+            if loop is None:  # not on asyncio: a cancel scope keeps the deadline
+                event: Any = anyio.Event()
+            else:
+                event = asyncio.Event()
+                if timeout is not None and timeout != math.inf:
+                    entry = self._wakeups.add(loop, loop.time() + timeout, event)
+            waiters.append(event)
+            try:
+                if loop is None:
+                    with anyio.move_on_after(timeout):
+                        await event.wait()
+                else:
+                    await event.wait()
+            finally:
+                if entry is not None:
+                    self._wakeups.withdraw(entry)
+                if self._done.get(task_id) is waiters:  # the task has not ended: still listed
+                    waiters.remove(event)
+                    if not waiters:
+                        del self._done[task_id]
         return self._records.get(task_id)
 
     def _remember_finished(self, task_id: str) -> None:
@@ -262,3 +300,11 @@ class TaskTable:
         while len(self._finished_order) > self.retain_finished:
             old, _ = self._finished_order.popitem(last=False)
             self._records.pop(old, None)
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None on another anyio backend."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

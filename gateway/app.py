@@ -44,6 +44,7 @@ from gateway.web.docs import docs_routes
 from gateway.web.errors import EXCEPTION_HANDLERS, error_response
 from gateway.web.middleware import Cors, Gate, GatewayApp, LastResort
 from gateway.web.openapi import build_openapi
+from gateway.web.route_index import indexed_mount
 from gateway.web.ui import ui_routes
 from services.base import BaseService
 from services.workflow import WorkflowService
@@ -247,11 +248,13 @@ def create_app(
                 continue
         routes.append(Mount(service.mount_prefix, routes=service_routes, name=service.service_name))
     routes += [
+        # The busiest first: Starlette tries the top-level routes in order (services' `/run`,
+        # then the task API); the control plane's own ~30 through an index.
+        indexed_mount("/control_plane", control_plane_routes(runtime.control_plane)),
         Route("/", info),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint(metrics, runtime.control_plane.tasks.active_count)),
-        Mount("/control_plane", routes=control_plane_routes(runtime.control_plane)),
         *protocol_routes(runtime, config),
     ]
 

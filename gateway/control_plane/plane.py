@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup
 from gateway.bus import BusError, BusFull, Consumer, NoConsumer
 from gateway.bus.http_remote import RemoteConsumer
 from gateway.bus.memory import MessageBus
-from gateway.contain import describe
+from gateway.contain import describe, is_our_cancellation
 from gateway.control_plane.events import Deferred, FeedStatus, Subscription, TaskEventHub
 from gateway.control_plane.registry import RegisteredService, ServiceRegistry
 from gateway.control_plane.remote import RemoteAccess, remote_publisher
@@ -527,10 +527,13 @@ class ControlPlane:
     async def _hand_over(
         self, take: Callable[[TaskDefinition, dict], None], task: TaskDefinition, state: dict
     ) -> None:
-        """`take` the task as its NEW_TASK delivery would: what it raises fails that task."""
+        """`take` the task as its NEW_TASK delivery would: what it raises fails that task
+        (anything short of our own cancellation, as the bus's delivery contains it)."""
         try:
             take(task, state)
-        except Exception as exc:
+        except BaseException as exc:
+            if is_our_cancellation(exc):
+                raise
             logger.exception("service %s failed to take task %s", task.agent_id, task.task_id)
             await self._end(task.task_id, TaskStatus.FAILED, error=describe(exc))
 

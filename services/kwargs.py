@@ -149,6 +149,8 @@ class KwargsService(BaseService):
             and cls.process_message is KwargsService.process_message
             and cls.handle_message is BaseService.handle_message
             and cls._handle_message is BaseService._handle_message
+            and cls.as_consumer is BaseService.as_consumer
+            and cls.register_to_message_queue is BaseService.register_to_message_queue
         ):
             return self.take_task
         return None

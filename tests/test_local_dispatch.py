@@ -128,3 +128,30 @@ async def test_whatever_a_take_raises_fails_that_task_only(monkeypatch: pytest.M
     assert (failed["task_id"], failed["status"]) == (refused[0], "failed")
     assert failed["error"] == "Rogue: rogue"
     assert (fine["status"], fine["result"]) == ("completed", "second")
+
+
+async def test_a_service_with_its_own_consumer_still_gets_messages(
+    new_tasks: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `as_consumer` decides what handles the service's messages (ToolService overrides it):
+    # a service that puts its own handler there gets its tasks through it.
+    handled: list[str] = []
+    stock = WorkflowService.as_consumer
+
+    def own(self: WorkflowService, remote: bool = False) -> Any:
+        consumer = stock(self, remote)
+        inner = consumer.handler
+
+        async def handler(message: QueueMessage) -> None:
+            handled.append(message.action)
+            await inner(message)
+
+        consumer.handler = handler
+        return consumer
+
+    monkeypatch.setattr(WorkflowService, "as_consumer", own)
+    async with gateway_client(CFG) as client:
+        task = await run(client, "hi")
+    assert (task["status"], task["result"]) == ("completed", "hi")
+    assert handled == [ActionTypes.NEW_TASK]
+    assert len(new_tasks) == 1

@@ -574,7 +574,8 @@ class BaseService(BaseModel, ABC):
         if task_id in self._tool_calls:
             return
         plane = self._plane_in_process()
-        if plane is not None:
+        # Straight to the control plane unless a subclass publishes events its own way.
+        if plane is not None and type(self).publish_event is BaseService.publish_event:
             await self._to_plane(plane.take_status(task_id, status, self.publisher_id), task_id)
             return
         await self.publish_event(TaskEvent(task_id=task_id, kind="status", status=status))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.control_plane.plane import ControlPlane
-from gateway.messages import TaskEvent
+from gateway.messages import TaskEvent, TaskStatus
 from tests.conftest import gateway_client
 
 pytestmark = pytest.mark.anyio
@@ -79,3 +79,25 @@ async def test_a_control_plane_error_on_a_report_is_logged_and_the_task_still_en
     assert again.json()["status"] == "completed"
     assert "the control plane failed on a report for task " + task["task_id"] in caplog.text
     assert "the table is on fire" in caplog.text
+
+
+async def test_a_service_that_publishes_events_its_own_way_still_sees_its_status_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `report_status` went through `publish_event`: an override of it still sees `running`.
+    from services.workflow import WorkflowService
+
+    seen: list[Any] = []
+    stock = WorkflowService.publish_event
+
+    async def own(self: WorkflowService, event: TaskEvent) -> None:
+        seen.append((event.kind, event.status))
+        await stock(self, event)
+
+    monkeypatch.setattr(WorkflowService, "publish_event", own)
+    async with gateway_client(CFG) as client:
+        answer = await client.post("/services/echo/run", json={"kwargs": {"message": "hi"}})
+        assert answer.json()["status"] == "completed"
+        frames = (await client.get(f"/control_plane/tasks/{answer.json()['task_id']}/events")).text
+    assert ("status", TaskStatus.RUNNING) in seen
+    assert frames.index('"pending"') < frames.index('"running"') < frames.index('"result"')

@@ -247,19 +247,22 @@ def create_app(
             if not service_routes:
                 continue
         routes.append(Mount(service.mount_prefix, routes=service_routes, name=service.service_name))
-    routes += [
-        # The busiest first: Starlette tries the top-level routes in order (services' `/run`,
-        # then the task API); the control plane's own ~30 through an index.
-        indexed_mount("/control_plane", control_plane_routes(runtime.control_plane)),
+    control_plane = indexed_mount("/control_plane", control_plane_routes(runtime.control_plane))
+    own = [
         Route("/", info),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint(metrics, runtime.control_plane.tasks.active_count)),
-        *protocol_routes(runtime, config),
     ]
+    # The busiest first: Starlette tries the top-level routes in order (services' `/run`,
+    # then the task API); the control plane's own ~30 through an index.
+    routes += [control_plane, *own, *protocol_routes(runtime, config)]
 
     def document() -> dict[str, Any]:
-        return build_openapi(routes, title=config.name, version=__version__, auth=bool(tokens))
+        # Documented in the order the routes are listed, our own before the control plane's.
+        listed = [r for r in routes if r is not control_plane]
+        listed.insert(listed.index(own[-1]) + 1, control_plane)
+        return build_openapi(listed, title=config.name, version=__version__, auth=bool(tokens))
 
     routes.extend(docs_routes(config.name, document))
     if config.ui.enabled:

@@ -123,6 +123,18 @@ async def test_every_route_of_the_control_plane_and_every_service_is_documented(
             assert operation["summary"] and operation["tags"]
 
 
+async def test_paths_are_listed_in_the_order_the_app_lists_its_routes() -> None:
+    # Services, then the gateway's own (`/`, `/healthz`, `/readyz`, `/metrics`), then the
+    # control plane: the order routing tries them in is not the order they are documented in.
+    document, _ = await load()
+    paths = list(document["paths"])
+    own = [paths.index(p) for p in ("/", "/healthz", "/readyz", "/metrics")]
+    control_plane = [i for i, p in enumerate(paths) if p.startswith("/control_plane/")]
+    services = [i for i, p in enumerate(paths) if p.startswith(("/services/", "/custom/"))]
+    assert own == sorted(own)
+    assert max(services) < min(own) and max(own) < min(control_plane)
+
+
 async def test_request_and_response_schemas_come_from_the_pydantic_models() -> None:
     document, (app, _) = await load()
     components = document["components"]["schemas"]

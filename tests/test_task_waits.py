@@ -46,6 +46,14 @@ async def test_no_time_to_wait_returns_at_once(timeout: float) -> None:
     assert_nothing_left(table)
 
 
+async def test_a_nan_timeout_is_refused_and_leaves_nothing() -> None:
+    # HTTP refuses it (`wait` is a bounded float); an internal caller must not wedge the timer.
+    table = table_with("t")
+    with pytest.raises(ValueError, match="NaN"):
+        await table.wait("t", float("nan"))
+    assert_nothing_left(table)
+
+
 async def test_unknown_and_ended_tasks_return_at_once() -> None:
     table = table_with("t")
     table.finish("t", TaskStatus.COMPLETED)

@@ -262,6 +262,8 @@ class TaskTable:
         cancel scope per wait. Whichever way it returns (or is cancelled), it leaves nothing
         behind.
         """
+        if timeout is not None and math.isnan(timeout):  # would sit at the top of the timer's heap
+            raise ValueError("a wait's timeout cannot be NaN")
         record = self._records.get(task_id)
         if record is not None and not record.is_terminal:
             if timeout is not None and timeout <= 0:

@@ -84,8 +84,21 @@ async def test_queued_delivery_keeps_the_message_path(
     assert len(new_tasks) == 1
 
 
-async def test_a_service_that_fails_to_take_a_task_fails_that_task_only(
-    monkeypatch: pytest.MonkeyPatch,
+class Rogue(BaseException):
+    """What careless user code may raise: not an Exception, not a cancellation of ours."""
+
+
+@pytest.mark.parametrize(
+    ("raised", "error"),
+    [
+        (RuntimeError("no room at the inn"), "RuntimeError: no room at the inn"),
+        # As the bus's delivery did (gateway.contain): a BaseException that is not our own
+        # cancellation fails the task; it neither answers 500 nor leaves the task pending.
+        (Rogue("rogue"), "Rogue: rogue"),
+    ],
+)
+async def test_whatever_a_take_raises_fails_that_task_only(
+    monkeypatch: pytest.MonkeyPatch, raised: BaseException, error: str
 ) -> None:
     take = KwargsService.take_task
     refused: list[str] = []
@@ -93,7 +106,7 @@ async def test_a_service_that_fails_to_take_a_task_fails_that_task_only(
     def refuse_once(self: KwargsService, task: Any, state: dict) -> None:
         if not refused:
             refused.append(task.task_id)
-            raise RuntimeError("no room at the inn")
+            raise raised
         take(self, task, state)
 
     monkeypatch.setattr(KwargsService, "take_task", refuse_once)
@@ -101,32 +114,7 @@ async def test_a_service_that_fails_to_take_a_task_fails_that_task_only(
         failed = await run(client, "first")
         fine = await run(client, "second")
     assert (failed["task_id"], failed["status"]) == (refused[0], "failed")
-    assert failed["error"] == "RuntimeError: no room at the inn"
-    assert (fine["status"], fine["result"]) == ("completed", "second")
-
-
-class Rogue(BaseException):
-    """What careless user code may raise: not an Exception, not a cancellation of ours."""
-
-
-async def test_whatever_a_take_raises_fails_that_task_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    # As the bus's delivery did (gateway.contain): a BaseException that is not our own
-    # cancellation fails the task; it neither answers 500 nor leaves the task pending.
-    take = KwargsService.take_task
-    refused: list[str] = []
-
-    def rogue_once(self: KwargsService, task: Any, state: dict) -> None:
-        if not refused:
-            refused.append(task.task_id)
-            raise Rogue("rogue")
-        take(self, task, state)
-
-    monkeypatch.setattr(KwargsService, "take_task", rogue_once)
-    async with gateway_client(CFG) as client:
-        failed = await run(client, "first")
-        fine = await run(client, "second")
-    assert (failed["task_id"], failed["status"]) == (refused[0], "failed")
-    assert failed["error"] == "Rogue: rogue"
+    assert failed["error"] == error
     assert (fine["status"], fine["result"]) == ("completed", "second")
 
 

@@ -1,4 +1,4 @@
-"""TaskTable.wait: bounded by one shared timer (gateway.control_plane.wakeups), not a cancel
+"""TaskTable.wait: bounded by one shared timer (gateway.wakeups), not a cancel
 scope per wait. It returns the record either way, wakes every waiter at the task's end, wakes
 each at its own deadline, gives way to cancellation, and leaves nothing behind."""
 
@@ -11,8 +11,8 @@ import pytest
 
 from gateway.control_plane import tasks as tasks_module
 from gateway.control_plane.tasks import TaskRecord, TaskTable
-from gateway.control_plane.wakeups import Wakeups
 from gateway.messages import TaskStatus
+from gateway.wakeups import Wakeups
 
 pytestmark = pytest.mark.anyio
 

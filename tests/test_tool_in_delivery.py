@@ -146,7 +146,7 @@ async def test_the_callers_timeout_cancels_the_tool_and_frees_its_slot() -> None
 
 
 async def test_calls_started_in_the_same_turn_all_get_their_deadline() -> None:
-    """Deadlines are armed once the loop turns, for every call still in flight."""
+    """Every call still in flight gets its deadline, however many started together."""
     probe = Probe()
     async with serving(probe, timeout=0.2) as (runtime, service, tools):
         outputs: list[ToolOutput] = []
@@ -160,6 +160,38 @@ async def test_calls_started_in_the_same_turn_all_get_their_deadline() -> None:
                     tg.start_soon(one)
         assert probe.cancelled == 3 and ReplyInbox.for_bus(runtime.bus).outstanding == 0
     assert [o.is_error and "timed out" in o.content for o in outputs] == [True] * 3
+
+
+async def test_a_short_deadline_behind_a_long_one_still_fires_and_nothing_is_left() -> None:
+    """Deadlines share one timer: a later call with a shorter timeout must not wait for the
+    earlier one's, and calls that end (answered or timed out) leave no deadline behind."""
+    probe = Probe()
+    async with serving(probe) as (runtime, service, tools):
+        slow = MetaServiceTool(tools["hold"].metadata, "probe", runtime.bus, timeout=30)
+        quick = MetaServiceTool(tools["hold"].metadata, "probe", runtime.bus, timeout=0.2)
+        outputs: dict[str, ToolOutput] = {}
+        waited: dict[str, float] = {}
+
+        async def call(name: str, tool: MetaServiceTool) -> None:
+            started = time.monotonic()
+            outputs[name] = await tool.acall()
+            waited[name] = time.monotonic() - started
+
+        inbox = ReplyInbox.for_bus(runtime.bus)
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, "slow", slow)
+                await anyio.sleep(0.05)  # the long deadline is armed first
+                tg.start_soon(call, "quick", quick)
+                await anyio.sleep(0.5)
+                assert "quick" in outputs and "slow" not in outputs
+                probe.release.set()
+        for _ in range(50):  # answered at once, within the publish
+            await tools["where"].acall(x=1)
+        assert len(inbox._deadlines) == 0 and inbox.outstanding == 0
+    assert outputs["quick"].is_error and "timed out after 0.2s" in outputs["quick"].content
+    assert waited["quick"] < 2
+    assert outputs["slow"].content == "released" and not outputs["slow"].is_error
 
 
 async def test_cancelling_the_caller_cancels_the_tool() -> None:

@@ -2,7 +2,7 @@
 
 A task reaches exactly one terminal state: `finish` refuses a second one. Each waiter blocks on
 an event of its own that `finish` sets, so long-polls return the moment a task ends; its `wait`
-running out sets it too (one shared loop timer, gateway.control_plane.wakeups).
+running out sets it too (one shared loop timer, gateway.wakeups).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pydantic import BaseModel, Field, TypeAdapter
 from pydantic.dataclasses import dataclass
 from typing_extensions import TypedDict
 
-from gateway.control_plane.wakeups import Wakeups
 from gateway.messages import ChatMessage, TaskDefinition, TaskResult, TaskStatus, TraceHeaders
+from gateway.wakeups import Wakeups
 
 
 class Task(BaseModel):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -40,6 +39,7 @@ from gateway.messages import (
     new_id,
     new_message_id,
 )
+from gateway.wakeups import Wakeups
 
 if TYPE_CHECKING:
     from services.base import BaseService
@@ -59,16 +59,20 @@ class Reply(NamedTuple):
 
 
 class _Pending:
-    """One call waiting for its reply; the Event is made only if the reply is not there yet,
-    the timer of its deadline only if it is still in flight when the loop turns."""
+    """One call waiting for its reply; the Event is made only if the reply is not there yet.
+    Its deadline is an entry in the inbox's shared `Wakeups`, whose timer calls `set`."""
 
-    __slots__ = ("done", "reply", "scope", "deadline")
+    __slots__ = ("done", "reply", "scope")
 
     def __init__(self) -> None:
         self.done: anyio.Event | None = None
         self.reply: Reply | None = None
-        self.scope: anyio.CancelScope | None = None  # while in flight, with a deadline
-        self.deadline = math.inf
+        self.scope: anyio.CancelScope | None = None  # while in flight
+
+    def set(self) -> None:
+        """The deadline passed: cut the call short, unless its reply is already here."""
+        if self.reply is None and self.scope is not None:
+            self.scope.cancel()
 
 
 def read_reply(data: dict[str, Any]) -> Reply:
@@ -92,7 +96,7 @@ class ReplyInbox:
         self.bus = bus
         self.id_ = f"tool-replies-{new_id()}"
         self._pending: dict[str, _Pending] = {}
-        self._unarmed: list[_Pending] = []  # calls started since the loop last turned
+        self._deadlines = Wakeups()
         bus.register_consumer(
             Consumer(message_type=self.id_, handler=self._on_reply, id_=self.id_, inline=True)
         )
@@ -126,15 +130,6 @@ class ReplyInbox:
         if pending.done is not None:
             pending.done.set()
 
-    def _arm_deadlines(self) -> None:
-        """On the loop's turn after calls started: those still in flight are waiting (for
-        the tool or for the reply), so now their deadlines need timers. One callback per turn
-        for all of them; a call answered within its publish never got to here."""
-        unarmed, self._unarmed = self._unarmed, []
-        for pending in unarmed:
-            if pending.scope is not None:
-                pending.scope.deadline = pending.deadline
-
     async def ask(
         self,
         service_name: str,
@@ -149,6 +144,7 @@ class ReplyInbox:
         if call_id in self._pending:
             raise ValueError(f"tool call {call_id!r} is already in flight")
         pending = self._pending[call_id] = _Pending()
+        entry = None  # the deadline's, in self._deadlines
         try:
             message = QueueMessage.carrying(
                 body,
@@ -160,22 +156,19 @@ class ReplyInbox:
             if self.bus.tracing is not None:  # here, whatever transport carries it
                 message.trace = self.bus.tracing.carrier()
             # The publish is inside the timeout: a local tool service may run the call in it,
-            # and then hands the answer back on the message. The deadline is armed on the
-            # loop's next turn (`_arm_deadlines`), which comes only if this task waits: a call
-            # answered within the publish never pays for a timer, which costs more than the
-            # rest of the scope. (asyncio's call_soon: anyio has no such hook; the gateway runs
-            # on asyncio, see gateway.contain.)
+            # and then hands the answer back on the message. The deadline is an entry in one
+            # shared loop timer's heap (gateway.wakeups), not a timer per call: a
+            # scope's own deadline costs a timer armed and cancelled per call, more than the
+            # rest of the scope. (asyncio only; on another backend the scope keeps it.)
             with anyio.CancelScope() as scope:
                 if timeout is not None:
                     try:
                         loop = asyncio.get_running_loop()
-                    except RuntimeError:  # not on asyncio: the deadline from the start
+                    except RuntimeError:  # not on asyncio
                         scope.deadline = anyio.current_time() + timeout
                     else:
-                        pending.scope, pending.deadline = scope, loop.time() + timeout
-                        if not self._unarmed:
-                            loop.call_soon(self._arm_deadlines)
-                        self._unarmed.append(pending)
+                        pending.scope = scope
+                        entry = self._deadlines.add(loop, loop.time() + timeout, pending)
                 await self.bus.publish(message)
                 answer = message.answered()  # a Reply, from a tool service (see Reply)
                 if answer is not None:
@@ -189,6 +182,8 @@ class ReplyInbox:
         finally:
             del self._pending[call_id]
             pending.scope = None
+            if entry is not None:
+                self._deadlines.withdraw(entry)
         reply = pending.reply
         # Cut short, the reply there (if any) is the call's own `cancelled`: a timeout.
         if scope.cancelled_caught or reply is None:

@@ -1,17 +1,19 @@
-"""Long-poll deadlines, kept by one loop timer.
+"""Deadlines of many waiters, kept by one loop timer.
 
-A waiter on a task (`/run`, `GET .../result?wait=`) sleeps until the task ends or its `wait` runs
-out. A cancel scope with a deadline around each wait (and its anyio.Event) cost ~46k instructions of
-a /run; instead each waiter sleeps on an asyncio.Event of its own, which the task's end sets, and
-this sets it at its deadline. Clients choose their `wait`, so deadlines do not come in order: a heap
-of them, one loop timer armed for the earliest (gateway.web.deadlines keeps the body deadlines the
-same way, in a FIFO since those all have one timeout). A waiter that returns first withdraws its
-entry: the entry lets go of its event at once, and leaves the heap when it reaches the head or when
-withdrawn entries make up most of the heap. Under steady traffic the timer is re-armed about once
-per `wait`.
+Two users: long-polls on tasks and tool calls over the bus. A waiter on a task (`/run`, `GET
+.../result?wait=`) sleeps until the task ends or its `wait` runs out. A cancel scope with a
+deadline around each wait (and its anyio.Event) cost ~46k instructions of a /run; instead each
+waiter sleeps on an asyncio.Event of its own, which the task's end sets, and this sets it at its
+deadline. Clients choose their `wait`, so deadlines do not come in order: a heap of them, one loop
+timer armed for the earliest (gateway.web.deadlines keeps the body deadlines the same way, in a
+FIFO since those all have one timeout). A waiter that returns first withdraws its entry: the entry
+lets go of its event at once, and leaves the heap when it reaches the head or when withdrawn
+entries make up most of the heap. Under steady traffic the timer is re-armed about once per `wait`.
+A tool call over the bus (services.tool.meta_tool) adds an entry whose `set` cancels the call's
+scope: a scope's own deadline is a timer armed and cancelled per call.
 
 asyncio only (the gateway is served by uvicorn, whose HTTP servers run on asyncio): on another
-anyio backend, TaskTable.wait keeps the deadline with a cancel scope instead.
+anyio backend, both keep the deadline with a cancel scope instead.
 """
 
 from __future__ import annotations

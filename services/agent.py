@@ -60,6 +60,7 @@ from gateway.web.paging import Page, PageQuery, paginate
 from gateway.web.routing import api_route, parse_body, parse_query
 from services.base import BaseService, RunResponse, ServiceInfo
 from services.calling import contain_steps
+from services.run_events import stream_events
 from services.tool.meta_tool import DEFAULT_TOOL_TIMEOUT, MetaServiceTool, ServiceAsTool
 
 logger = logging.getLogger("services.agent")
@@ -492,7 +493,7 @@ class AgentService(BaseService):
             tool_calls: list[dict[str, Any]] = []
             publish = task.task_id not in self._tool_calls
             try:
-                async for event in handler.stream_events():
+                async for event in stream_events(handler):
                     if isinstance(event, AgentToolResult):
                         tool_calls.append(event_data(event))
                     if publish and not isinstance(event, _QUIET_EVENTS):

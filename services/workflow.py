@@ -41,6 +41,7 @@ from services.calling import contain_steps
 from services.human.bridge import HumanBridge
 from services.kwargs import KwargsRunRequest, KwargsService, decode_run_input
 from services.prepared import prepare
+from services.run_events import stream_events
 
 logger = logging.getLogger("services.workflow")
 
@@ -162,7 +163,7 @@ class WorkflowService(KwargsService):
         for name, data in self._early.pop(task.task_id, ()):
             self.send_event(task.task_id, name, data)
         try:
-            async for event in handler.stream_events():
+            async for event in stream_events(handler):
                 if not isinstance(event, StopEvent):
                     await self.on_stream_event(task, handler, event)
             result = await handler

@@ -23,6 +23,15 @@ from gateway.config import parse_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def agent_with_calc(**agent_options: Any) -> dict[str, Any]:
+    """Config `services`: the demo agent (`assistant`) with the demo tools (`calc`)."""
+    agent = {"type": "agent", "source": "examples.agent:build_agent", "tools": ["calc"]}
+    return {
+        "calc": {"type": "tool", "source": "examples.tools:tools"},
+        "assistant": {**agent, "tool_timeout": 5, **agent_options},
+    }
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import gateway_client
+from tests.conftest import agent_with_calc, gateway_client
 from tests.test_agent_service import ask, new_session, user_turns
 
 pytestmark = pytest.mark.anyio
@@ -18,16 +18,7 @@ pytestmark = pytest.mark.anyio
 def config(db: Path, **extra: Any) -> dict[str, Any]:
     return {
         "store": {"kind": "sqlite", "path": str(db)},
-        "services": {
-            "calc": {"type": "tool", "source": "examples.tools:tools"},
-            "assistant": {
-                "type": "agent",
-                "source": "examples.agent:build_agent",
-                "tools": ["calc"],
-                "tool_timeout": 5,
-                **extra,
-            },
-        },
+        "services": agent_with_calc(**extra),
     }
 
 

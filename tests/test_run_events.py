@@ -17,7 +17,7 @@ from workflows.events import StopEvent
 
 from examples.pipeline import Progress, StatsWorkflow
 from services.run_events import stream_events
-from tests.conftest import gateway_client
+from tests.conftest import agent_with_calc, gateway_client
 
 pytestmark = pytest.mark.anyio
 
@@ -64,13 +64,7 @@ async def test_runs_through_the_gateway_leave_no_generator_behind() -> None:
     config = {
         "services": {
             "stats": {"type": "workflow", "source": "examples.pipeline:build"},
-            "calc": {"type": "tool", "source": "examples.tools:tools"},
-            "assistant": {
-                "type": "agent",
-                "source": "examples.agent:build_agent",
-                "tools": ["calc"],
-                "tool_timeout": 5,
-            },
+            **agent_with_calc(),
         }
     }
     async with gateway_client(config) as client:

@@ -48,7 +48,10 @@ class Wakeups:
 
     def add(self, loop: asyncio.AbstractEventLoop, deadline: float, event: Any) -> list[Any]:
         """Set `event` (anything with `set()`) at `deadline` (`loop.time()`); the entry returned
-        is what `withdraw` takes."""
+        is what `withdraw` takes. A NaN deadline is refused: it would sit at the head of the
+        heap (every comparison with it is false) and keep every deadline behind it from firing."""
+        if deadline != deadline:  # NaN
+            raise ValueError("a deadline cannot be NaN")
         if loop is not self._loop:  # used from a new loop (tests): the old one's waiters are gone
             self._reset(loop)
         entry = [deadline, next(self._seq), event]

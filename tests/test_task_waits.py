@@ -179,3 +179,17 @@ async def test_the_timer_sets_only_what_is_due_and_drops_withdrawn_entries() -> 
         await due.wait()
     assert not later.is_set() and not gone.is_set()
     assert len(wakeups) == 1
+
+
+async def test_a_nan_deadline_is_refused_and_holds_up_nothing() -> None:
+    """NaN compares false with everything: at the head of the heap it would keep every entry
+    behind it from ever being set."""
+    wakeups = Wakeups()
+    loop = asyncio.get_running_loop()
+    with pytest.raises(ValueError, match="NaN"):
+        wakeups.add(loop, float("nan"), asyncio.Event())
+    due = asyncio.Event()
+    wakeups.add(loop, loop.time() + 0.02, due)
+    with anyio.fail_after(5):
+        await due.wait()
+    assert len(wakeups) == 0

@@ -10,6 +10,7 @@ and anything that leaves the process (JSON) still goes the bus way with a reply 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,7 +24,7 @@ from gateway.bus import Consumer
 from gateway.contain import _IN_USER_CODE
 from gateway.messages import ActionTypes, QueueMessage, ToolCallResult
 from gateway.runtime import Runtime
-from services.tool.meta_tool import MetaServiceTool, ReplyInbox, text_output
+from services.tool.meta_tool import MetaServiceTool, ReplyInbox, ServiceAsTool, text_output
 from services.tool.service import ToolService
 from tests.fixtures_agents import NoArguments
 
@@ -192,6 +193,28 @@ async def test_a_short_deadline_behind_a_long_one_still_fires_and_nothing_is_lef
     assert outputs["quick"].is_error and "timed out after 0.2s" in outputs["quick"].content
     assert waited["quick"] < 2
     assert outputs["slow"].content == "released" and not outputs["slow"].is_error
+
+
+async def test_a_nan_timeout_is_refused_and_never_holds_up_other_calls() -> None:
+    """A NaN deadline in the inbox's shared timer would stop every other call on the bus from
+    timing out (found by review): refused where a stand-in is made, and where a call starts."""
+    probe = Probe()
+    async with serving(probe) as (runtime, service, tools):
+        meta = tools["hold"].metadata
+        with pytest.raises(ValueError, match="NaN"):
+            MetaServiceTool(meta, "probe", runtime.bus, timeout=math.nan)
+        with pytest.raises(ValueError, match="NaN"):
+            ServiceAsTool("probe", runtime.bus, timeout=math.nan)
+        odd = MetaServiceTool(meta, "probe", runtime.bus, timeout=5)
+        odd.timeout = math.nan  # set afterwards: the call itself refuses it
+        quick = MetaServiceTool(meta, "probe", runtime.bus, timeout=0.2)
+        with anyio.fail_after(5):
+            with pytest.raises(ValueError, match="NaN"):
+                await odd.acall()
+            output = await quick.acall()
+        inbox = ReplyInbox.for_bus(runtime.bus)
+        assert inbox.outstanding == 0 and len(inbox._deadlines) == 0
+    assert output.is_error and "timed out after 0.2s" in output.content
 
 
 async def test_cancelling_the_caller_cancels_the_tool() -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -194,6 +195,14 @@ class ReplyInbox:
         return text_output(tool_name, raw_input, reply.result, reply.is_error)
 
 
+def checked_timeout(timeout: float | None) -> float | None:
+    """A stand-in's timeout, refused where it is set if it is NaN: it would never run out, and
+    its entry in the inbox's shared timer would hold up every other call's deadline."""
+    if timeout is not None and math.isnan(timeout):
+        raise ValueError("a tool call timeout cannot be NaN")
+    return timeout
+
+
 def _error_output(tool_name: str, raw_input: dict[str, Any], text: str) -> ToolOutput:
     return text_output(tool_name, raw_input, text, True)
 
@@ -274,7 +283,7 @@ class MetaServiceTool(_Unspanned, AsyncBaseTool):
     ) -> None:
         self._metadata = tool_metadata
         self.service_name = service_name
-        self.timeout = timeout
+        self.timeout = checked_timeout(timeout)
         self._inbox = ReplyInbox.for_bus(bus)
 
     @classmethod
@@ -335,7 +344,7 @@ class ServiceAsTool(_Unspanned, AsyncBaseTool):
         timeout: float | None = DEFAULT_TOOL_TIMEOUT,
     ) -> None:
         self.service_name = service_name
-        self.timeout = timeout
+        self.timeout = checked_timeout(timeout)
         self._metadata = ToolMetadata(
             name=tool_name or f"{service_name}-as-tool",
             description=description or f"Ask the {service_name} service; give the request text.",

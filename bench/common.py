@@ -149,13 +149,16 @@ class UvicornApp:
 
     `target` is the app string, with uvicorn options such as `--factory` before it if needed;
     `env` is added to this process's environment (and PYTHONPATH=ROOT); the app counts as up once
-    `ready_path` gives any HTTP answer. `name` names the log file and the errors.
+    `ready_path` gives any HTTP answer. `name` names the log file and the errors. `wrapper` runs
+    the server inside another program (valgrind, say), which may need a longer `startup_timeout`.
     """
 
     name: str
     target: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     ready_path: str = "/"
+    wrapper: tuple[str, ...] = ()
+    startup_timeout: float = STARTUP_TIMEOUT
 
 
 def gateway_app(
@@ -178,7 +181,7 @@ def gateway_app(
 
 
 def _wait_until_up(app: UvicornApp, process: subprocess.Popen, base: str, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+    deadline = time.monotonic() + app.startup_timeout
     while True:
         if process.poll() is not None:
             raise RuntimeError(f"{app.name} exited early:\n{log.read_text()}")
@@ -220,7 +223,7 @@ def serve(folder: Path, *apps: UvicornApp) -> Iterator[Served]:
             log = folder / f"{app.name}.log"
             with log.open("w") as out:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", *app.target]
+                    [*app.wrapper, sys.executable, "-m", "uvicorn", *app.target]
                     + ["--host", HOST, "--port", str(port), *UVICORN_ARGS],
                     cwd=ROOT,
                     env={**os.environ, "PYTHONPATH": str(ROOT), **app.env},

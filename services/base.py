@@ -50,6 +50,7 @@ from gateway.messages import (
 from gateway.web.errors import ApiError
 from gateway.web.routing import JsonBytes, api_route
 from gateway.web.sse import sse_response
+from services.task_workers import TaskWorkers
 
 if TYPE_CHECKING:
     from gateway.control_plane.plane import ControlPlane
@@ -59,6 +60,8 @@ logger = logging.getLogger("services")
 SERVICE_TOKEN_ENV = "GATEWAY_SERVICE_TOKEN"
 
 Work = Callable[[], Awaitable[TaskResult]]
+_Spawned = tuple[TaskDefinition, Work, anyio.CancelScope]  # what `spawn` hands a worker
+MAX_IDLE_WORKERS = 64  # idle task workers kept per service (services.task_workers)
 
 
 @functools.cache
@@ -139,6 +142,7 @@ class BaseService(BaseModel, ABC):
     _host: ServiceHost | None = PrivateAttr(default=None)
     _publisher_id: str = PrivateAttr(default_factory=new_id)
     _limiter: anyio.CapacityLimiter | None = PrivateAttr(default=None)
+    _workers: TaskWorkers[_Spawned] | None = PrivateAttr(default=None)
     _running_event: anyio.Event | None = PrivateAttr(default=None)
     _scopes: dict[str, anyio.CancelScope] = PrivateAttr(default_factory=dict)
     _tool_calls: dict[str, ToolCall] = PrivateAttr(default_factory=dict)
@@ -307,6 +311,13 @@ class BaseService(BaseModel, ABC):
         """Attach to the gateway: register the consumer and run `on_start`."""
         self._host = host
         self._limiter = anyio.CapacityLimiter(self.max_concurrent_tasks)
+        self._workers = TaskWorkers(
+            self._run_spawned,
+            host.task_group,
+            self.service_name,
+            max_idle=min(self.max_concurrent_tasks, MAX_IDLE_WORKERS),
+            abandon=self._abandon_spawned,
+        )
         self._running_event = anyio.Event()
         if self.running:
             self._running_event.set()
@@ -412,17 +423,42 @@ class BaseService(BaseModel, ABC):
 
     # -- running tasks ----------------------------------------------------------------------
     def spawn(self, task: TaskDefinition, work: Work, *, tool_call: ToolCall | None = None) -> None:
-        """Run `work` for `task` in the host's task group; its outcome is always reported."""
+        """Run `work` for `task` in the host's task group; its outcome is always reported.
+
+        A worker of the service's runs it (services.task_workers), in the context the service
+        started in; with tracing on, a task of its own, in the submitter's context (its span's
+        parent)."""
         if tool_call is not None:
             self._tool_calls[task.task_id] = tool_call
         tracing = self.service_host.tracing
-        if tracing is not None:
-            work = tracing.traced_work(work, self.service_name, task.task_id, task.session_id)
         scope = anyio.CancelScope()
         self._scopes[task.task_id] = scope
+        workers = self.__pydantic_private__["_workers"]
+        if tracing is None and workers is not None:
+            workers.submit((task, work, scope))  # see services.task_workers
+            return
+        # Traced: a task of its own, whose span's parent is the submitter's (its context).
+        if tracing is not None:
+            work = tracing.traced_work(work, self.service_name, task.task_id, task.session_id)
         self.service_host.task_group.start_soon(
             self._guarded, task, work, scope, name=f"{self.service_name}:{task.task_id}"
         )
+
+    async def _run_spawned(self, spawned: _Spawned) -> None:
+        await self._guarded(*spawned)
+
+    async def _abandon_spawned(self, spawned: _Spawned) -> None:
+        """A task still queued for a worker when the workers stop (shutdown): it ends
+        `cancelled`, as it would have had it started."""
+        task = spawned[0]
+        try:
+            cancelled = TaskResult(
+                task_id=task.task_id, status=TaskStatus.CANCELLED, error="cancelled"
+            )
+            await self._report_end(task, cancelled)
+        finally:
+            self._scopes.pop(task.task_id, None)
+            self._tool_calls.pop(task.task_id, None)
 
     async def _guarded(self, task: TaskDefinition, work: Work, scope: anyio.CancelScope) -> None:
         result: TaskResult | None = None

@@ -185,3 +185,15 @@ class MisbehavingService(BaseService):
 
         self.service_host.task_group.start_soon(crash)
         return {"broken": "yes"}
+
+
+async def self_cancelling_component(kind: str = "none") -> str:
+    """`swallow`: cancel its own task and swallow the CancelledError (the task's cancel count
+    stays raised); anything else as `amisbehave`."""
+    if kind == "swallow":
+        asyncio.current_task().cancel()  # type: ignore[union-attr]
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            return "swallowed"
+    return await amisbehave(kind)

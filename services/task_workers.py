@@ -1,24 +1,27 @@
 """Long-lived workers that run a service's tasks, instead of a new task per task.
 
 A task spawned with `TaskGroup.start_soon` costs an asyncio task, anyio's TaskHandle (its own
-cancel scope and event) and a loop turn before it starts: ~90k instructions per `/run`, and,
+cancel scope and event) and a loop turn before it starts: ~75k instructions per `/run`, and,
 measured with wrk, more time than that (c=1 `/run` 0.84-0.87x of the bare endpoint with a task
-each, 0.90-0.95x with workers). A worker takes the next task from an in-memory queue
-and runs it; there is always an idle worker for each queued item (one is started when none is
-idle), so nothing waits for a worker, and the service's own limiter still bounds how many run
-(how many tasks are in flight is bounded where they are admitted, as before).
+each, 0.90-0.95x with workers). Items wait in a queue that workers take from; each submitted
+item wakes an idle worker or starts a new one, so nothing waits for a worker, and the service's
+own limiter still bounds how many run (how many tasks are in flight is bounded where they are
+admitted, as before). An item stays in the queue until a worker takes it: a worker cancelled
+while it waits takes nothing with it.
 
 What a task spawned with `start_soon` had, a task run by a worker still has: it lives in the
 host's task group (structured concurrency: shutdown cancels it), under its own cancel scope, and
-ends exactly once. What differs:
-- it starts in the context the service had when it was started (the lifespan's), not in that of
-  whoever submitted it: a task no longer inherits a request's or a user step's context variables
-  (the services' own code sets what a task needs; tracing, which needs the submitter's span as
-  parent, keeps a task of its own: BaseService.spawn);
-- a worker whose task was left with a cancellation pending (user code that cancelled its own
-  task and swallowed the CancelledError) retires after that item, so the next task starts clean;
-- items still queued when a running worker is cancelled (shutdown) go to `abandon`.
-At most `max_idle` workers wait for work; above that, a worker that finishes an item exits, so
+ends exactly once; and it runs in a context of its own, a fresh copy of the one the service
+started in (`_InContext`), so what one task's code sets in a context variable never reaches the
+next. What differs: that context is the service's, not the submitter's (a task no longer inherits
+a request's or a user step's context variables; tracing, which needs the submitter's span as the
+parent, keeps a task of its own: BaseService.spawn). And:
+- a native `task.cancel()` that is no cancel scope's (user code cancelling "its own" task, now
+  the worker, or a timer it forgot to disarm) never stops a worker: if it ends an item, that
+  item is reported through `abandon`; the worker carries on, its cancel count cleared, so the
+  next item's own CancelledError is not taken for the gateway's;
+- items still queued when the workers are cancelled (shutdown) go to `abandon`.
+At most `max_idle` workers wait for work; above that, a worker that finds nothing to do exits, so
 a burst of long tasks (10,000 waiting for a human) leaves no crowd of idle workers behind.
 """
 
@@ -26,14 +29,19 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import math
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
+logger = logging.getLogger("services.task_workers")
+
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class TaskWorkers(Generic[T]):
@@ -41,7 +49,7 @@ class TaskWorkers(Generic[T]):
 
     def __init__(
         self,
-        run: Callable[[T], Awaitable[None]],
+        run: Callable[[T], Coroutine[Any, Any, None]],
         task_group: TaskGroup,
         name: str,
         max_idle: int,
@@ -52,52 +60,125 @@ class TaskWorkers(Generic[T]):
         self._task_group = task_group
         self._name = name
         self._max_idle = max_idle
-        self._send, self._receive = anyio.create_memory_object_stream[T](math.inf)
+        self._items: deque[T] = deque()
+        self._idle: list[anyio.Event] = []  # one per idle worker, set to wake it
         self._context = contextvars.copy_context()  # the starting service's: see the docstring
         self.workers = 0
-        self.idle = 0  # workers waiting for an item that none was promised to yet
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
 
     def submit(self, item: T) -> None:
-        """Run `item` in a worker: an idle one, else a new one. Never waits."""
-        if self.idle:
-            self.idle -= 1
-        else:
-            self.workers += 1
-            self._context.copy().run(
-                self._task_group.start_soon, self._work, name=f"{self._name}-worker"
-            )
-        self._send.send_nowait(item)
+        """Queue `item` and wake an idle worker for it, or start one. Never waits."""
+        self._items.append(item)
+        if self._idle:
+            self._idle.pop().set()
+            return
+        self.workers += 1
+        self._context.copy().run(
+            self._task_group.start_soon, self._work, name=f"{self._name}-worker"
+        )
 
     async def _work(self) -> None:
         try:
             while True:
-                item = await self._receive.receive()
-                await self._run(item)
-                if self.idle >= self._max_idle or _cancel_pending():
+                while self._items:
+                    item = self._items.popleft()
+                    try:
+                        await _InContext(self._run(item), self._context.copy())
+                    except anyio.get_cancelled_exc_class():
+                        if _cancelled_by_a_scope():  # shutdown: as a task of its own, it ends
+                            raise
+                        _stray_cancel(f"{self._name}: a task's code cancelled the worker")
+                        if self._abandon is not None:
+                            await self._abandon(item)
+                    _drop_leftover_cancel()  # code that cancelled "its own" task, and caught it
+                if len(self._idle) >= self._max_idle:
                     return
-                self.idle += 1
+                await self._wait_for_work()
         except BaseException:
             if self._abandon is not None:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                    await self._abandon_queued()
+                    while self._items:
+                        await self._abandon(self._items.popleft())
             raise
         finally:
             self.workers -= 1
 
-    async def _abandon_queued(self) -> None:
-        assert self._abandon is not None
+    async def _wait_for_work(self) -> None:
+        wake = anyio.Event()
+        self._idle.append(wake)
+        try:
+            await wake.wait()
+        except anyio.get_cancelled_exc_class():
+            if wake in self._idle:
+                self._idle.remove(wake)
+            if _cancelled_by_a_scope():
+                raise
+            _stray_cancel(f"{self._name}: a native cancel reached an idle worker")
+            # back to the queue: whatever woke it (if anything) is still there
+
+
+class _InContext(Generic[R]):
+    """Await `coroutine` with every step of it run inside `context`.
+
+    A worker's own task has one context for its whole life; each item gets a fresh copy of the
+    service's, as a task of its own would have. asyncio sees the same futures and the same
+    task: only `Context.run` is added around each step (and each exception thrown in).
+    """
+
+    __slots__ = ("_coroutine", "_context")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, R], context: contextvars.Context) -> None:
+        self._coroutine = coroutine
+        self._context = context
+
+    def __await__(self) -> Generator[Any, Any, R]:
+        coroutine, run = self._coroutine, self._context.run
+        sent: Any = None
+        thrown: BaseException | None = None
         while True:
             try:
-                item = self._receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                return
-            await self._abandon(item)
+                if thrown is None:
+                    signal = run(coroutine.send, sent)
+                else:
+                    error, thrown = thrown, None
+                    signal = run(coroutine.throw, error)
+            except StopIteration as stop:
+                return stop.value
+            try:
+                sent = yield signal
+            except GeneratorExit:
+                run(coroutine.close)
+                raise
+            except BaseException as exc:  # thrown in by the task (a cancellation): pass it on
+                thrown, sent = exc, None
 
 
-def _cancel_pending() -> bool:
-    """Is a cancellation of this (asyncio) task still counted, left by what it ran?"""
+def _cancelled_by_a_scope() -> bool:
+    """Is an anyio cancel scope around this task cancelled (shutdown, a cancel request)? A
+    cancellation with none is a bare `task.cancel()` from code the worker ran."""
+    return anyio.current_effective_deadline() == -math.inf
+
+
+def _drop_leftover_cancel() -> None:
+    """Clear a cancel count an item's code left raised (it cancelled the task it ran in and
+    caught the CancelledError): the next item's own CancelledError must not pass for ours."""
     try:
         task = asyncio.current_task()
-    except RuntimeError:  # not on asyncio: anyio's own scopes leave nothing behind there
-        return False
-    return task is not None and task.cancelling() > 0
+    except RuntimeError:  # not on asyncio
+        return
+    if task is not None and task.cancelling() and not _cancelled_by_a_scope():
+        while task.cancelling():
+            task.uncancel()
+
+
+def _stray_cancel(what: str) -> None:
+    logger.warning("%s; the worker carries on", what)
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not on asyncio
+        return
+    if task is not None and task.cancelling():
+        task.uncancel()

@@ -8,6 +8,7 @@ exception and `EXPECTED` to the error text the task must end with. Kind "none" b
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -197,3 +198,34 @@ async def self_cancelling_component(kind: str = "none") -> str:
         except asyncio.CancelledError:
             return "swallowed"
     return await amisbehave(kind)
+
+
+REQUEST_USER: contextvars.ContextVar[str] = contextvars.ContextVar("request_user", default="nobody")
+
+
+async def who_am_i(user: str = "anon") -> str:
+    """Set a context variable without resetting it (as request-scoped logging libraries do) and
+    answer what it held first: another task's value there would be a leak."""
+    before = REQUEST_USER.get()
+    REQUEST_USER.set(user)
+    await asyncio.sleep(0)
+    return before
+
+
+async def forgetful_watchdog(delay: float = 0.2) -> str:
+    """Cancel "its own" task after `delay` unless done first; it is done at once and forgets to
+    disarm the timer (harmless when every run had a task of its own)."""
+    me = asyncio.current_task()
+    asyncio.get_running_loop().call_later(delay, me.cancel)  # type: ignore[union-attr]
+    await asyncio.sleep(0)
+    return "done"
+
+
+async def self_cancel(kind: str = "propagate") -> str:
+    """Cancel the task it runs in: `propagate` lets the CancelledError out, `noawait` returns
+    before it is delivered."""
+    asyncio.current_task().cancel()  # type: ignore[union-attr]
+    if kind == "noawait":
+        return "returned"
+    await asyncio.sleep(0)
+    return "unreachable"

@@ -88,31 +88,32 @@ async def test_a_task_starts_in_the_services_context_not_the_submitters() -> Non
     assert seen == ["first:host", "second:host"]
 
 
-async def test_a_worker_left_with_a_cancel_pending_is_not_reused() -> None:
-    """User code that cancels its own task and swallows the CancelledError leaves the task's
-    cancel count raised; reused, the worker would take the next task's own CancelledError for
+async def test_a_cancel_count_left_by_a_task_is_cleared_before_the_next() -> None:
+    """User code that cancels its own task (now the worker) and swallows the CancelledError
+    leaves the task's cancel count raised: the next task would take its own CancelledError for
     a cancellation of the gateway's and let it escape."""
-    ran: list[Any] = []
+    counts: list[int] = []
 
     async def run(item: int) -> None:
-        ran.append(asyncio.current_task())  # kept: an id could be reused
+        task = asyncio.current_task()
+        assert task is not None
+        counts.append(task.cancelling())
         if item == 0:
-            asyncio.current_task().cancel()  # type: ignore[union-attr]
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0)
 
     async with anyio.create_task_group() as tg:
         workers = TaskWorkers(run, tg, "test", max_idle=4)
         workers.submit(0)
-        with anyio.fail_after(5):
-            while workers.workers:
-                await anyio.sleep(0.01)  # the worker retired instead of waiting for more
+        await anyio.sleep(0.05)
         workers.submit(1)
         with anyio.fail_after(5):
-            while len(ran) < 2:
+            while len(counts) < 2:
                 await anyio.sleep(0.01)
+        assert workers.workers == 1
         tg.cancel_scope.cancel()
-    assert ran[0] is not ran[1]
+    assert counts == [0, 0]
 
 
 async def test_a_self_cancelling_component_does_not_spoil_the_next_task() -> None:
@@ -135,12 +136,12 @@ async def test_a_self_cancelling_component_does_not_spoil_the_next_task() -> Non
     assert third.json()["status"] == "completed", third.text
 
 
-async def test_items_still_queued_when_the_workers_are_cancelled_are_abandoned() -> None:
-    started = anyio.Event()
+async def test_every_item_submitted_before_a_shutdown_runs_or_is_abandoned() -> None:
+    ran: list[int] = []
     abandoned: list[int] = []
 
     async def run(item: int) -> None:
-        started.set()
+        ran.append(item)
         await anyio.sleep_forever()
 
     async def abandon(item: int) -> None:
@@ -149,10 +150,124 @@ async def test_items_still_queued_when_the_workers_are_cancelled_are_abandoned()
     async with anyio.create_task_group() as tg:
         workers = TaskWorkers(run, tg, "test", max_idle=4, abandon=abandon)
         workers.submit(0)
-        with anyio.fail_after(5):
-            await started.wait()
-        workers.idle = 0  # as if the items below were promised to workers not yet running
-        workers._send.send_nowait(1)
-        workers._send.send_nowait(2)
+        await anyio.sleep(0.01)
+        for item in (1, 2, 3):
+            workers.submit(item)
         tg.cancel_scope.cancel()
-    assert abandoned == [1, 2] and workers.workers == 0
+    assert sorted(ran + abandoned) == [0, 1, 2, 3] and not set(ran) & set(abandoned)
+    assert workers.workers == 0
+
+
+async def test_a_stray_cancel_of_an_idle_worker_is_dropped_and_loses_nothing() -> None:
+    """A timer user code forgot (it cancels "its own" task, long after that task ended) lands
+    on an idle worker: the worker carries on, and the gateway's task group is not cancelled."""
+    ran: list[int] = []
+
+    async def run(item: int) -> None:
+        if item == 0:
+            me = asyncio.current_task()
+            asyncio.get_running_loop().call_later(0.05, me.cancel)  # type: ignore[union-attr]
+        ran.append(item)
+
+    async with anyio.create_task_group() as tg:
+        workers = TaskWorkers(run, tg, "test", max_idle=4)
+        workers.submit(0)
+        await anyio.sleep(0.2)  # the timer fires while the worker waits for work
+        assert (workers.workers, workers.idle) == (1, 1)
+        workers.submit(1)
+        with anyio.fail_after(5):
+            while len(ran) < 2:
+                await anyio.sleep(0.01)
+        assert workers.workers == 1
+        tg.cancel_scope.cancel()
+    assert ran == [0, 1]
+
+
+async def test_a_task_that_cancels_its_worker_ends_and_the_worker_carries_on() -> None:
+    abandoned: list[int] = []
+    ran: list[int] = []
+
+    async def run(item: int) -> None:
+        ran.append(item)
+        if item == 0:
+            asyncio.current_task().cancel()  # type: ignore[union-attr]
+            await asyncio.sleep(0)
+
+    async def abandon(item: int) -> None:
+        abandoned.append(item)
+
+    async with anyio.create_task_group() as tg:
+        workers = TaskWorkers(run, tg, "test", max_idle=4, abandon=abandon)
+        workers.submit(0)
+        workers.submit(1)
+        with anyio.fail_after(5):
+            while len(ran) < 2:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert ran == [0, 1] and abandoned == [0]
+
+
+async def test_context_variables_set_by_one_task_never_reach_the_next() -> None:
+    seen: list[str] = []
+
+    async def run(item: str) -> None:
+        seen.append(WHO.get())
+        WHO.set(item)
+        await anyio.sleep(0)
+
+    async with anyio.create_task_group() as tg:
+        workers = TaskWorkers(run, tg, "test", max_idle=4)
+        for n, name in enumerate(("alice", "bob", "carol")):
+            workers.submit(name)
+            with anyio.fail_after(5):
+                while len(seen) <= n:
+                    await anyio.sleep(0.01)
+        assert workers.workers == 1  # one worker ran all three
+        tg.cancel_scope.cancel()
+    assert seen == ["nobody"] * 3
+
+
+def components(**sources: str) -> dict[str, Any]:
+    entries = {
+        name: {"type": "component", "source": f"tests.fixtures_misbehaving:{function}"}
+        for name, function in sources.items()
+    }
+    entries["echo"] = {"type": "workflow", "source": "examples.echo:workflow"}
+    return {"services": entries}
+
+
+async def test_a_context_variable_one_task_sets_is_not_seen_by_the_next() -> None:
+    """Found by review: a component runs in the worker's own task; each task gets its own
+    copy of the service's context, or one user's value would reach the next user's task."""
+    async with gateway_client(components(comp="who_am_i")) as client:
+        first = await client.post("/services/comp/run", json={"kwargs": {"user": "alice"}})
+        second = await client.post("/services/comp/run", json={"kwargs": {"user": "bob"}})
+    assert first.json()["result"] == "nobody", first.text
+    assert second.json()["result"] == "nobody", second.text
+
+
+async def test_a_forgotten_cancel_timer_of_a_finished_task_harms_nothing() -> None:
+    """Found by review: the timer fires on the idle worker the task ran in."""
+    async with gateway_client(components(comp="forgetful_watchdog")) as client:
+        first = await client.post("/services/comp/run", json={"kwargs": {"delay": 0.1}})
+        await anyio.sleep(0.3)  # the timer fires
+        second = await client.post("/services/comp/run", json={"kwargs": {"delay": 5}})
+        echo = await client.post("/services/echo/run", json={"kwargs": {"message": "x"}})
+        health = await client.get("/healthz")
+    assert first.json()["status"] == "completed", first.text
+    assert second.json()["status"] == "completed", second.text
+    assert echo.json()["result"] == "x" and health.status_code == 200
+
+
+@pytest.mark.parametrize("kind", ["propagate", "noawait"])
+async def test_code_that_cancels_its_own_task_ends_only_that_task(kind: str) -> None:
+    """Before workers, this cancelled the gateway's whole task group (found by review)."""
+    async with gateway_client(components(comp="self_cancel")) as client:
+        with anyio.fail_after(5):
+            first = await client.post("/services/comp/run", json={"kwargs": {"kind": kind}})
+        await anyio.sleep(0.05)
+        echo = await client.post("/services/echo/run", json={"kwargs": {"message": "x"}})
+        again = await client.post("/services/comp/run", json={"kwargs": {"kind": "swallow"}})
+    assert first.json()["status"] in ("cancelled", "completed"), first.text
+    assert echo.json()["result"] == "x", echo.text
+    assert again.status_code == 200 and again.json()["status"] != "running", again.text

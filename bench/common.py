@@ -498,6 +498,17 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> WrkResult
 
 
 # -- entry point -----------------------------------------------------------------------------------
+def pick_targets(argv: list[str], known: tuple[str, ...]) -> tuple[str, ...] | None:
+    """The targets named on the command line (all of `known` if none), or None after saying
+    which are unknown."""
+    targets = tuple(argv) or known
+    unknown = set(targets) - set(known)
+    if unknown:
+        print(f"unknown target(s): {', '.join(sorted(unknown))}; known: {known}", file=sys.stderr)
+        return None
+    return targets
+
+
 def run_and_print(title: str, run: Callable[[], list[Row]]) -> None:
     """A module's `main()`: run the benchmark, print its table and how long it took."""
     started = time.monotonic()

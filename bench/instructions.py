@@ -32,7 +32,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench.common import ROOT, Row, print_rows
+from bench.common import ROOT, Row, pick_targets, print_rows
 
 TARGETS = ("bare", "prepared", "run", "tasks")
 WARM, FEW, MANY = 100, 100, 400
@@ -169,10 +169,8 @@ def main(argv: list[str]) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
-    targets = tuple(argv) or TARGETS
-    unknown = set(targets) - set(TARGETS)
-    if unknown:
-        print(f"unknown target(s): {', '.join(sorted(unknown))}; known: {TARGETS}", file=sys.stderr)
+    targets = pick_targets(argv, TARGETS)
+    if targets is None:
         return 2
     print_rows("instructions per request (callgrind, in-process)", measure(targets))
     return 0

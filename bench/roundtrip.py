@@ -96,22 +96,23 @@ def __getattr__(name: str) -> Any:
 Figure = tuple[float, float, float, float]
 
 
+def wrk_scripts(folder: Path) -> dict[str, Path]:
+    """The wrk script of each target (bare and run POST a run; tasks submits and long-polls)."""
+    post = write_wrk_script(folder, "post", WRK_POST, body=json.dumps(RUN_BODY), expect=EXPECT)
+    tasks = write_wrk_script(
+        folder,
+        "tasks",
+        WRK_SUBMIT_AND_POLL,
+        body=json.dumps(TASK_BODY),
+        expect=EXPECT,
+        submit_path="/control_plane/tasks",
+        result_prefix="/control_plane/tasks/",
+    )
+    return {"bare": post, "run": post, "tasks": tasks}
+
+
 def _wrk_measure(folder: Path, bases: dict[str, str]):
-    scripts = {
-        "bare": write_wrk_script(
-            folder, "post", WRK_POST, body=json.dumps(RUN_BODY), expect=EXPECT
-        ),
-        "tasks": write_wrk_script(
-            folder,
-            "tasks",
-            WRK_SUBMIT_AND_POLL,
-            body=json.dumps(TASK_BODY),
-            expect=EXPECT,
-            submit_path="/control_plane/tasks",
-            result_prefix="/control_plane/tasks/",
-        ),
-    }
-    scripts["run"] = scripts["bare"]
+    scripts = wrk_scripts(folder)
     urls = {
         "bare": bases["bare"] + "/run",
         "run": bases["gateway"] + "/services/echo/run",

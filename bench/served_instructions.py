@@ -21,7 +21,6 @@ valgrind starts slowly).
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -30,19 +29,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import (
-    WRK_POST,
-    WRK_SUBMIT_AND_POLL,
     Row,
     UvicornApp,
     gateway_app,
+    pick_targets,
     print_rows,
     run_wrk,
     serve,
-    write_wrk_script,
 )
-from bench.roundtrip import CONFIG, EXPECT, RUN_BODY, TASK_BODY
+from bench.roundtrip import CONFIG, wrk_scripts
 
 TARGETS = ("bare", "run", "tasks")
+PATHS = {"bare": "/run", "run": "/services/echo/run", "tasks": "/control_plane/tasks"}
 WARM_SECONDS, MEASURED_SECONDS = 5, 15
 STARTUP_UNDER_VALGRIND = 240.0  # seconds: imports run ~50x slower
 
@@ -83,22 +81,8 @@ def per_unit(target: str) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         output = folder / f"{target}.callgrind"
-        if target == "tasks":
-            script = write_wrk_script(
-                folder,
-                "tasks",
-                WRK_SUBMIT_AND_POLL,
-                body=json.dumps(TASK_BODY),
-                expect=EXPECT,
-                submit_path="/control_plane/tasks",
-                result_prefix="/control_plane/tasks/",
-            )
-            path = "/control_plane/tasks"
-        else:
-            script = write_wrk_script(
-                folder, "post", WRK_POST, body=json.dumps(RUN_BODY), expect=EXPECT
-            )
-            path = "/run" if target == "bare" else "/services/echo/run"
+        script = wrk_scripts(folder)[target]
+        path = PATHS[target]
         with serve(folder, _app(target, folder, output)) as bases:
             url, pid = bases[target] + path, str(bases.pids[target])
             run_wrk(url, script, 1, WARM_SECONDS)
@@ -131,10 +115,8 @@ def main(argv: list[str]) -> int:
     if missing:
         print(f"missing: {', '.join(missing)} (apt-get install valgrind wrk)", file=sys.stderr)
         return 2
-    targets = tuple(argv) or TARGETS
-    unknown = set(targets) - set(TARGETS)
-    if unknown:
-        print(f"unknown target(s): {', '.join(sorted(unknown))}; known: {TARGETS}", file=sys.stderr)
+    targets = pick_targets(argv, TARGETS)
+    if targets is None:
         return 2
     print_rows("instructions per request of the served apps (callgrind, wrk c=1)", measure(targets))
     return 0

@@ -31,6 +31,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import math
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -69,6 +70,25 @@ def is_our_cancellation(exc: BaseException, *scopes: anyio.CancelScope | None) -
     except RuntimeError:  # in a worker thread: nothing of ours cancels there
         return False
     return task is not None and task.cancelling() > 0
+
+
+def cancelled_by_a_scope() -> bool:
+    """Is an anyio cancel scope around the current task cancelled (shutdown, a cancel request,
+    a timeout)? A CancelledError with none is a bare `task.cancel()` from code the task ran:
+    user code cancelling "its own" task, or a timer it left behind."""
+    return anyio.current_effective_deadline() == -math.inf
+
+
+def clear_stray_cancel() -> None:
+    """Forget every cancel request counted on the current task that no cancel scope made, so
+    that the task's next CancelledError is judged on its own (`is_our_cancellation`)."""
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # not on asyncio
+        return
+    if task is not None and task.cancelling() and not cancelled_by_a_scope():
+        while task.cancelling():
+            task.uncancel()
 
 
 def contain(exc: BaseException) -> BaseException:

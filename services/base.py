@@ -31,7 +31,13 @@ from starlette.routing import BaseRoute, Route
 from gateway.bus import Consumer, NoConsumer
 from gateway.bus.http_remote import RemoteConsumer
 from gateway.bus.memory import MessageBus
-from gateway.contain import describe, is_our_cancellation, user_code
+from gateway.contain import (
+    cancelled_by_a_scope,
+    clear_stray_cancel,
+    describe,
+    is_our_cancellation,
+    user_code,
+)
 from gateway.control_plane.tasks import Task
 from gateway.messages import (
     CONTROL_PLANE_NAME,
@@ -462,6 +468,7 @@ class BaseService(BaseModel, ABC):
 
     async def _guarded(self, task: TaskDefinition, work: Work, scope: anyio.CancelScope) -> None:
         result: TaskResult | None = None
+        reported = False
         try:
             with scope:
                 try:
@@ -486,8 +493,24 @@ class BaseService(BaseModel, ABC):
                     task_id=task.task_id, status=TaskStatus.CANCELLED, error="cancelled"
                 )
             # Report even while the host is shutting down, but never hang it.
+            reported = True
             with anyio.move_on_after(2, shield=True):
                 await self._report_end(task, result)
+        except anyio.get_cancelled_exc_class():
+            if cancelled_by_a_scope():  # shutdown: the control plane's drain ends the task
+                raise
+            # A bare task.cancel() from the task's own code (cancelling "its own" task, or a
+            # timer it left behind): it ends this task only, never the task it ran in.
+            clear_stray_cancel()
+            logger.warning("task %s: its code cancelled the task it ran in", task.task_id)
+            if not reported:
+                stray = TaskResult(
+                    task_id=task.task_id,
+                    status=TaskStatus.CANCELLED,
+                    error="cancelled by its own code (a bare task.cancel())",
+                )
+                with anyio.move_on_after(2, shield=True):
+                    await self._report_end(task, stray)
         finally:
             self._scopes.pop(task.task_id, None)
             self._tool_calls.pop(task.task_id, None)

@@ -17,9 +17,13 @@ next. What differs: that context is the service's, not the submitter's (a task n
 a request's or a user step's context variables; tracing, which needs the submitter's span as the
 parent, keeps a task of its own: BaseService.spawn). And:
 - a native `task.cancel()` that is no cancel scope's (user code cancelling "its own" task, now
-  the worker, or a timer it forgot to disarm) never stops a worker: if it ends an item, that
-  item is reported through `abandon`; the worker carries on, its cancel count cleared, so the
-  next item's own CancelledError is not taken for the gateway's;
+  the worker, or a timer it forgot to disarm) never stops a worker: BaseService._guarded ends
+  that item `cancelled` (here, `abandon` would), and the worker carries on, its cancel count
+  cleared, so the next item's own CancelledError is not taken for the gateway's. The one thing
+  lost: such a timer firing after its task ended cancels whatever task the worker runs by then
+  (before, it hit a finished task). Only user code that runs in the service's own task can do
+  this (components, tools run as tasks, a custom `execute`); workflow and agent steps run in
+  tasks of their own;
 - items still queued when the workers are cancelled (shutdown) go to `abandon`.
 At most `max_idle` workers wait for work; above that, a worker that finds nothing to do exits, so
 a burst of long tasks (10,000 waiting for a human) leaves no crowd of idle workers behind.
@@ -27,16 +31,16 @@ a burst of long tasks (10,000 waiting for a human) leaves no crowd of idle worke
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import logging
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
+
+from gateway.contain import cancelled_by_a_scope, clear_stray_cancel
 
 logger = logging.getLogger("services.task_workers")
 
@@ -88,12 +92,12 @@ class TaskWorkers(Generic[T]):
                     try:
                         await _InContext(self._run(item), self._context.copy())
                     except anyio.get_cancelled_exc_class():
-                        if _cancelled_by_a_scope():  # shutdown: as a task of its own, it ends
+                        if cancelled_by_a_scope():  # shutdown: as a task of its own, it ends
                             raise
                         _stray_cancel(f"{self._name}: a task's code cancelled the worker")
                         if self._abandon is not None:
                             await self._abandon(item)
-                    _drop_leftover_cancel()  # code that cancelled "its own" task, and caught it
+                    clear_stray_cancel()  # code that cancelled "its own" task, and caught it
                 if len(self._idle) >= self._max_idle:
                     return
                 await self._wait_for_work()
@@ -114,7 +118,7 @@ class TaskWorkers(Generic[T]):
         except anyio.get_cancelled_exc_class():
             if wake in self._idle:
                 self._idle.remove(wake)
-            if _cancelled_by_a_scope():
+            if cancelled_by_a_scope():
                 raise
             _stray_cancel(f"{self._name}: a native cancel reached an idle worker")
             # back to the queue: whatever woke it (if anything) is still there
@@ -156,29 +160,6 @@ class _InContext(Generic[R]):
                 thrown, sent = exc, None
 
 
-def _cancelled_by_a_scope() -> bool:
-    """Is an anyio cancel scope around this task cancelled (shutdown, a cancel request)? A
-    cancellation with none is a bare `task.cancel()` from code the worker ran."""
-    return anyio.current_effective_deadline() == -math.inf
-
-
-def _drop_leftover_cancel() -> None:
-    """Clear a cancel count an item's code left raised (it cancelled the task it ran in and
-    caught the CancelledError): the next item's own CancelledError must not pass for ours."""
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # not on asyncio
-        return
-    if task is not None and task.cancelling() and not _cancelled_by_a_scope():
-        while task.cancelling():
-            task.uncancel()
-
-
 def _stray_cancel(what: str) -> None:
     logger.warning("%s; the worker carries on", what)
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # not on asyncio
-        return
-    if task is not None and task.cancelling():
-        task.uncancel()
+    clear_stray_cancel()

@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from services.task_workers import TaskWorkers
+from services.tool.meta_tool import ServiceAsTool
 from tests.conftest import gateway_client
 from tests.fixtures_workflows import new_probe
 
@@ -271,3 +272,53 @@ async def test_code_that_cancels_its_own_task_ends_only_that_task(kind: str) -> 
     assert first.json()["status"] in ("cancelled", "completed"), first.text
     assert echo.json()["result"] == "x", echo.text
     assert again.status_code == 200 and again.json()["status"] != "running", again.text
+
+
+async def test_a_service_called_as_a_tool_that_cancels_its_task_answers_its_caller() -> None:
+    """Found by review: the caller (an agent's ServiceAsTool) must hear that the task ended,
+    not wait for its own timeout."""
+    apps: list[Any] = []
+    async with gateway_client(components(comp="self_cancel"), app_out=apps):
+        runtime = apps[0].state.runtime
+        tool = ServiceAsTool.from_service(runtime.services["comp"], runtime.bus, timeout=10)
+        with anyio.fail_after(5):
+            output = await tool.acall(input='{"kind": "propagate"}')
+    assert output.is_error and "cancelled by its own code" in output.content, output.content
+
+
+async def test_with_tracing_on_code_that_cancels_its_own_task_ends_only_that_task() -> None:
+    """Traced tasks keep a task of their own (start_soon); a bare cancel escaping one used to
+    cancel the host task group (found by review)."""
+    config = components(comp="self_cancel")
+    config["tracing"] = {"enabled": True, "exporter": "none"}
+    async with gateway_client(config) as client:
+        with anyio.fail_after(5):
+            first = await client.post("/services/comp/run", json={"kwargs": {"kind": "propagate"}})
+            await anyio.sleep(0.05)
+            echo = await client.post("/services/echo/run", json={"kwargs": {"message": "x"}})
+    assert first.json()["status"] == "cancelled", first.text
+    assert echo.json()["result"] == "x", echo.text
+
+
+async def test_two_stray_cancels_of_an_idle_worker_leave_no_count_for_the_next_task() -> None:
+    counts: list[int] = []
+
+    async def run(item: int) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        counts.append(task.cancelling())
+        if item == 0:
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.05, task.cancel)
+            loop.call_later(0.05, task.cancel)  # the same turn: one CancelledError, count 2
+
+    async with anyio.create_task_group() as tg:
+        workers = TaskWorkers(run, tg, "test", max_idle=4)
+        workers.submit(0)
+        await anyio.sleep(0.2)
+        workers.submit(1)
+        with anyio.fail_after(5):
+            while len(counts) < 2:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert counts == [0, 0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -24,6 +25,26 @@ from tests.fixtures_workflows import new_probe
 pytestmark = pytest.mark.anyio
 
 WHO = contextvars.ContextVar("who", default="nobody")
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait (at most 5 s) until `condition()` holds."""
+    with anyio.fail_after(5):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+async def two_on_one_worker(run: Callable[[int], Any], pause: float, record: list) -> None:
+    """Submit item 0, wait `pause` (the worker is idle by then), submit item 1: both must run,
+    on the one worker."""
+    async with anyio.create_task_group() as tg:
+        workers = TaskWorkers(run, tg, "test", max_idle=4)
+        workers.submit(0)
+        await anyio.sleep(pause)
+        workers.submit(1)
+        await until(lambda: len(record) >= 2)
+        assert workers.workers == 1
+        tg.cancel_scope.cancel()
 
 
 def service_of(app: Any, name: str) -> Any:
@@ -82,9 +103,7 @@ async def test_a_task_starts_in_the_services_context_not_the_submitters() -> Non
         workers.submit("first")
         workers.submit("second")
         WHO.reset(token)
-        with anyio.fail_after(5):
-            while len(seen) < 2:
-                await anyio.sleep(0.01)
+        await until(lambda: len(seen) >= 2)
         tg.cancel_scope.cancel()
     assert seen == ["first:host", "second:host"]
 
@@ -104,16 +123,7 @@ async def test_a_cancel_count_left_by_a_task_is_cleared_before_the_next() -> Non
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(0)
 
-    async with anyio.create_task_group() as tg:
-        workers = TaskWorkers(run, tg, "test", max_idle=4)
-        workers.submit(0)
-        await anyio.sleep(0.05)
-        workers.submit(1)
-        with anyio.fail_after(5):
-            while len(counts) < 2:
-                await anyio.sleep(0.01)
-        assert workers.workers == 1
-        tg.cancel_scope.cancel()
+    await two_on_one_worker(run, 0.05, counts)
     assert counts == [0, 0]
 
 
@@ -170,17 +180,7 @@ async def test_a_stray_cancel_of_an_idle_worker_is_dropped_and_loses_nothing() -
             asyncio.get_running_loop().call_later(0.05, me.cancel)  # type: ignore[union-attr]
         ran.append(item)
 
-    async with anyio.create_task_group() as tg:
-        workers = TaskWorkers(run, tg, "test", max_idle=4)
-        workers.submit(0)
-        await anyio.sleep(0.2)  # the timer fires while the worker waits for work
-        assert (workers.workers, workers.idle) == (1, 1)
-        workers.submit(1)
-        with anyio.fail_after(5):
-            while len(ran) < 2:
-                await anyio.sleep(0.01)
-        assert workers.workers == 1
-        tg.cancel_scope.cancel()
+    await two_on_one_worker(run, 0.2, ran)  # the timer fires while the worker waits for work
     assert ran == [0, 1]
 
 
@@ -201,9 +201,7 @@ async def test_a_task_that_cancels_its_worker_ends_and_the_worker_carries_on() -
         workers = TaskWorkers(run, tg, "test", max_idle=4, abandon=abandon)
         workers.submit(0)
         workers.submit(1)
-        with anyio.fail_after(5):
-            while len(ran) < 2:
-                await anyio.sleep(0.01)
+        await until(lambda: len(ran) >= 2)
         tg.cancel_scope.cancel()
     assert ran == [0, 1] and abandoned == [0]
 
@@ -220,9 +218,7 @@ async def test_context_variables_set_by_one_task_never_reach_the_next() -> None:
         workers = TaskWorkers(run, tg, "test", max_idle=4)
         for n, name in enumerate(("alice", "bob", "carol")):
             workers.submit(name)
-            with anyio.fail_after(5):
-                while len(seen) <= n:
-                    await anyio.sleep(0.01)
+            await until(lambda n=n: len(seen) > n)
         assert workers.workers == 1  # one worker ran all three
         tg.cancel_scope.cancel()
     assert seen == ["nobody"] * 3
@@ -312,13 +308,5 @@ async def test_two_stray_cancels_of_an_idle_worker_leave_no_count_for_the_next_t
             loop.call_later(0.05, task.cancel)
             loop.call_later(0.05, task.cancel)  # the same turn: one CancelledError, count 2
 
-    async with anyio.create_task_group() as tg:
-        workers = TaskWorkers(run, tg, "test", max_idle=4)
-        workers.submit(0)
-        await anyio.sleep(0.2)
-        workers.submit(1)
-        with anyio.fail_after(5):
-            while len(counts) < 2:
-                await anyio.sleep(0.01)
-        tg.cancel_scope.cancel()
+    await two_on_one_worker(run, 0.2, counts)
     assert counts == [0, 0]

@@ -90,7 +90,7 @@ class TaskWorkers(Generic[T]):
                 while self._items:
                     item = self._items.popleft()
                     try:
-                        await _InContext(self._run(item), self._context.copy())
+                        await in_context(self._run(item), self._context.copy())
                     except anyio.get_cancelled_exc_class():
                         if cancelled_by_a_scope():  # shutdown: as a task of its own, it ends
                             raise
@@ -122,6 +122,11 @@ class TaskWorkers(Generic[T]):
                 raise
             _stray_cancel(f"{self._name}: a native cancel reached an idle worker")
             # back to the queue: whatever woke it (if anything) is still there
+
+
+def in_context(coroutine: Coroutine[Any, Any, R], context: contextvars.Context) -> _InContext[R]:
+    """`await in_context(coro, ctx)`: `coro` with every step of it run inside `ctx`."""
+    return _InContext(coroutine, context)
 
 
 class _InContext(Generic[R]):

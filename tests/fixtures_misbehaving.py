@@ -229,3 +229,20 @@ async def self_cancel(kind: str = "propagate") -> str:
         return "returned"
     await asyncio.sleep(0)
     return "unreachable"
+
+
+async def tool_who_am_i(user: str) -> str:
+    """As `who_am_i`, as a tool."""
+    return await who_am_i(user)
+
+
+async def tool_self_cancel() -> str:
+    """Cancel the task it runs in and let the CancelledError out."""
+    return await self_cancel("propagate")
+
+
+def worker_tools() -> list[Any]:
+    return [
+        FunctionTool.from_defaults(async_fn=tool_who_am_i, name="who_am_i"),
+        FunctionTool.from_defaults(async_fn=tool_self_cancel, name="self_cancel"),
+    ]

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
+from gateway.messages import ToolCall, ToolCallBundle
 from services.task_workers import TaskWorkers
 from services.tool.meta_tool import ServiceAsTool
 from tests.conftest import gateway_client
@@ -310,3 +311,33 @@ async def test_two_stray_cancels_of_an_idle_worker_leave_no_count_for_the_next_t
 
     await two_on_one_worker(run, 0.2, counts)
     assert counts == [0, 0]
+
+
+async def test_the_tool_pools_workers_give_each_call_its_own_context_and_survive_a_cancel() -> None:
+    """Tool calls that came as JSON run in the tool service's WorkerPool, long-lived workers
+    too: the same per-call context and the same containment of a bare task.cancel()."""
+    config = {
+        "services": {
+            "kit": {
+                "type": "tool",
+                "source": "tests.fixtures_misbehaving:worker_tools",
+                "max_concurrent_calls": 1,  # one worker: every call below runs on it
+            }
+        }
+    }
+
+    async def call(client: Any, tool: str, **kwargs: Any) -> dict[str, Any]:
+        body = ToolCall(tool_call_bundle=ToolCallBundle(tool_name=tool, tool_kwargs=kwargs))
+        accepted = await client.post("/services/kit/tool_call", json=body.model_dump())
+        assert accepted.status_code == 202, accepted.text
+        done = await client.get(f"/services/kit/tool_call/{body.id_}", params={"wait": 5})
+        return done.json()
+
+    async with gateway_client(config) as client:
+        with anyio.fail_after(10):
+            alice = await call(client, "who_am_i", user="alice")
+            bob = await call(client, "who_am_i", user="bob")
+            cancelled = await call(client, "self_cancel")
+            after = await call(client, "who_am_i", user="carol")
+    assert (alice["result"], bob["result"], after["result"]) == ("nobody",) * 3
+    assert cancelled["is_error"] and "cancelled" in cancelled["result"], cancelled

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextvars
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
 
+from gateway.contain import cancelled_by_a_scope, clear_stray_cancel
 from gateway.messages import ToolCall
+from services.task_workers import in_context
 
 
 class WorkerPool:
@@ -24,7 +28,7 @@ class WorkerPool:
         self,
         size: int,
         queue_size: int,
-        run: Callable[[ToolCall], Awaitable[None]],
+        run: Callable[[ToolCall], Coroutine[Any, Any, None]],
         task_group: TaskGroup,
         name: str,
         abandon: Callable[[ToolCall], Awaitable[None]] | None = None,
@@ -36,6 +40,7 @@ class WorkerPool:
         self._name = name
         self._send, self._receive = anyio.create_memory_object_stream[ToolCall](queue_size)
         self._workers = 0
+        self._context = contextvars.copy_context()  # the tool service's, when it started
         self._free = 0  # idle workers that no queued item has been promised to yet
 
     @property
@@ -58,7 +63,15 @@ class WorkerPool:
         try:
             while True:
                 item = await self._receive.receive()
-                await self._run(item)
+                try:  # each call in a context of its own, as in services.task_workers
+                    await in_context(self._run(item), self._context.copy())
+                except anyio.get_cancelled_exc_class():
+                    if cancelled_by_a_scope():
+                        raise
+                    # A bare task.cancel() from the tool ("its own" task: this worker). The call
+                    # was answered `cancelled` (ToolService._run_call_in); the worker goes on.
+                    clear_stray_cancel()
+                clear_stray_cancel()  # a count the tool left raised, having caught its cancel
                 self._free += 1
         except BaseException:
             if self._abandon is not None:

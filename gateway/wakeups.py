@@ -29,6 +29,15 @@ from typing import Any
 _SWEEP_AFTER = 64
 
 
+def asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None on another anyio backend (where `Wakeups` cannot
+    serve and callers keep their deadline with a cancel scope)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class Wakeups:
     """Sets each added event at its deadline unless it is withdrawn first."""
 

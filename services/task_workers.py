@@ -89,15 +89,9 @@ class TaskWorkers(Generic[T]):
             while True:
                 while self._items:
                     item = self._items.popleft()
-                    try:
-                        await in_context(self._run(item), self._context.copy())
-                    except anyio.get_cancelled_exc_class():
-                        if cancelled_by_a_scope():  # shutdown: as a task of its own, it ends
-                            raise
-                        _stray_cancel(f"{self._name}: a task's code cancelled the worker")
-                        if self._abandon is not None:
-                            await self._abandon(item)
-                    clear_stray_cancel()  # code that cancelled "its own" task, and caught it
+                    ended = await run_item(self._run(item), self._context, self._name)
+                    if not ended and self._abandon is not None:
+                        await self._abandon(item)
                 if len(self._idle) >= self._max_idle:
                     return
                 await self._wait_for_work()
@@ -122,6 +116,24 @@ class TaskWorkers(Generic[T]):
                 raise
             _stray_cancel(f"{self._name}: a native cancel reached an idle worker")
             # back to the queue: whatever woke it (if anything) is still there
+
+
+async def run_item(
+    coroutine: Coroutine[Any, Any, None], context: contextvars.Context, worker: str
+) -> bool:
+    """Run one item of a long-lived worker: `coroutine` in a fresh copy of `context`. False if
+    a bare `task.cancel()` from the code it ran (no cancel scope's) ended it: that stops the
+    item, never the worker. A scope's cancellation (shutdown) goes on up. Either way, a cancel
+    count the code left raised (it cancelled "its own" task and caught it) is cleared."""
+    try:
+        await in_context(coroutine, context.copy())
+    except anyio.get_cancelled_exc_class():
+        if cancelled_by_a_scope():  # shutdown: as for a task of its own, it ends
+            raise
+        _stray_cancel(f"{worker}: an item's code cancelled the worker")
+        return False
+    clear_stray_cancel()
+    return True
 
 
 def in_context(coroutine: Coroutine[Any, Any, R], context: contextvars.Context) -> _InContext[R]:

@@ -161,7 +161,7 @@ def test_a_table_used_from_a_new_loop_still_keeps_deadlines() -> None:
 async def test_off_asyncio_a_cancel_scope_keeps_the_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(tasks_module, "_asyncio_loop", lambda: None)  # as on trio
+    monkeypatch.setattr(tasks_module, "asyncio_loop", lambda: None)  # as on trio
     await test_a_wait_that_runs_out_returns_the_running_record_and_leaves_nothing()
     await test_every_waiter_wakes_at_the_end_and_each_at_its_own_deadline()
 

@@ -24,7 +24,7 @@ from pydantic.dataclasses import dataclass
 from typing_extensions import TypedDict
 
 from gateway.messages import ChatMessage, TaskDefinition, TaskResult, TaskStatus, TraceHeaders
-from gateway.wakeups import Wakeups
+from gateway.wakeups import Wakeups, asyncio_loop
 
 
 class Task(BaseModel):
@@ -273,7 +273,7 @@ class TaskTable:
             waiters = self._done.get(task_id)
             if waiters is None:
                 waiters = self._done[task_id] = []
-            loop = _asyncio_loop()
+            loop = asyncio_loop()
             entry = None
             if loop is None:  # not on asyncio: a cancel scope keeps the deadline
                 event: Any = anyio.Event()
@@ -302,11 +302,3 @@ class TaskTable:
         while len(self._finished_order) > self.retain_finished:
             old, _ = self._finished_order.popitem(last=False)
             self._records.pop(old, None)
-
-
-def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
-    """The running asyncio loop, or None on another anyio backend."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

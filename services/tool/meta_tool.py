@@ -14,7 +14,6 @@ the publish and the wait together, and a reply already there is taken without wa
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -40,7 +39,7 @@ from gateway.messages import (
     new_id,
     new_message_id,
 )
-from gateway.wakeups import Wakeups
+from gateway.wakeups import Wakeups, asyncio_loop
 
 if TYPE_CHECKING:
     from services.base import BaseService
@@ -163,9 +162,8 @@ class ReplyInbox:
             # rest of the scope. (asyncio only; on another backend the scope keeps it.)
             with anyio.CancelScope() as scope:
                 if timeout is not None:
-                    try:
-                        loop = asyncio.get_running_loop()
-                    except RuntimeError:  # not on asyncio
+                    loop = asyncio_loop()
+                    if loop is None:  # not on asyncio
                         scope.deadline = anyio.current_time() + timeout
                     else:
                         pending.scope = scope

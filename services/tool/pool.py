@@ -9,9 +9,8 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from gateway.contain import cancelled_by_a_scope, clear_stray_cancel
 from gateway.messages import ToolCall
-from services.task_workers import in_context
+from services.task_workers import run_item
 
 
 class WorkerPool:
@@ -63,15 +62,9 @@ class WorkerPool:
         try:
             while True:
                 item = await self._receive.receive()
-                try:  # each call in a context of its own, as in services.task_workers
-                    await in_context(self._run(item), self._context.copy())
-                except anyio.get_cancelled_exc_class():
-                    if cancelled_by_a_scope():
-                        raise
-                    # A bare task.cancel() from the tool ("its own" task: this worker). The call
-                    # was answered `cancelled` (ToolService._run_call_in); the worker goes on.
-                    clear_stray_cancel()
-                clear_stray_cancel()  # a count the tool left raised, having caught its cancel
+                # A call ended by a bare task.cancel() from its tool was answered `cancelled`
+                # already (ToolService._run_call_in): the worker just goes on.
+                await run_item(self._run(item), self._context, self._name)
                 self._free += 1
         except BaseException:
             if self._abandon is not None:

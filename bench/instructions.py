@@ -15,8 +15,15 @@ Not part of `make bench` (it has no `run()`: it takes a few minutes, as valgrind
 ~50x slower) and not a measure of time: a path can run fewer instructions and still take longer
 when it misses the caches more. Needs valgrind (`apt-get install valgrind`).
 
+The tool targets (named only) count one tool call instead of a request: `tool-direct` and
+`sync-direct` call the tool itself (`tool.acall`; the async bench tool, the demo's sync `add`),
+`tool-bus` and `sync-bus` the same tool over the bus (MetaServiceTool -> ToolService -> reply), so
+bus minus direct is what the gateway adds per call without the noise of bench.tool_roundtrip's
+CPU times (most of all a sync tool's thread hand-off).
+
     python -m bench.instructions            # all four targets, two runs at a time
     python -m bench.instructions run bare   # some of them
+    python -m bench.instructions tool-direct tool-bus sync-direct sync-bus
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 from bench.common import ROOT, Row, pick_targets, print_rows
 
 TARGETS = ("bare", "prepared", "run", "tasks")
+TOOL_TARGETS = ("tool-direct", "tool-bus", "sync-direct", "sync-bus")
 WARM, FEW, MANY = 100, 100, 400
 CONFIG = {
     "default_service": "echo",
@@ -93,7 +101,41 @@ async def _one(app: Any, target: str) -> None:
         raise RuntimeError(f"bad answer: {answer!r}")
 
 
+async def _drive_tool(target: str, count: int) -> None:
+    from llama_index.core.tools import FunctionTool
+
+    from bench.tool_roundtrip import async_add
+    from examples.tools import add
+    from gateway.collector import served_collector
+    from gateway.runtime import Runtime
+    from services.tool.meta_tool import MetaServiceTool
+    from services.tool.service import ToolService
+
+    if target.startswith("sync"):
+        tool = FunctionTool.from_defaults(fn=add)
+    else:
+        tool = FunctionTool.from_defaults(async_fn=async_add, name="async_add")
+    service = ToolService(service_name="calc", tools=[tool])
+    runtime = Runtime.for_services([service], secret=b"bench")
+    async with runtime.running():
+        call = tool.acall
+        if target.endswith("bus"):
+            call = MetaServiceTool.from_tool_service(service, runtime.bus)[0].acall
+        with served_collector():  # as a served gateway has it: fewer, steadier collections
+            await _tool_calls(call, count)
+
+
+async def _tool_calls(call: Any, count: int) -> None:
+    for i in range(WARM + count):
+        output = await call(a=i, b=1)
+        if output.is_error or str(output.content) != str(i + 1):
+            raise RuntimeError(f"bad answer: {output!r}")
+
+
 async def _drive(target: str, count: int) -> None:
+    if target in TOOL_TARGETS:
+        await _drive_tool(target, count)
+        return
     from bench.roundtrip import WORKFLOW, _build_bare_app
     from gateway.app import build_app
     from gateway.collector import served_collector
@@ -146,10 +188,11 @@ def per_request(target: str) -> float:
 
 def measure(targets: tuple[str, ...] = TARGETS) -> list[Row]:
     counts = {target: per_request(target) for target in targets}
+    rows = _tool_rows(counts)
+    counts = {target: n for target, n in counts.items() if target not in TOOL_TARGETS}
     bare = counts.get("bare")
     unit = "instr/req"
-    rows = []
-    for target in targets:
+    for target in counts:
         if target == "bare":
             rows.append(Row("bare endpoint (workflow not prepared)", counts[target], None, unit))
         else:
@@ -162,6 +205,18 @@ def measure(targets: tuple[str, ...] = TARGETS) -> list[Row]:
     return rows
 
 
+def _tool_rows(counts: dict[str, float]) -> list[Row]:
+    rows = []
+    for kind, label in (("tool", "async tool"), ("sync", "sync demo tool")):
+        for way in ("direct", "bus"):
+            if f"{kind}-{way}" in counts:
+                rows.append(Row(f"{label}: {way}", counts[f"{kind}-{way}"], None, "instr/call"))
+        if f"{kind}-direct" in counts and f"{kind}-bus" in counts:
+            added = counts[f"{kind}-bus"] - counts[f"{kind}-direct"]
+            rows.append(Row(f"{label}: added over the bus", added, None, "instr/call"))
+    return rows
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--drive"]:
         _drive_main(argv[1], int(argv[2]))
@@ -169,8 +224,8 @@ def main(argv: list[str]) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
-    targets = pick_targets(argv, TARGETS)
-    if targets is None:
+    targets = tuple(argv) or TARGETS
+    if pick_targets(targets, TARGETS + TOOL_TARGETS) is None:
         return 2
     print_rows("instructions per request (callgrind, in-process)", measure(targets))
     return 0

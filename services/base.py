@@ -70,12 +70,37 @@ _Spawned = tuple[TaskDefinition, Work, anyio.CancelScope]  # what `spawn` hands 
 MAX_IDLE_WORKERS = 64  # idle task workers kept per service (services.task_workers)
 
 
-@functools.cache
-def _plain_private_names(cls: type[BaseModel]) -> frozenset[str]:
-    """The private attributes of `cls` whose declaration is not a descriptor."""
-    return frozenset(
-        name for name, attr in cls.__private_attributes__.items() if not hasattr(attr, "__get__")
-    )
+class _PrivateRead:
+    """Reads one private attribute of a service straight from `__pydantic_private__`.
+
+    pydantic keeps private attributes (`_scopes`, `_limiter`, ...) out of the class, so each read
+    of one first fails the normal lookup (an AttributeError made, message and all, and caught)
+    and then goes through `__getattr__`: ~1,500 instructions a read, and the task path reads
+    them a dozen times per task. Set on the class for each plain private attribute (one whose
+    declaration is not a descriptor), this is found by the normal lookup. Assignment still goes
+    through pydantic's `__setattr__`, which writes the same dict.
+    """
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __get__(self, service: BaseModel | None, owner: type | None = None) -> Any:
+        if service is None:
+            return self
+        try:
+            return service.__pydantic_private__[self._name]  # type: ignore[index]
+        except (KeyError, TypeError):  # not initialised yet: pydantic raises the right error
+            return BaseModel.__getattr__(service, self._name)  # type: ignore[operator]
+
+
+def _read_privates_directly(cls: type[BaseModel]) -> None:
+    for name, declared in cls.__private_attributes__.items():
+        if not hasattr(declared, "__get__") and not isinstance(
+            cls.__dict__.get(name), _PrivateRead
+        ):
+            setattr(cls, name, _PrivateRead(name))
 
 
 @dataclass
@@ -156,18 +181,10 @@ class BaseService(BaseModel, ABC):
     _service_token: str | None = PrivateAttr(default=None)
     _http: httpx.AsyncClient | None = PrivateAttr(default=None)
 
-    def __getattr__(self, name: str) -> Any:
-        # Only for names normal lookup missed: pydantic keeps private attributes (`_scopes`,
-        # `_limiter`, ...) in `__pydantic_private__` and, on each read, first asks the
-        # attribute's declaration whether it is a descriptor (an AttributeError raised and
-        # caught: ~1 µs). The task path reads them a dozen times per task. A plain one is read
-        # straight from the dict; anything else goes to pydantic as before.
-        if name in _plain_private_names(type(self)):
-            try:
-                return object.__getattribute__(self, "__pydantic_private__")[name]
-            except (AttributeError, KeyError, TypeError):
-                pass  # not initialised yet: pydantic raises the right error
-        return super().__getattr__(name)  # type: ignore[misc]
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        _read_privates_directly(cls)  # the subclass's own private attributes too
 
     # -- identity and discovery ---------------------------------------------------------------
     @functools.cached_property
@@ -695,3 +712,6 @@ class BaseService(BaseModel, ABC):
         if not record.is_terminal:
             return Response(record.view_json(), 202, media_type="application/json")
         return JsonBytes(record.view_json())  # a Task's JSON, without building the Task
+
+
+_read_privates_directly(BaseService)

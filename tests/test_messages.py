@@ -26,7 +26,9 @@ from gateway.messages import (
     ToolCallBundle,
     ToolCallResult,
     WorkflowState,
+    fresh_stats,
     new_id,
+    trusted,
 )
 
 TASK = TaskDefinition(input='{"message": "hi"}', session_id="s-1", agent_id="echo")
@@ -243,3 +245,37 @@ def test_new_id_is_a_random_uuid4_in_its_usual_text_form() -> None:
     for position in (0, 9, 15, 20, 35):
         assert len({text[position] for text in ids}) == 16
     assert {text[14] for text in ids} == {"4"} and {text[19] for text in ids} == set("89ab")
+
+
+def _same_model(built: BaseModel, expected: BaseModel) -> None:
+    assert built == expected
+    assert built.model_fields_set == expected.model_fields_set
+    assert built.model_dump() == expected.model_dump()
+    assert built.model_dump_json() == expected.model_dump_json()
+    assert built.model_dump(exclude_unset=True) == expected.model_dump(exclude_unset=True)
+    assert set(type(built).model_fields) == set(built.__dict__)  # no field of the class missed
+
+
+def test_trusted_models_are_the_models_the_constructor_makes() -> None:
+    from llama_index.core.base.llms.types import TextBlock
+
+    bundle = {"tool_name": "add", "tool_args": [1], "tool_kwargs": {"b": [2]}}
+    _same_model(trusted(ToolCallBundle, dict(bundle)), ToolCallBundle(**bundle))
+    call = trusted(
+        ToolCall,
+        {"id_": "c1", "tool_call_bundle": trusted(ToolCallBundle, bundle), "source_id": "s"},
+    )
+    _same_model(call, ToolCall(id_="c1", tool_call_bundle=ToolCallBundle(**bundle), source_id="s"))
+    _same_model(fresh_stats(), QueueMessageStats())
+    block = trusted(TextBlock, {"block_type": "text", "text": "x"}, {"text"})
+    _same_model(block, TextBlock(text="x"))
+    # What leaves the process is the same JSON, and reads back as the same call.
+    message = QueueMessage.carrying(call, type="calc", action=ActionTypes.NEW_TOOL_CALL)
+    wire = QueueMessage.model_validate_json(message.model_dump_json())
+    assert wire.body_as(ToolCall) == call and wire.stats == QueueMessageStats()
+
+
+def test_each_message_has_stats_of_its_own() -> None:
+    first, second = (QueueMessage.carrying(NewTask(task=TaskDefinition())) for _ in range(2))
+    first.stats.__dict__["publish_time"] = 1.0
+    assert second.stats.publish_time is None

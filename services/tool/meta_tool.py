@@ -38,6 +38,7 @@ from gateway.messages import (
     ToolCallResult,
     new_id,
     new_message_id,
+    trusted,
 )
 from gateway.wakeups import Wakeups, asyncio_loop
 
@@ -218,7 +219,10 @@ def text_output(tool_name: str, raw_input: dict[str, Any], text: str, is_error: 
     """
     output = ToolOutput.__new__(ToolOutput)
     values = {
-        "blocks": [TextBlock(text=text)] if text else [],  # as the constructor: "" -> no block
+        # As the constructor: "" -> no block.
+        "blocks": [trusted(TextBlock, {"block_type": "text", "text": text}, {"text"})]
+        if text
+        else [],
         "tool_name": tool_name,
         "raw_input": raw_input,
         "raw_output": text,
@@ -315,10 +319,16 @@ class MetaServiceTool(_Unspanned, AsyncBaseTool):
     ) -> tuple[str, str, BaseModel, dict[str, Any]]:
         name = self._metadata.get_name()
         # Call ids only need to be unique: a message id (random per process, then a counter).
-        call = ToolCall(
-            id_=new_message_id(),
-            tool_call_bundle=ToolCallBundle(tool_name=name, tool_args=args, tool_kwargs=kwargs),
-            source_id=self._inbox.id_,
+        # Built without validating again (gateway.messages.trusted): every value is of its
+        # field's type, the arguments as the caller gave them (a receiver checks those).
+        bundle = {"tool_name": name, "tool_args": list(args), "tool_kwargs": kwargs}
+        call = trusted(
+            ToolCall,
+            {
+                "id_": new_message_id(),
+                "tool_call_bundle": trusted(ToolCallBundle, bundle),
+                "source_id": self._inbox.id_,
+            },
         )
         return name, call.id_, call, {"args": args, "kwargs": kwargs}
 

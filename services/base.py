@@ -56,6 +56,7 @@ from gateway.messages import (
 from gateway.web.errors import ApiError
 from gateway.web.routing import JsonBytes, api_route
 from gateway.web.sse import sse_response
+from services.private_reads import read_privates_directly
 from services.task_workers import TaskWorkers
 
 if TYPE_CHECKING:
@@ -68,39 +69,6 @@ SERVICE_TOKEN_ENV = "GATEWAY_SERVICE_TOKEN"
 Work = Callable[[], Awaitable[TaskResult]]
 _Spawned = tuple[TaskDefinition, Work, anyio.CancelScope]  # what `spawn` hands a worker
 MAX_IDLE_WORKERS = 64  # idle task workers kept per service (services.task_workers)
-
-
-class _PrivateRead:
-    """Reads one private attribute of a service straight from `__pydantic_private__`.
-
-    pydantic keeps private attributes (`_scopes`, `_limiter`, ...) out of the class, so each read
-    of one first fails the normal lookup (an AttributeError made, message and all, and caught)
-    and then goes through `__getattr__`: ~1,500 instructions a read, and the task path reads
-    them a dozen times per task. Set on the class for each plain private attribute (one whose
-    declaration is not a descriptor), this is found by the normal lookup. Assignment still goes
-    through pydantic's `__setattr__`, which writes the same dict.
-    """
-
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __get__(self, service: BaseModel | None, owner: type | None = None) -> Any:
-        if service is None:
-            return self
-        try:
-            return service.__pydantic_private__[self._name]  # type: ignore[index]
-        except (KeyError, TypeError):  # not initialised yet: pydantic raises the right error
-            return BaseModel.__getattr__(service, self._name)  # type: ignore[operator]
-
-
-def _read_privates_directly(cls: type[BaseModel]) -> None:
-    for name, declared in cls.__private_attributes__.items():
-        if not hasattr(declared, "__get__") and not isinstance(
-            cls.__dict__.get(name), _PrivateRead
-        ):
-            setattr(cls, name, _PrivateRead(name))
 
 
 @dataclass
@@ -184,7 +152,7 @@ class BaseService(BaseModel, ABC):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        _read_privates_directly(cls)  # the subclass's own private attributes too
+        read_privates_directly(cls)  # the subclass's own private attributes too
 
     # -- identity and discovery ---------------------------------------------------------------
     @functools.cached_property
@@ -714,4 +682,4 @@ class BaseService(BaseModel, ABC):
         return JsonBytes(record.view_json())  # a Task's JSON, without building the Task
 
 
-_read_privates_directly(BaseService)
+read_privates_directly(BaseService)

@@ -1,9 +1,15 @@
-"""Prepare a hosted llama-index Workflow once: its steps are found once, not on every run.
+"""Prepare a hosted llama-index Workflow once: its steps are found once, not on every run, and
+its events' private attributes are read without a failed lookup first.
 
 `Workflow._get_steps()` walks the instance with `inspect.getmembers` on every call (~40 µs), and
 one run of a one-step workflow calls it four times: a sixth of the run. The library already
 caches its validation and its broker config per `_step_functions_version` (bumped by
 `add_step`); this adapter caches the step table of the one hosted instance the same way.
+
+Events: a run reads `_data` (an event's dynamic fields: `ev.message` of a StartEvent reads it
+twice) and `_result` of its events a dozen times, each read two AttributeErrors made and dropped
+by pydantic's lookup; `prepare_events` sets services.private_reads' descriptors on the library's
+event classes (once per process, for every workflow: they only read the same dict faster).
 
 It shadows a private method, so it is pinned: it applies only to the llama-index-workflows
 versions it was checked against (TESTED), and only when the class keeps the library's own
@@ -19,6 +25,9 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from workflows import Workflow
+from workflows.events import DictLikeModel, StopEvent
+
+from services.private_reads import read_privates_directly
 
 logger = logging.getLogger("services.prepared")
 
@@ -49,9 +58,20 @@ def prepare(workflow: Workflow) -> bool:
     if not supported():
         logger.info("llama-index-workflows %s is not one prepare() knows", library_version())
         return False
+    prepare_events()
     if getattr(type(workflow), _ATTRIBUTE, None) is not Workflow._get_steps:
         return False  # the class has its own idea of its steps: leave it alone
     setattr(workflow, _ATTRIBUTE, _CachedSteps(workflow))
+    return True
+
+
+def prepare_events() -> bool:
+    """Read the library's event classes' private attributes directly (see the module
+    docstring); True when done (now or before)."""
+    if not supported():
+        return False
+    read_privates_directly(DictLikeModel)  # `_data`, for every event class
+    read_privates_directly(StopEvent)  # `_result`
     return True
 
 

@@ -1,4 +1,5 @@
-"""Private attributes of services are read straight from pydantic's dict (services.base)."""
+"""Private attributes read straight from pydantic's dict (services.private_reads): services'
+and llama-index events'."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import pytest
 from pydantic import BaseModel, PrivateAttr
 
 from services.agent import AgentService
-from services.base import BaseService, _PrivateRead
+from services.base import BaseService
 from services.component import ComponentService
 from services.human.service import HumanService
+from services.prepared import prepare_events
+from services.private_reads import PrivateRead, read_privates_directly
 from services.tool.service import ToolService
 from services.workflow import WorkflowService
 
@@ -43,11 +46,9 @@ def test_every_plain_private_attribute_of_every_service_class_is_read_directly()
     assert hosted <= set(classes)
     for cls in classes:
         for name, declared in cls.__private_attributes__.items():
-            found = next(c.__dict__[name] for c in cls.__mro__ if name in c.__dict__)
-            if hasattr(declared, "__get__"):  # a declared descriptor stays what it was
-                assert not isinstance(found, _PrivateRead), (cls, name)
-            else:
-                assert isinstance(found, _PrivateRead), (cls, name)
+            if not hasattr(declared, "__get__"):  # a descriptor is pydantic's to read
+                found = next(c.__dict__[name] for c in cls.__mro__ if name in c.__dict__)
+                assert isinstance(found, PrivateRead), (cls, name)
 
 
 def test_reads_and_writes_see_one_value_per_instance(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -76,3 +77,101 @@ def test_a_private_read_before_initialisation_is_pydantics_error() -> None:
     service = _Custom.__new__(_Custom)  # no __init__: no private dict yet
     with pytest.raises(AttributeError):
         service._seen  # noqa: B018
+
+
+class _Lookup:
+    """A descriptor default: pydantic calls its __get__ on every read."""
+
+    def __get__(self, model: Any, owner: Any = None) -> str:
+        return "from the descriptor"
+
+
+class _Redeclared(_Custom):
+    """Redeclares a parent's plain private attribute, once plain and once as a descriptor."""
+
+    _limit: int = PrivateAttr(default=9)
+    _seen: Any = PrivateAttr(default=_Lookup())
+
+
+def test_a_subclass_redeclaring_a_private_attribute_reads_its_own_declaration() -> None:
+    service = _Redeclared(service_name="r")
+    assert service._limit == 9 and _Custom(service_name="c")._limit == 3
+    assert service._seen == "from the descriptor"  # pydantic's way, not the stored default
+
+
+class _OwnGetattr(BaseModel):
+    _value: int = PrivateAttr(default=1)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_value" and self.__pydantic_private__ is None:
+            return "own answer"
+        return super().__getattr__(name)  # type: ignore[misc]
+
+
+def test_a_model_without_its_private_values_is_answered_by_its_own_getattr() -> None:
+    read_privates_directly(_OwnGetattr)
+    assert _OwnGetattr()._value == 1
+    assert _OwnGetattr.model_construct()._value == 1  # model_construct sets the defaults
+    bare = _OwnGetattr.__new__(_OwnGetattr)
+    object.__setattr__(bare, "__pydantic_private__", None)
+    assert bare._value == "own answer"
+
+
+def test_events_read_their_private_attributes_directly_and_behave_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workflows.events import DictLikeModel, Event, StartEvent, StopEvent
+
+    assert prepare_events()
+    assert isinstance(DictLikeModel.__dict__["_data"], PrivateRead)
+    assert isinstance(StopEvent.__dict__["_result"], PrivateRead)
+
+    class Asked(Event):
+        question: str = "?"
+
+    fallbacks: list[str] = []
+    original = BaseModel.__getattr__
+
+    def counting(self: BaseModel, name: str) -> Any:
+        fallbacks.append(name)
+        return original(self, name)  # type: ignore[operator]
+
+    monkeypatch.setattr(BaseModel, "__getattr__", counting)
+    start, stop, asked = StartEvent(message="hi"), StopEvent(result=5), Asked(extra=1)
+    assert (start.message, start.get("message"), start._data) == ("hi", "hi", {"message": "hi"})
+    assert (stop.result, stop._result, asked.question, asked.extra) == (5, 5, "?", 1)
+    assert fallbacks == []
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        start.nothing  # noqa: B018
+    assert asked.model_dump() == {"question": "?", "_data": {"extra": 1}}
+    assert StopEvent.model_validate({"result": 5}).result == 5
+
+
+def test_what_a_subclass_or_mixin_defines_under_a_private_name_is_found_first() -> None:
+    class WithProperty(_Custom):
+        @property
+        def _publisher_id(self) -> str:
+            return "property"
+
+    class WithMethod(_Custom):
+        def _http(self) -> str:
+            return "method"
+
+    class Mixin:
+        @property
+        def _host(self) -> str:
+            return "mixin"
+
+    class Mixed(Mixin, _Custom):
+        pass
+
+    assert WithProperty(service_name="p")._publisher_id == "property"
+    assert WithProperty(service_name="p").publisher_id.endswith("-property")
+    assert WithMethod(service_name="m")._http() == "method"
+    assert Mixed(service_name="x")._host == "mixin"
+    assert Mixed(service_name="x")._scopes == {}  # the rest still read directly
+
+
+def test_on_the_class_a_private_name_is_still_its_declaration() -> None:
+    assert BaseService._scopes.get_default() == {}
+    assert _Custom._limit.get_default() == 3

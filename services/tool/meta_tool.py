@@ -321,7 +321,7 @@ class MetaServiceTool(_Unspanned, AsyncBaseTool):
         # Call ids only need to be unique: a message id (random per process, then a counter).
         # Built without validating again (gateway.messages.trusted): every value is of its
         # field's type, the arguments as the caller gave them (a receiver checks those).
-        bundle = {"tool_name": name, "tool_args": list(args), "tool_kwargs": kwargs}
+        bundle = {"tool_name": name, "tool_args": list(args), "tool_kwargs": dict(kwargs)}
         call = trusted(
             ToolCall,
             {

@@ -51,16 +51,22 @@ def test_every_plain_private_attribute_of_every_service_class_is_read_directly()
                 assert isinstance(found, PrivateRead), (cls, name)
 
 
-def test_reads_and_writes_see_one_value_per_instance(monkeypatch: pytest.MonkeyPatch) -> None:
-    first, second = _Custom(service_name="a"), _Custom(service_name="b")
-    fallbacks: list[str] = []
+@pytest.fixture
+def fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names read through pydantic's `__getattr__` (the slow way) from here on."""
+    names: list[str] = []
     original = BaseModel.__getattr__
 
     def counting(self: BaseModel, name: str) -> Any:
-        fallbacks.append(name)
+        names.append(name)
         return original(self, name)  # type: ignore[operator]
 
     monkeypatch.setattr(BaseModel, "__getattr__", counting)
+    return names
+
+
+def test_reads_and_writes_see_one_value_per_instance(fallbacks: list[str]) -> None:
+    first, second = _Custom(service_name="a"), _Custom(service_name="b")
     first._seen.append("x")
     first._limit = 7
     assert (first._seen, first._limit, second._seen, second._limit) == (["x"], 7, [], 3)
@@ -118,7 +124,7 @@ def test_a_model_without_its_private_values_is_answered_by_its_own_getattr() -> 
 
 
 def test_events_read_their_private_attributes_directly_and_behave_as_before(
-    monkeypatch: pytest.MonkeyPatch,
+    fallbacks: list[str],
 ) -> None:
     from workflows.events import DictLikeModel, Event, StartEvent, StopEvent
 
@@ -129,14 +135,6 @@ def test_events_read_their_private_attributes_directly_and_behave_as_before(
     class Asked(Event):
         question: str = "?"
 
-    fallbacks: list[str] = []
-    original = BaseModel.__getattr__
-
-    def counting(self: BaseModel, name: str) -> Any:
-        fallbacks.append(name)
-        return original(self, name)  # type: ignore[operator]
-
-    monkeypatch.setattr(BaseModel, "__getattr__", counting)
     start, stop, asked = StartEvent(message="hi"), StopEvent(result=5), Asked(extra=1)
     assert (start.message, start.get("message"), start._data) == ("hi", "hi", {"message": "hi"})
     assert (stop.result, stop._result, asked.question, asked.extra) == (5, 5, "?", 1)

@@ -27,7 +27,7 @@ from typing import Any
 from workflows import Workflow
 from workflows.events import DictLikeModel, StopEvent
 
-from services.private_reads import read_privates_directly
+from services.private_reads import answers_as_pydantic, read_privates_directly
 
 logger = logging.getLogger("services.prepared")
 
@@ -70,6 +70,8 @@ def prepare_events() -> bool:
     docstring); True when done (now or before)."""
     if not supported():
         return False
+    # Events' own __getattr__ hands private names to pydantic's (checked against TESTED).
+    answers_as_pydantic(DictLikeModel.__getattr__)
     read_privates_directly(DictLikeModel)  # `_data`, for every event class
     read_privates_directly(StopEvent)  # `_result`
     return True

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, PrivateAttr
 
+from services import private_reads
 from services.agent import AgentService
 from services.base import BaseService
 from services.component import ComponentService
@@ -51,28 +52,22 @@ def test_every_plain_private_attribute_of_every_service_class_is_read_directly()
                 assert isinstance(found, PrivateRead), (cls, name)
 
 
-@pytest.fixture
-def fallbacks(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names read through pydantic's `__getattr__` (the slow way) from here on."""
-    names: list[str] = []
-    original = BaseModel.__getattr__
-
-    def counting(self: BaseModel, name: str) -> Any:
-        names.append(name)
-        return original(self, name)  # type: ignore[operator]
-
-    monkeypatch.setattr(BaseModel, "__getattr__", counting)
-    return names
+def read_directly(model: BaseModel, *names: str) -> bool:
+    """Are these private attributes of `model` read from the dict, not via `__getattr__`?"""
+    for name in names:
+        getattr(model, name)
+    settled = type(model).__dict__.get("__private_reads__", {})
+    return all(settled.get(name) is private_reads._READ_THE_DICT for name in names)
 
 
-def test_reads_and_writes_see_one_value_per_instance(fallbacks: list[str]) -> None:
+def test_reads_and_writes_see_one_value_per_instance() -> None:
     first, second = _Custom(service_name="a"), _Custom(service_name="b")
     first._seen.append("x")
     first._limit = 7
     assert (first._seen, first._limit, second._seen, second._limit) == (["x"], 7, [], 3)
     assert first.__pydantic_private__["_limit"] == 7
     assert first._scopes == {} and first._limiter is None  # the base class's own
-    assert fallbacks == []  # none of these reads went through pydantic's fallback
+    assert read_directly(first, "_seen", "_limit", "_scopes", "_limiter")
     with pytest.raises(AttributeError, match="_nothing"):
         first._nothing  # noqa: B018
     copy = first.model_copy(deep=True)
@@ -123,9 +118,7 @@ def test_a_model_without_its_private_values_is_answered_by_its_own_getattr() -> 
     assert bare._value == "own answer"
 
 
-def test_events_read_their_private_attributes_directly_and_behave_as_before(
-    fallbacks: list[str],
-) -> None:
+def test_events_read_their_private_attributes_directly_and_behave_as_before() -> None:
     from workflows.events import DictLikeModel, Event, StartEvent, StopEvent
 
     assert prepare_events()
@@ -138,7 +131,8 @@ def test_events_read_their_private_attributes_directly_and_behave_as_before(
     start, stop, asked = StartEvent(message="hi"), StopEvent(result=5), Asked(extra=1)
     assert (start.message, start.get("message"), start._data) == ("hi", "hi", {"message": "hi"})
     assert (stop.result, stop._result, asked.question, asked.extra) == (5, 5, "?", 1)
-    assert fallbacks == []
+    assert read_directly(start, "_data") and read_directly(stop, "_data", "_result")
+    assert read_directly(asked, "_data")
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
         start.nothing  # noqa: B018
     assert asked.model_dump() == {"question": "?", "_data": {"extra": 1}}
@@ -173,3 +167,55 @@ def test_what_a_subclass_or_mixin_defines_under_a_private_name_is_found_first() 
 def test_on_the_class_a_private_name_is_still_its_declaration() -> None:
     assert BaseService._scopes.get_default() == {}
     assert _Custom._limit.get_default() == 3
+
+
+class _Mixin:
+    @property
+    def _http(self) -> str:
+        return "mixin client"
+
+
+class _GetattrOfItsOwn(_Custom):
+    def __getattr__(self, name: str) -> Any:
+        if name == "_limit":
+            return "its own answer"
+        return super().__getattr__(name)  # type: ignore[misc]
+
+
+def test_a_mixin_after_the_model_and_a_getattr_of_its_own_answer_as_before() -> None:
+    from workflows.events import StopEvent
+
+    class AfterTheModel(_Custom, _Mixin):
+        pass
+
+    class Summary:
+        @property
+        def _result(self) -> str:
+            return "from the mixin"
+
+    class Done(StopEvent, Summary):
+        pass
+
+    prepare_events()
+    assert AfterTheModel(service_name="m")._http == "mixin client"
+    assert AfterTheModel(service_name="m")._limit == 3
+    assert Done(result="stored")._result == "from the mixin"
+    assert _GetattrOfItsOwn(service_name="g")._limit == "its own answer"
+
+
+def test_event_classes_made_at_run_time_can_be_collected() -> None:
+    import gc
+    import weakref
+
+    from workflows.events import StopEvent
+
+    prepare_events()
+    made = []
+    for i in range(20):
+        cls = type(f"Made{i}", (StopEvent,), {"__module__": __name__})
+        event = cls(result=i)
+        assert (event._data, event._result) == ({}, i)
+        made.append(weakref.ref(cls))
+        cls = event = None  # type: ignore[assignment]
+    gc.collect()
+    assert sum(ref() is not None for ref in made) == 0

@@ -328,3 +328,56 @@ def test_text_output_is_the_tool_output_the_constructor_makes(text: str, is_erro
     assert (built.content, built.exception, str(built)) == (text, None, text)
     assert built.model_fields_set == expected.model_fields_set
     assert set(type(built).model_fields) == set(built.__dict__)  # no field of the class missed
+
+
+def tool_service_delivered(runtime: Runtime, service: ToolService) -> int:
+    return {s["consumer_id"]: s for s in runtime.bus.stats()}[service.publisher_id]["delivered"]
+
+
+async def test_a_call_in_this_process_needs_no_message_and_still_counts(monkeypatch) -> None:
+    """The in-memory bus hands a local tool service the ToolCall itself (`call_direct`): no
+    envelope is built or published, and the delivery still shows in the bus's stats."""
+    probe = Probe()
+    async with serving(probe) as (runtime, service, tools):
+        published: list[QueueMessage] = []
+        real_publish = runtime.bus.publish
+
+        async def recording(message: QueueMessage, timeout: float | None = -1.0) -> None:
+            published.append(message)
+            await real_publish(message, timeout)
+
+        monkeypatch.setattr(runtime.bus, "publish", recording)
+        before = tool_service_delivered(runtime, service)
+        outputs = [await tools["where"].acall(x=i) for i in range(3)]
+        assert published == []
+        assert tool_service_delivered(runtime, service) == before + 3
+        assert probe.tasks == [asyncio.current_task()] * 3
+        assert (await service.home())["num_outstanding_tool_calls"] == 0
+    assert [o.content for o in outputs] == ["0", "1", "2"]
+
+
+async def test_a_service_with_two_consumers_gets_messages_round_robin() -> None:
+    """Direct only for the one consumer of a type: with a second one, calls are messages again
+    and go round robin, as `publish` routes them."""
+    probe = Probe()
+    async with serving(probe) as (runtime, service, tools):
+        seen: list[QueueMessage] = []
+
+        async def second(message: QueueMessage) -> None:
+            seen.append(message)
+            await service.handle_message(message)
+
+        runtime.bus.register_consumer(Consumer(message_type="probe", handler=second, inline=True))
+        outputs = [await tools["where"].acall(x=i) for i in range(4)]
+    assert [o.content for o in outputs] == ["0", "1", "2", "3"]
+    assert len(seen) == 2 and all(m.action is ActionTypes.NEW_TOOL_CALL for m in seen)
+
+
+async def test_the_direct_way_in_declines_what_is_not_a_local_tool_call() -> None:
+    from gateway.bus import DECLINED
+    from gateway.messages import TaskDefinition
+
+    probe = Probe()
+    async with serving(probe) as (runtime, service, tools):
+        assert await runtime.bus.call_direct("probe", TaskDefinition(input="x")) is DECLINED
+        assert await runtime.bus.call_direct("nobody", TaskDefinition(input="x")) is DECLINED

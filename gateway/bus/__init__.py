@@ -16,6 +16,19 @@ from gateway.messages import QueueMessage, new_id
 
 Handler = Callable[[QueueMessage], Awaitable[Any]]
 ErrorHook = Callable[[QueueMessage, BaseException], Awaitable[None]]
+DirectHandler = Callable[[Any], Awaitable[Any]]
+
+
+class _Declined:
+    """What a consumer's `direct` way in returns for a payload it wants as a message instead."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DECLINED"
+
+
+DECLINED: Any = _Declined()
 
 
 class BusError(Exception):
@@ -56,3 +69,7 @@ class Consumer:
     handler: Handler
     id_: str = field(default_factory=new_id)
     inline: bool = False
+    # An inline consumer's second way in, for a publisher that waits for the answer anyway
+    # (`MessageBus.call_direct`): the payload object, with no envelope; it returns the answer,
+    # or DECLINED to be sent the payload as a message after all.
+    direct: DirectHandler | None = None

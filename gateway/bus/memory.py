@@ -19,7 +19,7 @@ import httpx
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from gateway.bus import BusFull, Consumer, ErrorHook, NoConsumer
+from gateway.bus import DECLINED, BusFull, Consumer, ErrorHook, NoConsumer
 from gateway.bus.http_remote import RemoteConsumer
 from gateway.contain import is_our_cancellation
 from gateway.messages import QueueMessage
@@ -142,6 +142,36 @@ class MessageBus:
             raise BusFull(message.type, retry_after=max(1.0, self.publish_timeout)) from None
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise NoConsumer(message.type) from None
+
+    async def call_direct(self, message_type: str, body: Any) -> Any:
+        """Hand `body` (a payload object) to the consumer of `message_type` and return its
+        answer, with no message around it, if that consumer is the only one, runs in this
+        process within the call (inline) and takes payloads as is (`Consumer.direct`, a tool
+        service); else DECLINED, and the caller publishes a message as usual.
+
+        For a caller that waits for the answer anyway: the envelope's ids, times and routing
+        are work nobody would read (the publish and delivery times are only ever written).
+        The delivery counts in `stats()` as one. With tracing on, calls go as messages: the
+        envelope is what carries the trace context.
+        """
+        if self.tracing is not None:
+            return DECLINED
+        peers = self._by_type.get(message_type)
+        if peers is None or len(peers) != 1:
+            return DECLINED
+        registration = peers[0]
+        direct = registration.consumer.direct
+        if direct is None or not registration.consumer.inline:
+            return DECLINED
+        try:
+            answer = await direct(body)
+        except BaseException as exc:  # it answers everything itself: this is a bug of ours
+            if not is_our_cancellation(exc):
+                registration.failed += 1
+            raise
+        if answer is not DECLINED:
+            registration.delivered += 1
+        return answer
 
     # -- observability ---------------------------------------------------------------------
     def stats(self) -> list[dict[str, Any]]:

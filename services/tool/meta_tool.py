@@ -27,7 +27,7 @@ from llama_index.core.base.llms.types import TextBlock
 from llama_index.core.tools import AsyncBaseTool, ToolMetadata, ToolOutput
 from pydantic import BaseModel, Field
 
-from gateway.bus import BusError, Consumer
+from gateway.bus import DECLINED, BusError, Consumer
 from gateway.bus.memory import MessageBus
 from gateway.messages import (
     ActionTypes,
@@ -146,21 +146,13 @@ class ReplyInbox:
             raise ValueError(f"tool call {call_id!r} is already in flight")
         pending = self._pending[call_id] = _Pending()
         entry = None  # the deadline's, in self._deadlines
+        bus = self.bus
         try:
-            message = QueueMessage.carrying(
-                body,
-                answer_in_delivery=True,
-                publisher_id=self.id_,
-                type=service_name,
-                action=ActionTypes.NEW_TOOL_CALL,
-            )
-            if self.bus.tracing is not None:  # here, whatever transport carries it
-                message.trace = self.bus.tracing.carrier()
-            # The publish is inside the timeout: a local tool service may run the call in it,
-            # and then hands the answer back on the message. The deadline is an entry in one
-            # shared loop timer's heap (gateway.wakeups), not a timer per call: a
-            # scope's own deadline costs a timer armed and cancelled per call, more than the
-            # rest of the scope. (asyncio only; on another backend the scope keeps it.)
+            # The call is inside the timeout: a local tool service may run it right there and
+            # answer before it returns. The deadline is an entry in one shared loop timer's
+            # heap (gateway.wakeups), not a timer per call: a scope's own deadline costs a
+            # timer armed and cancelled per call, more than the rest of the scope. (asyncio
+            # only; on another backend the scope keeps it.)
             with anyio.CancelScope() as scope:
                 if timeout is not None:
                     loop = asyncio_loop()
@@ -169,8 +161,11 @@ class ReplyInbox:
                     else:
                         pending.scope = scope
                         entry = self._deadlines.add(loop, loop.time() + timeout, pending)
-                await self.bus.publish(message)
-                answer = message.answered()  # a Reply, from a tool service (see Reply)
+                # A tool service in this process takes the call as is (no message); anyone
+                # else gets a message, and may hand the answer back on it (see Reply).
+                answer = await bus.call_direct(service_name, body)
+                if answer is DECLINED:
+                    answer = await self._publish(bus, service_name, body)
                 if answer is not None:
                     pending.reply = answer
                 elif pending.reply is None:
@@ -192,6 +187,20 @@ class ReplyInbox:
             )
             return _error_output(tool_name, raw_input, text)
         return text_output(tool_name, raw_input, reply.result, reply.is_error)
+
+    async def _publish(self, bus: MessageBus, service_name: str, body: BaseModel) -> Any:
+        """NEW_TOOL_CALL as a message; the answer if the receiver handed one back on it."""
+        message = QueueMessage.carrying(
+            body,
+            answer_in_delivery=True,
+            publisher_id=self.id_,
+            type=service_name,
+            action=ActionTypes.NEW_TOOL_CALL,
+        )
+        if bus.tracing is not None:  # here, whatever transport carries it
+            message.trace = bus.tracing.carrier()
+        await bus.publish(message)
+        return message.answered()
 
 
 def checked_timeout(timeout: float | None) -> float | None:

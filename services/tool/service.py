@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from gateway.bus import BusError, Consumer
+from gateway.bus import DECLINED, BusError, Consumer
 from gateway.bus.memory import MessageBus
 from gateway.contain import describe, enter_user_code, is_our_cancellation, user_code
 from gateway.jsonable import to_jsonable
@@ -93,6 +93,27 @@ class _Calls:
     threaded: frozenset[str] = frozenset()
     # trace context of calls waiting for a worker (only filled when tracing is on)
     traces: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+class _AnswerHere:
+    """Where a call taken as is (`ToolService._take_directly`) leaves its answer: the part of a
+    delivered message that its receiver answers on (`wants_answer_here`, `answer_here`)."""
+
+    __slots__ = ("answer",)
+    trace = None  # calls go as messages when tracing is on (MessageBus.call_direct)
+
+    def __init__(self) -> None:
+        self.answer: Reply | None = None
+
+    def wants_answer_here(self) -> bool:
+        return True
+
+    def answer_here(self, answer: Reply) -> None:
+        self.answer = answer
+
+
+# Where a call handed over in this process is answered: the message it came in, or that part of one.
+AnswerPlace = QueueMessage | _AnswerHere
 
 
 # -- HTTP models ----------------------------------------------------------------------------------
@@ -352,7 +373,23 @@ class ToolService(BaseService):
         if not remote:
             consumer.inline = True
             consumer.handler = self._deliver
+            consumer.direct = self._take_directly
         return consumer
+
+    async def _take_directly(self, body: Any) -> Any:
+        """The bus's envelope-free way in (`MessageBus.call_direct`): a ToolCall from this
+        process runs as `_deliver` runs one handed over on a message, and its answer (a Reply)
+        is returned; anything `_deliver` would hand to `handle_message` is DECLINED."""
+        calls = self._calls
+        if (
+            not isinstance(body, ToolCall)
+            or not calls.inline
+            or body.tool_call_bundle.tool_name in calls.threaded
+        ):
+            return DECLINED
+        here = _AnswerHere()
+        await self._run_in_delivery(body, here)
+        return here.answer
 
     async def _deliver(self, message: QueueMessage) -> None:
         """The bus's way in: a call handed over in this process runs at once, in the caller's
@@ -420,7 +457,7 @@ class ToolService(BaseService):
         calls.outstanding[tool_call.id_] = tool_call
         await calls.pool.submit(tool_call)
 
-    async def _run_in_delivery(self, tool_call: ToolCall, delivery: QueueMessage) -> None:
+    async def _run_in_delivery(self, tool_call: ToolCall, delivery: AnswerPlace) -> None:
         """Run a call handed over in this process right here, in its caller's task, in the
         trace context the message carries.
 
@@ -453,7 +490,7 @@ class ToolService(BaseService):
         self,
         tool_call: ToolCall,
         carrier: dict[str, str] | None,
-        delivery: QueueMessage | None = None,
+        delivery: AnswerPlace | None = None,
     ) -> None:
         if carrier is None:
             await self._run_call_in(tool_call, delivery)
@@ -466,7 +503,7 @@ class ToolService(BaseService):
                 tracing.mark_error(span, error)
 
     async def _run_call_in(
-        self, tool_call: ToolCall, delivery: QueueMessage | None = None
+        self, tool_call: ToolCall, delivery: AnswerPlace | None = None
     ) -> str | None:
         """Run one call and answer it (on `delivery`, the message it came in, when its caller
         reads the answer there); returns the answer if it is an error."""
@@ -499,7 +536,7 @@ class ToolService(BaseService):
         tool_call: ToolCall,
         text: str,
         is_error: bool,
-        delivery: QueueMessage | None = None,
+        delivery: AnswerPlace | None = None,
     ) -> None:
         """COMPLETED_TOOL_CALL to the caller (and kept, for calls started over HTTP); handed
         back on `delivery` when the caller runs this call within its publish and reads the

@@ -173,3 +173,44 @@ def test_an_unexpected_argument_is_still_named() -> None:
         check([], {"s": "x", "i": 1, "f": 1.0, "zzz": 1})
     with pytest.raises(BadArguments, match="i: Input should be a valid integer"):
         check([], {"s": "x", "i": "no", "f": 1.0})
+
+
+async def _measure(lengths, scale=None, notes=()):  # type: ignore[no-untyped-def]
+    """Sum lengths."""
+    return sum(lengths) * len(scale or {1: 1})
+
+
+# As objects, not strings (this module's annotations are strings): llama-index reads them.
+_measure.__annotations__ = {
+    "lengths": list[Annotated[float, {"unit": "cm"}]],
+    "scale": dict[str, Annotated[int, {"unit": "x"}]] | None,
+    "notes": tuple[Annotated[str, ["doc"]], ...],
+    "return": float,
+}
+
+
+def test_a_field_type_that_cannot_be_hashed_is_left_to_pydantic() -> None:
+    """`Annotated` with a dict or list note, inside another type, cannot be hashed (found by
+    review: the service could not even be made)."""
+    from services.tool.service import ToolService
+
+    tool = FunctionTool.from_defaults(async_fn=_measure)
+    ToolService(service_name="m", tools=[tool])  # no TypeError
+    check = ArgumentCheck(tool)
+    check([], {"lengths": [1.0, 2]})
+    with pytest.raises(BadArguments, match="lengths"):
+        check([], {"lengths": "no"})
+
+
+def test_a_schema_rebuilt_since_is_checked_by_pydantic(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Later(BaseModel):
+        i: int
+
+    check = ArgumentCheck(tool_with(Later))
+
+    class Refusing(BaseModel):
+        i: Annotated[int, Field(gt=100)]
+
+    monkeypatch.setattr(Later, "__pydantic_validator__", Refusing.__pydantic_validator__)
+    with pytest.raises(BadArguments, match="greater than 100"):
+        check([], {"i": 1})

@@ -381,3 +381,24 @@ async def test_the_direct_way_in_declines_what_is_not_a_local_tool_call() -> Non
     async with serving(probe) as (runtime, service, tools):
         assert await runtime.bus.call_direct("probe", TaskDefinition(input="x")) is DECLINED
         assert await runtime.bus.call_direct("nobody", TaskDefinition(input="x")) is DECLINED
+
+
+async def test_a_direct_way_in_that_fails_is_logged_counted_and_left_unanswered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """As a failed delivery of a message: the caller hears nothing and times out."""
+    probe = Probe()
+    async with serving(probe, timeout=0.3) as (runtime, service, tools):
+        registration = runtime.bus._by_id[service.publisher_id]
+
+        async def broken(body: Any) -> Any:
+            raise RuntimeError("bug")
+
+        registration.consumer.direct = broken
+        failed = registration.failed
+        with anyio.fail_after(5):
+            output = await tools["where"].acall(x=1)
+        assert registration.failed == failed + 1
+        assert ReplyInbox.for_bus(runtime.bus).outstanding == 0
+    assert output.is_error and "timed out after 0.3s" in output.content
+    assert "failed on a call handed over as is" in caplog.text

@@ -152,7 +152,8 @@ class MessageBus:
         For a caller that waits for the answer anyway: the envelope's ids, times and routing
         are work nobody would read (the publish and delivery times are only ever written).
         The delivery counts in `stats()` as one. With tracing on, calls go as messages: the
-        envelope is what carries the trace context.
+        envelope is what carries the trace context. None: the consumer failed (logged), no
+        answer will come.
         """
         if self.tracing is not None:
             return DECLINED
@@ -165,10 +166,16 @@ class MessageBus:
             return DECLINED
         try:
             answer = await direct(body)
-        except BaseException as exc:  # it answers everything itself: this is a bug of ours
-            if not is_our_cancellation(exc):
-                registration.failed += 1
-            raise
+        except BaseException as exc:
+            # It answers everything itself, so this is a bug of ours; as a failed delivery of
+            # a message (`_handle`), it is logged and counted, and the caller gets no answer.
+            if is_our_cancellation(exc):
+                raise
+            registration.failed += 1
+            logger.exception(
+                "consumer %s failed on a call handed over as is", registration.consumer.id_
+            )
+            return None
         if answer is not DECLINED:
             registration.delivered += 1
         return answer

@@ -85,20 +85,14 @@ class ToolInfo(BaseModel):
         )
 
 
-# Field types a value can be checked against without pydantic: for each, the exact classes that
-# pydantic's default (lax) mode takes for it as they are. A float field takes an int too, but
-# only one a float holds exactly (pydantic refuses an int too large for a float).
-_FLOAT_TAKES = (float, int)
-_PLAIN_TYPES: dict[Any, tuple[type, ...]] = {
-    str: (str,),
-    int: (int,),
-    bool: (bool,),
-    float: _FLOAT_TAKES,
-}
+# Field types a value can be checked against without pydantic: the exact class, which pydantic's
+# default (lax) mode takes as it is. A float field takes an int too, but only one a float holds
+# exactly (pydantic refuses an int too large for a float).
+_PLAIN_TYPES = frozenset({str, int, bool, float})
 _EXACT_INT = 2**53
 # model_config keys that change nothing a plain field's check decides (`extra` is checked first)
 _NEUTRAL_CONFIG = frozenset({"extra", "title", "json_schema_extra"})
-PlainFields = tuple[dict[str, tuple[type, ...]], frozenset[str]]
+PlainFields = tuple[dict[str, type], frozenset[str]]
 
 
 def _own(cls: type, name: str) -> bool:
@@ -109,11 +103,11 @@ def _own(cls: type, name: str) -> bool:
 
 
 def plain_fields(schema: type[BaseModel]) -> PlainFields | None:
-    """(accepted classes per field, required names) when every field of `schema` is a bare
+    """(class per field, required names) when every field of `schema` is a bare
     str, int, float or bool with nothing else said about it: no constraint, alias, validator,
     default to compute or setting that could refuse a value of those classes, and no way of
     validating of the schema's own. Else None: pydantic decides."""
-    if not _NEUTRAL_CONFIG.issuperset(schema.model_config):
+    if not schema.__pydantic_complete__ or not _NEUTRAL_CONFIG.issuperset(schema.model_config):
         return None
     decorators = schema.__pydantic_decorators__
     if (
@@ -127,11 +121,12 @@ def plain_fields(schema: type[BaseModel]) -> PlainFields | None:
         or _own(schema, "__get_pydantic_core_schema__")
     ):
         return None
-    accepted: dict[str, tuple[type, ...]] = {}
+    accepted: dict[str, type] = {}
     for name, info in schema.model_fields.items():
-        classes = _PLAIN_TYPES.get(info.annotation)
+        annotation = info.annotation  # not always hashable: list[Annotated[int, {...}]]
         if (
-            classes is None
+            type(annotation) is not type
+            or annotation not in _PLAIN_TYPES
             or info.metadata
             or info.alias
             or info.validation_alias
@@ -139,7 +134,7 @@ def plain_fields(schema: type[BaseModel]) -> PlainFields | None:
             or info.default_factory is not None
         ):
             return None
-        accepted[name] = classes
+        accepted[name] = annotation
     required = frozenset(n for n, info in schema.model_fields.items() if info.is_required())
     return accepted, required
 
@@ -148,7 +143,7 @@ class ArgumentCheck:
     """A tool's argument check, prepared once per tool: what a call re-read from the schema
     every time (its fields, whether it takes extras) does not change."""
 
-    __slots__ = ("_name", "_schema", "_names", "_plain", "_required")
+    __slots__ = ("_name", "_schema", "_names", "_plain", "_required", "_validator")
 
     def __init__(self, tool: AsyncBaseTool) -> None:
         schema = tool.metadata.fn_schema
@@ -158,6 +153,8 @@ class ArgumentCheck:
         self._names = None if schema is None or extra else frozenset(schema.model_fields)
         plain = None if self._names is None else plain_fields(schema)  # type: ignore[arg-type]
         self._plain, self._required = plain if plain is not None else (None, frozenset())
+        # what the fields were read from: a schema rebuilt since is left to pydantic
+        self._validator = getattr(schema, "__pydantic_validator__", None)
 
     def __call__(self, args: list[Any], kwargs: dict[str, Any]) -> None:
         """Refuse arguments the tool's schema rejects, with a message naming each problem."""
@@ -167,7 +164,11 @@ class ArgumentCheck:
         if self._names is not None and not self._names.issuperset(kwargs):
             unexpected = ", ".join(sorted(set(kwargs) - self._names))
             raise BadArguments(f"tool {self._name!r} got unexpected argument(s): {unexpected}")
-        if self._plain is not None and self._plainly_valid(kwargs):
+        if (
+            self._plain is not None
+            and schema.__pydantic_validator__ is self._validator
+            and self._plainly_valid(kwargs)
+        ):
             return  # what pydantic would take as it is: no model made to say so
         try:
             schema.model_validate(kwargs)
@@ -176,16 +177,17 @@ class ArgumentCheck:
             raise BadArguments(f"bad arguments for tool {self._name!r}: {problems}") from None
 
     def _plainly_valid(self, kwargs: dict[str, Any]) -> bool:
-        """Every required argument given, each of a class its field takes as is (`plain_fields`).
-        False means only "ask pydantic", which also words the errors."""
+        """Every required argument given, each of the class of its field (`plain_fields`), or
+        an int a float field holds exactly. False means only "ask pydantic", which also words
+        the errors."""
         if not self._required.issubset(kwargs):
             return False
         plain = self._plain
         assert plain is not None
         for name, value in kwargs.items():
-            cls, takes = type(value), plain[name]
-            if cls not in takes:
-                return False
-            if cls is int and takes is _FLOAT_TAKES and not -_EXACT_INT <= value <= _EXACT_INT:
+            cls = type(value)
+            if cls is not plain[name] and (
+                cls is not int or plain[name] is not float or not -_EXACT_INT <= value <= _EXACT_INT
+            ):
                 return False
         return True

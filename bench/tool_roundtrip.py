@@ -1,10 +1,12 @@
 """Tool calls: over the bus against a direct call, and over HTTP against a bare endpoint.
 
-(a) In process: `MetaServiceTool.acall` (NEW_TOOL_CALL over the bus -> ToolService -> the tool
-    -> COMPLETED_TOOL_CALL back) against `tool.acall` on the same tool, interleaved rounds of
-    sequential calls, best round of each; the difference is what the bus path adds per call.
-    Measured in CPU time of the process (all its threads): the machine is shared, and wall-clock
-    time also counts whatever ran instead of us, often more than the few µs in question.
+(a) In process: `MetaServiceTool.acall` (over the bus -> ToolService -> the tool -> the answer
+    back) against `tool.acall` on the same tool. Measured in CPU time of the process (all its
+    threads): the machine is shared, and wall-clock time also counts whatever ran instead of us,
+    often more than the few µs in question. Even CPU time drifts by tens of percent over seconds
+    on a shared VM, so the two are measured in pairs of short batches, one right after the
+    other (which goes first alternates), and each figure is the median over the pairs: the
+    added cost is the median of the pairs' differences, so a slow spell hits both sides alike.
     Once with an async tool, once with the demo's synchronous `add` (which llama-index runs in a
     worker thread). For reference, the bare bus round trip (publish -> consumer -> publish back
     -> Event), which every bus hop pays whatever the service does.
@@ -19,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -42,8 +45,8 @@ from bench.common import (
     wrk_path,
 )
 
-CALLS = 1200  # sequential calls per round, in process
-ROUNDS = 5
+BATCH = 100  # sequential calls per batch, in process
+PAIRS = 61  # batches of each side, measured in pairs
 # (concurrency, warm-up requests, measured requests)
 HTTP_PLAN = [(1, 100, 600), (32, 150, 1000)]
 PAYLOAD = {"tool": "add", "kwargs": {"a": 2, "b": 3}}
@@ -61,6 +64,24 @@ async def _per_call(call: Any, calls: int) -> float:
     for i in range(calls):
         await call(a=i, b=1)
     return (time.process_time() - started) / calls * 1e6
+
+
+async def _paired(first: Any, second: Any) -> tuple[float, float, float]:
+    """Medians over PAIRS of (µs per call of `first`, of `second`, second minus first)."""
+    await _per_call(first, BATCH * 3)  # warm-up
+    await _per_call(second, BATCH * 3)
+    a_runs, b_runs, diffs = [], [], []
+    for i in range(PAIRS):
+        if i % 2:
+            b = await _per_call(second, BATCH)
+            a = await _per_call(first, BATCH)
+        else:
+            a = await _per_call(first, BATCH)
+            b = await _per_call(second, BATCH)
+        a_runs.append(a)
+        b_runs.append(b)
+        diffs.append(b - a)
+    return statistics.median(a_runs), statistics.median(b_runs), statistics.median(diffs)
 
 
 async def _bare_bus_round_trip(calls: int) -> float:
@@ -103,9 +124,9 @@ async def _bare_bus_round_trip(calls: int) -> float:
             del waiting[call_id]
 
         await _per_call(one, calls // 4)
-        best = min([await _per_call(one, calls) for _ in range(ROUNDS)])
+        runs = [await _per_call(one, BATCH) for _ in range(calls // BATCH)]
         tg.cancel_scope.cancel()
-    return best
+    return statistics.median(runs)
 
 
 async def _in_process() -> list[Row]:
@@ -128,20 +149,13 @@ async def _in_process() -> list[Row]:
             t.metadata.name: t for t in MetaServiceTool.from_tool_service(service, runtime.bus)
         }
         for label, tool in tools.items():
-            meta = remote[tool.metadata.name]
-            await _per_call(tool.acall, CALLS // 4)
-            await _per_call(meta.acall, CALLS // 4)
-            direct, over_bus = [], []
-            for _ in range(ROUNDS):
-                direct.append(await _per_call(tool.acall, CALLS))
-                over_bus.append(await _per_call(meta.acall, CALLS))
-            d, b = min(direct), min(over_bus)
+            d, b, added = await _paired(tool.acall, remote[tool.metadata.name].acall)
             rows += [
                 Row(f"bus: direct tool.acall, {label}", d, None, "µs CPU/call", "", False),
                 Row(f"bus: MetaServiceTool round trip, {label}", b, d, "µs CPU/call", "", False),
-                Row(f"bus: added per call, {label}", b - d, None, "µs CPU/call", "< 30 µs", False),
+                Row(f"bus: added per call, {label}", added, None, "µs CPU/call", "< 30 µs", False),
             ]
-    floor = await _bare_bus_round_trip(CALLS)
+    floor = await _bare_bus_round_trip(BATCH * PAIRS)
     rows.append(
         Row("bus: bare publish/consume/reply (reference)", floor, None, "µs CPU/call", "", False)
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -67,6 +68,13 @@ def agw(server, *args: str, **env: str) -> Result:
     return CliRunner().invoke(cli, list(args), env=env, prog_name="agent-gateway")
 
 
+def _as_at_a_terminal() -> None:
+    """Ctrl-C must work as at a terminal even when the suite runs where SIGINT is ignored (a
+    shell's background job): an ignored SIGINT is inherited, and Python then never raises
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def terminal(server, *args: str) -> pexpect.spawn:
     """The command in a pseudo-terminal, as typed by a person."""
     return pexpect.spawn(
@@ -77,6 +85,7 @@ def terminal(server, *args: str) -> pexpect.spawn:
         encoding="utf-8",
         timeout=20,
         dimensions=(40, 160),
+        preexec_fn=_as_at_a_terminal,
     )
 
 

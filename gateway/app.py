@@ -45,6 +45,7 @@ from gateway.web.errors import EXCEPTION_HANDLERS, error_response
 from gateway.web.middleware import Cors, Gate, GatewayApp, LastResort
 from gateway.web.openapi import build_openapi
 from gateway.web.route_index import indexed_mount
+from gateway.web.server_stop import ending_streams_on_stop
 from gateway.web.ui import ui_routes
 from services.base import BaseService
 from services.workflow import WorkflowService
@@ -312,7 +313,7 @@ async def _lifespan(runtime: Runtime, app: Starlette) -> AsyncIterator[None]:
     async with runtime.running():
         served = getattr(app.state, "served", False)
         young = app.state.config.gc_young_threshold  # create_app sets the config
-        with served_collector(young) if served else nullcontext():
+        with served_collector(young) if served else nullcontext(), ending_streams_on_stop():
             # Starlette merges whatever a lifespan yields into the request state: yield nothing.
             yield
 

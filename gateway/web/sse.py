@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import StreamingResponse
 
 from gateway.web.errors import ApiError
+from gateway.web.server_stop import EndableStream
 
 LAST_EVENT_ID = "last-event-id"
 
@@ -33,8 +33,9 @@ def resume_after(request: Request, after: int | None = None) -> int:
     return cursor
 
 
-def sse_response(subscription: Any) -> StreamingResponse:
-    """A streaming response writing each held or live event of `subscription` as one frame."""
+def sse_response(subscription: Any) -> EndableStream:
+    """A streaming response writing each held or live event of `subscription` as one frame;
+    ended by a stopping server (gateway.web.server_stop)."""
 
     async def stream():
         try:
@@ -43,7 +44,7 @@ def sse_response(subscription: Any) -> StreamingResponse:
         finally:
             subscription.close()
 
-    return StreamingResponse(
+    return EndableStream(
         stream(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -1,5 +1,6 @@
-"""A stopping gateway ends its event streams at once (gateway.web.server_stop): an open console
-tab or `run --follow` used to hold SIGTERM for `shutdown_grace` + 5 s, then a traceback."""
+"""A stopping gateway ends its event feed streams at once (gateway.web.server_stop): an open
+console tab used to hold SIGTERM for `shutdown_grace` + 5 s, then a traceback. A task's stream
+still ends with the task's result."""
 
 from __future__ import annotations
 
@@ -79,6 +80,38 @@ def test_sigterm_ends_open_streams_and_the_server_exits_at_once(tmp_path: Path) 
     assert any(done["task_id"] in line for line in readers[1].lines)
 
 
+def test_a_task_stream_open_at_sigterm_still_gets_its_result(tmp_path: Path) -> None:
+    """Found by review: ending every stream cut a running task's reader off before its result,
+    which the server went on to produce (and the web console and llama-agents clients took the
+    clean end as the end)."""
+    config = {
+        "shutdown_grace": GRACE,
+        "services": {"nap": {"type": "workflow", "source": "tests.fixtures_faults:nap"}},
+    }
+    with running_server(config, tmp_path) as server:
+        task = httpx.post(
+            f"{server.base_url}/control_plane/tasks",
+            json={"service": "nap", "input": {"seconds": 2.0}},
+        ).json()
+        follower = Reader(f"{server.base_url}/control_plane/tasks/{task['task_id']}/events")
+        feed = Reader(f"{server.base_url}/control_plane/events")
+        for reader in (follower, feed):
+            reader.start()
+            assert reader.opened.wait(10)
+        time.sleep(0.3)
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        feed.join(10)
+        feed_took = time.monotonic() - started
+        code = server.process.wait(timeout=GRACE)
+        follower.join(10)
+        log = server.log()
+    assert code in (0, -signal.SIGTERM) and "timeout graceful shutdown exceeded" not in log, log
+    assert feed.error is None and feed.ended_cleanly and feed_took < 1.5
+    assert follower.error is None and follower.ended_cleanly
+    assert "event: result" in follower.lines and any('"completed"' in x for x in follower.lines)
+
+
 def _http_scope() -> dict[str, Any]:
     return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "headers": []}
 
@@ -140,3 +173,35 @@ async def test_outside_uvicorn_the_signal_handlers_are_left_alone() -> None:
     with ending_streams_on_stop():
         assert {sig: signal.getsignal(sig) for sig in server_stop.STOP_SIGNALS} == before
     assert not server_stop.OPEN_STREAMS.stopping
+
+
+async def test_under_uvicorn_the_handler_is_chained_then_restored_and_a_stale_stop_cleared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvicorn
+
+    class Embedded(uvicorn.Server):  # a subclass, as embedding code often has
+        pass
+
+    streams = server_stop._OpenStreams()
+    streams.stopping = True  # left by a server force-quit before its shutdown (found by review)
+    monkeypatch.setattr(server_stop, "OPEN_STREAMS", streams)
+    server = Embedded(uvicorn.Config(app=None))
+    original = {sig: signal.getsignal(sig) for sig in server_stop.STOP_SIGNALS}
+    try:
+        for sig in server_stop.STOP_SIGNALS:
+            signal.signal(sig, server.handle_exit)
+        with ending_streams_on_stop():
+            assert not streams.stopping
+            chained = signal.getsignal(signal.SIGTERM)
+            assert chained != server.handle_exit
+            chained(signal.SIGTERM, None)  # as the signal would
+            assert server.should_exit
+            await anyio.sleep(0)  # end_all runs in the loop
+            await anyio.sleep(0)
+            assert streams.stopping
+        assert signal.getsignal(signal.SIGTERM) == server.handle_exit
+        assert not streams.stopping
+    finally:
+        for sig, handler in original.items():
+            signal.signal(sig, handler)

@@ -282,7 +282,7 @@ def routes(cp: ControlPlane) -> list[BaseRoute]:
             def keep(raw: str) -> bool:
                 return json.loads(raw).get("data", {}).get("service") == needle
 
-        return sse_response(await cp.open_feed(after, keep))
+        return sse_response(await cp.open_feed(after, keep), endless=True)
 
     async def send_task_event(request: Request, body: EventSend) -> Response:
         """Send an event into a running workflow (validated against its event types)."""

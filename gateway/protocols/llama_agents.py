@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 from workflows.events import StartEvent
 from workflows.representation import get_workflow_representation
@@ -29,7 +29,6 @@ from gateway.messages import ID_PATTERN, TaskDefinition, TaskEvent, TaskStatus
 from gateway.protocols import envelopes
 from gateway.web.errors import ApiError
 from gateway.web.routing import api_route
-from gateway.web.server_stop import EndableStream
 from services.workflow import WorkflowService
 
 TAG = "llama-agents protocol"
@@ -382,7 +381,7 @@ class LlamaAgentsProtocol:
                 item = await anext(frames, None)
 
         media = "text/event-stream" if query.sse else "application/x-ndjson"
-        return EndableStream(  # a stopping server ends it (gateway.web.server_stop)
+        return StreamingResponse(
             body(),
             media_type=media,
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -1,13 +1,17 @@
-"""Event streams end when the server begins to stop.
+"""The endless event stream (the event feed) ends when the server begins to stop.
 
-An event stream (SSE, NDJSON) is a response that never ends by itself, and uvicorn waits for
-every response to end before it runs the app's shutdown; so one open console tab or
-`agent-gateway run --follow` held a stopping gateway for its whole `timeout_graceful_shutdown`
-(`shutdown_grace` + 5 s) and then got a traceback in the log. uvicorn tells the app nothing
-before then, so the app adds itself to the signal handler uvicorn installs for SIGINT and SIGTERM
-(`ending_streams_on_stop`, for the app's lifespan): on the signal, uvicorn's handler runs as
-before and every open stream is ended the normal way (`EndableStream`). Clients resume with
-`Last-Event-ID` once the gateway is back, as after any disconnect.
+uvicorn waits for every response to end before it runs the app's shutdown, and the feed
+(`GET /control_plane/events`: the web console, `agent-gateway human inbox`) never ends by
+itself; so one open console tab held a stopping gateway for its whole
+`timeout_graceful_shutdown` (`shutdown_grace` + 5 s), then a traceback in the log. uvicorn
+tells the app nothing before then, so the app adds itself to the signal handler uvicorn installs
+for SIGINT and SIGTERM (`ending_streams_on_stop`, for the app's lifespan): on the signal,
+uvicorn's handler runs as before and every open feed stream is ended the normal way
+(`EndableStream`); its readers resume with `Last-Event-ID` once the gateway is back.
+
+A task's event stream is not ended: it ends with the task's result, and the task goes on
+running (drained within `shutdown_grace` once uvicorn starts the app's shutdown), so a reader
+cut off before the result would miss it.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class _OpenStreams:
-    """The streams being written in this process (signals are per process)."""
+    """The endless streams being written in this process (signals are per process)."""
 
     def __init__(self) -> None:
         self.scopes: set[anyio.CancelScope] = set()
@@ -76,14 +80,16 @@ class EndableStream(StreamingResponse):
 
 
 def _is_uvicorns(handler: Any) -> bool:
-    owner = getattr(handler, "__self__", None)
-    return type(owner).__module__.startswith("uvicorn.") and hasattr(owner, "should_exit")
+    """Is `handler` the signal handler of a uvicorn server (or of a subclass of one)?"""
+    import uvicorn
+
+    return isinstance(getattr(handler, "__self__", None), uvicorn.Server)
 
 
 @contextmanager
 def ending_streams_on_stop() -> Iterator[None]:
     """For the app's lifespan under uvicorn: on SIGINT or SIGTERM, after uvicorn's own handler,
-    end every open stream (and any opened later). Anywhere else (another server, a test
+    end every open endless stream (and any opened later). Anywhere else (another server, a test
     client, a thread other than the main one) this does nothing."""
     try:
         loop = asyncio.get_running_loop()
@@ -97,6 +103,8 @@ def ending_streams_on_stop() -> Iterator[None]:
     if not all(_is_uvicorns(handler) for handler in previous.values()):
         yield
         return
+
+    OPEN_STREAMS.stopping = False  # a server force-quit before its shutdown may have left it
 
     def handler(sig: int, frame: Any) -> None:
         previous[sig](sig, frame)  # type: ignore[operator]

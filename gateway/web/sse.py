@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
+from starlette.responses import StreamingResponse
 
 from gateway.web.errors import ApiError
 from gateway.web.server_stop import EndableStream
@@ -33,9 +34,12 @@ def resume_after(request: Request, after: int | None = None) -> int:
     return cursor
 
 
-def sse_response(subscription: Any) -> EndableStream:
-    """A streaming response writing each held or live event of `subscription` as one frame;
-    ended by a stopping server (gateway.web.server_stop)."""
+def sse_response(subscription: Any, *, endless: bool = False) -> StreamingResponse:
+    """A streaming response writing each held or live event of `subscription` as one frame.
+
+    `endless` (the event feed): ended at once by a stopping server (gateway.web.server_stop).
+    A task's stream is not: it ends with the task's result, which its reader must not miss.
+    """
 
     async def stream():
         try:
@@ -44,7 +48,8 @@ def sse_response(subscription: Any) -> EndableStream:
         finally:
             subscription.close()
 
-    return EndableStream(
+    response_class = EndableStream if endless else StreamingResponse
+    return response_class(
         stream(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

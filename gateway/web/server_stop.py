@@ -17,7 +17,6 @@ cut off before the result would miss it.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -27,8 +26,6 @@ from typing import Any
 import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
-
-logger = logging.getLogger("gateway.web")
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 

@@ -380,12 +380,7 @@ class ToolService(BaseService):
         """The bus's envelope-free way in (`MessageBus.call_direct`): a ToolCall from this
         process runs as `_deliver` runs one handed over on a message, and its answer (a Reply)
         is returned; anything `_deliver` would hand to `handle_message` is DECLINED."""
-        calls = self._calls
-        if (
-            not isinstance(body, ToolCall)
-            or not calls.inline
-            or body.tool_call_bundle.tool_name in calls.threaded
-        ):
+        if not isinstance(body, ToolCall) or not self._runs_in_caller(body):
             return DECLINED
         here = _AnswerHere()
         await self._run_in_delivery(body, here)
@@ -400,18 +395,23 @@ class ToolService(BaseService):
         called from anywhere (`/process_message`, a transport's loop), so it queues for the pool.
         """
         tool_call = message.carried(ToolCall)
-        calls = self._calls
         if (
             tool_call is None
             or message.action is not ActionTypes.NEW_TOOL_CALL
-            or not calls.inline
-            or tool_call.tool_call_bundle.tool_name in calls.threaded
+            or not self._runs_in_caller(tool_call)
         ):
             await self.handle_message(message)
             return
         if not tool_call.source_id:
             tool_call.source_id = message.publisher_id
         await self._run_in_delivery(tool_call, message)
+
+    def _runs_in_caller(self, tool_call: ToolCall) -> bool:
+        """May this call, handed over in this process, run in its caller's task? Not if our
+        consumer is not called within the publish, nor for a tool anyio runs in a thread it
+        cannot abandon (`threaded`: it stays with the pool, see `_run_in_delivery`)."""
+        calls = self._calls
+        return calls.inline and tool_call.tool_call_bundle.tool_name not in calls.threaded
 
     async def register_to_message_queue(self) -> Consumer:
         consumer = await super().register_to_message_queue()

@@ -8,8 +8,11 @@
     other (which goes first alternates), and each figure is the median over the pairs: the
     added cost is the median of the pairs' differences, so a slow spell hits both sides alike.
     Once with an async tool, once with the demo's synchronous `add` (which llama-index runs in a
-    worker thread). For reference, the bare bus round trip (publish -> consumer -> publish back
-    -> Event), which every bus hop pays whatever the service does.
+    worker thread). Next to a thread the same Python costs more CPU (on these 2-core VMs about
+    twice: the reference rows time one fixed bit of code after each tool), so the sync tool's
+    added figure is the async tool's bus code, only dearer. For reference, the bare bus round
+    trip (publish -> consumer -> publish back -> Event), which every bus hop pays whatever the
+    service does.
 (b) Over HTTP: `POST /services/calc/run` on the gateway against a bare Starlette endpoint calling
     the same tool, both under uvicorn in their own subprocess on free loopback ports, driven by
     the same load generator (wrk when installed, else httpx) at concurrency 1 and 32.
@@ -84,6 +87,21 @@ async def _paired(first: Any, second: Any) -> tuple[float, float, float]:
     return statistics.median(a_runs), statistics.median(b_runs), statistics.median(diffs)
 
 
+def _then_fixed_work(call: Any) -> Any:
+    """`call`, then the same few µs of Python on the event loop's thread every time (empty
+    anyio cancel scopes, as a call over the bus enters one): how much that costs next to the
+    tool shows what the tool's way of running does to the cost of any code around it."""
+
+    async def run(**kwargs: Any) -> Any:
+        output = await call(**kwargs)
+        for _ in range(4):
+            with anyio.CancelScope():
+                pass
+        return output
+
+    return run
+
+
 async def _bare_bus_round_trip(calls: int) -> float:
     """µs per publish -> consumer -> publish back -> Event, with no service in between."""
     from gateway.bus import Consumer
@@ -148,6 +166,7 @@ async def _in_process() -> list[Row]:
         remote = {
             t.metadata.name: t for t in MetaServiceTool.from_tool_service(service, runtime.bus)
         }
+        fixed_work: dict[str, float] = {}
         for label, tool in tools.items():
             d, b, added = await _paired(tool.acall, remote[tool.metadata.name].acall)
             rows += [
@@ -155,6 +174,11 @@ async def _in_process() -> list[Row]:
                 Row(f"bus: MetaServiceTool round trip, {label}", b, d, "µs CPU/call", "", False),
                 Row(f"bus: added per call, {label}", added, None, "µs CPU/call", "< 30 µs", False),
             ]
+            *_, fixed_work[label] = await _paired(tool.acall, _then_fixed_work(tool.acall))
+        for label, cost in fixed_work.items():
+            baseline = None if label == "async tool" else fixed_work["async tool"]
+            name = f"reference: the same 4 empty cancel scopes after the {label}"
+            rows.append(Row(name, cost, baseline, "µs CPU/call", "", False))
     floor = await _bare_bus_round_trip(BATCH * PAIRS)
     rows.append(
         Row("bus: bare publish/consume/reply (reference)", floor, None, "µs CPU/call", "", False)

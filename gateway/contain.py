@@ -153,7 +153,16 @@ def contained(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _call_contained(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    return contained(fn)(*args, **kwargs)
+    """`contained(fn)(*args, **kwargs)` without making the wrapper: it runs for every job of
+    the loop's executor (llama-index runs every sync FunctionTool call there)."""
+    try:
+        return fn(*args, **kwargs)
+    except BaseException as exc:
+        replacement = contain(exc)
+        if replacement is exc:
+            del exc, replacement  # see `contained`
+            raise
+        raise replacement from exc
 
 
 class ContainingExecutor(ThreadPoolExecutor):

@@ -92,6 +92,8 @@ def terminal(server, *args: str) -> pexpect.spawn:
 def ended(child: pexpect.spawn) -> int:
     child.expect(pexpect.EOF)
     child.close()
+    if child.exitstatus:
+        print(f"the command's last output:\n{child.before}")
     return child.exitstatus
 
 

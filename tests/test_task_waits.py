@@ -12,7 +12,7 @@ import pytest
 from gateway.control_plane import tasks as tasks_module
 from gateway.control_plane.tasks import TaskRecord, TaskTable
 from gateway.messages import TaskStatus
-from gateway.wakeups import Wakeups
+from gateway.wakeups import Wakeups, asyncio_cancel_scope
 
 pytestmark = pytest.mark.anyio
 
@@ -193,3 +193,20 @@ async def test_a_nan_deadline_is_refused_and_holds_up_nothing() -> None:
     with anyio.fail_after(5):
         await due.wait()
     assert len(wakeups) == 0
+
+
+async def test_the_asyncio_scope_is_a_fresh_anyio_scope_that_cancels_and_keeps_deadlines() -> None:
+    """`asyncio_cancel_scope` builds the backend's class directly: what it returns must still
+    be an anyio scope of its own each time, nest under anyio's, and cancel as one."""
+    first, second = asyncio_cancel_scope(), asyncio_cancel_scope()
+    assert first is not second
+    assert isinstance(first, anyio.CancelScope) and type(first) is type(anyio.CancelScope())
+    with anyio.CancelScope() as outer, first:
+        first.cancel()
+        await anyio.sleep(5)
+    assert first.cancelled_caught and not outer.cancel_called
+    with second:
+        second.deadline = anyio.current_time() + 0.02
+        with anyio.fail_after(5):
+            await anyio.sleep(5)
+    assert second.cancelled_caught

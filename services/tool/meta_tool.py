@@ -40,7 +40,7 @@ from gateway.messages import (
     new_message_id,
     trusted,
 )
-from gateway.wakeups import Wakeups, asyncio_loop
+from gateway.wakeups import Wakeups, asyncio_cancel_scope, asyncio_loop
 
 if TYPE_CHECKING:
     from services.base import BaseService
@@ -153,9 +153,10 @@ class ReplyInbox:
             # heap (gateway.wakeups), not a timer per call: a scope's own deadline costs a
             # timer armed and cancelled per call, more than the rest of the scope. (asyncio
             # only; on another backend the scope keeps it.)
-            with anyio.CancelScope() as scope:
+            loop = asyncio_loop()
+            scope = anyio.CancelScope() if loop is None else asyncio_cancel_scope()
+            with scope:
                 if timeout is not None:
-                    loop = asyncio_loop()
                     if loop is None:  # not on asyncio
                         scope.deadline = anyio.current_time() + timeout
                     else:

@@ -32,6 +32,7 @@ import contextvars
 import functools
 import inspect
 import math
+import types
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -154,15 +155,19 @@ def contained(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _call_contained(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """`contained(fn)(*args, **kwargs)` without making the wrapper: it runs for every job of
-    the loop's executor (llama-index runs every sync FunctionTool call there)."""
+    the loop's executor (llama-index runs every sync FunctionTool call there). A coroutine
+    function's coroutine comes back contained, as `contained` would have made it."""
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
     except BaseException as exc:
         replacement = contain(exc)
         if replacement is exc:
             del exc, replacement  # see `contained`
             raise
         raise replacement from exc
+    if type(result) is types.CoroutineType:
+        return _contained(result)
+    return result
 
 
 class ContainingExecutor(ThreadPoolExecutor):

@@ -48,11 +48,13 @@ def asyncio_cancel_scope() -> anyio.CancelScope:
 
     `anyio.CancelScope()` asks which async library runs (sniffio) and builds the backend's
     scope through it: more than a third of an empty scope's cost, per tool call. The class it
-    builds is learned from the first scope and built directly after that."""
+    builds is learned from the first scope (if it is anyio's asyncio backend's) and built
+    directly after that. Not for trio in guest mode, which runs on an asyncio loop too."""
     global _asyncio_scope_class
     if _asyncio_scope_class is None:
         scope = anyio.CancelScope()
-        _asyncio_scope_class = type(scope)
+        if type(scope).__module__ == "anyio._backends._asyncio":
+            _asyncio_scope_class = type(scope)
         return scope
     return _asyncio_scope_class()
 

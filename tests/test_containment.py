@@ -247,3 +247,20 @@ async def test_runs_leave_no_reference_cycles_through_the_containment_wrappers()
             gc.set_debug(flags)
             gc.garbage.clear()
     assert ours == [], [f.f_code.co_name for f in ours]
+
+
+@pytest.mark.anyio
+async def test_a_coroutine_function_handed_to_the_executor_comes_back_contained() -> None:
+    """`run_in_executor(None, async_fn)` returns the coroutine the thread made; awaiting it must
+    still end in UserCodeError, not SystemExit (the executor converts without a wrapper)."""
+    import asyncio
+
+    from gateway.contain import UserCodeError, contained_tasks
+
+    async def exits() -> None:
+        raise SystemExit(3)
+
+    with contained_tasks():
+        coroutine = await asyncio.get_running_loop().run_in_executor(None, exits)
+        with pytest.raises(UserCodeError, match="SystemExit: 3"):
+            await coroutine

@@ -141,30 +141,28 @@ def contained(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def contained_sync(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except BaseException as exc:
-            replacement = contain(exc)
-            if replacement is exc:
-                del exc, replacement  # see contained_async
-                raise
-            raise replacement from exc
+        return _call_sync_contained(fn, *args, **kwargs)
 
     return contained_sync
 
 
-def _call_contained(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """`contained(fn)(*args, **kwargs)` without making the wrapper: it runs for every job of
-    the loop's executor (llama-index runs every sync FunctionTool call there). A coroutine
-    function's coroutine comes back contained, as `contained` would have made it."""
+def _call_sync_contained(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """`fn(*args, **kwargs)` with what it raises converted (the sync half of `contained`)."""
     try:
-        result = fn(*args, **kwargs)
+        return fn(*args, **kwargs)
     except BaseException as exc:
         replacement = contain(exc)
         if replacement is exc:
             del exc, replacement  # see `contained`
             raise
         raise replacement from exc
+
+
+def _call_contained(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """`contained(fn)(*args, **kwargs)` without making the wrapper: it runs for every job of
+    the loop's executor (llama-index runs every sync FunctionTool call there). A coroutine
+    function's coroutine comes back contained, as `contained` would have made it."""
+    result = _call_sync_contained(fn, *args, **kwargs)
     if type(result) is types.CoroutineType:
         return _contained(result)
     return result
